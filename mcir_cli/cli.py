@@ -1,0 +1,356 @@
+"""The `mcir` command line: a thin Typer layer over the Python API.
+
+Each command parses flags, calls one API function, and renders the result with Rich.
+User errors (`McirError`) print one red line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mcir_cli.errors import McirError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="mcir",
+    help="Retrain image-restoration models with model contrastive learning (MCIR) and prove the gain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.")
+app.add_typer(models_app, name="models")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logger = logging.getLogger("mcir")
+    if not logger.handlers:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line and exit code 2; never a traceback for those."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _setup_logging()
+        try:
+            return func(*args, **kwargs)
+        except McirError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from mcir_cli.fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def results_table(result: dict[str, Any], title: str | None = None) -> Table:
+    """A row per dataset with PSNR, SSIM and the image count, plus the average."""
+    conv = result["conventions"]
+    table = Table(title=title, caption=f"conventions: {conv.get('description', conv)}")
+    table.add_column("dataset")
+    table.add_column("PSNR (dB)", justify="right")
+    table.add_column("SSIM", justify="right")
+    table.add_column("images", justify="right")
+    rows = result["datasets"]
+    for name, d in rows.items():
+        table.add_row(name, f"{d['psnr']:.2f}", f"{d['ssim']:.4f}", str(len(d["images"])))
+    if len(rows) > 1:
+        avg_p = sum(d["psnr"] for d in rows.values()) / len(rows)
+        avg_s = sum(d["ssim"] for d in rows.values()) / len(rows)
+        n = sum(len(d["images"]) for d in rows.values())
+        table.add_row("[bold]average[/]", f"[bold]{avg_p:.2f}", f"[bold]{avg_s:.4f}", str(n))
+    return table
+
+
+# ------------------------------------------------------------------------- evaluate
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    data: list[Path] = typer.Option(..., "--data", help="Benchmark folder (repeatable)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors); architecture auto-detected."),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`) or a preset .toml."),
+    restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method instead of a model."),
+    scale: Optional[int] = typer.Option(None, help="SR scale (defaults to the model's)."),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout)."),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB [default: Y for SR, RGB otherwise]."),
+    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge [default: scale for SR, 0 otherwise]."),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ on the 0–255 scale added to clean images."),
+    noise_seed: int = typer.Option(0, help="Seed of the added noise."),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images."),
+    tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    amp: Optional[str] = typer.Option(None, help="bf16 autocast on CUDA."),
+    save_images: Optional[Path] = typer.Option(None, help="Write restored images to this folder."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON."),
+) -> None:
+    """Score a model (or restored images) on benchmark folders with BasicSR's PSNR/SSIM."""
+    from mcir_cli.evaluate import evaluate_model, evaluate_restored
+    from mcir_cli.models import load_model
+
+    if save_images is not None and save_images.exists() and any(save_images.iterdir()):
+        raise McirError("--save-images folder exists and is not empty; choose a new one", save_images)
+    if output is not None and output.exists():
+        raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        if restored is not None:
+            result = evaluate_restored(
+                restored, data, scale=scale, task=task, y_channel=y_channel,
+                crop_border=crop_border, progress=progress,
+            )
+        else:
+            loaded = load_model(checkpoint, model, scale)
+            result = evaluate_model(
+                loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
+                device=device, tile=tile, overlap=tile_overlap, amp=amp,
+                save_images=save_images, noise_sigma=noise_sigma, noise_seed=noise_seed,
+                progress=progress,
+            )
+    info = result["model"]
+    title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
+    console.print(results_table(result, title))
+    if output is not None:
+        _write_json(output, result)
+        console.print(f"results written to {output}")
+
+
+# -------------------------------------------------------------------------- retrain
+
+
+def _lambda(value: str) -> tuple[float, bool]:
+    if value == "auto":
+        return 1e-4, True
+    try:
+        return float(value), False
+    except ValueError:
+        raise McirError(f"--lambda must be a number or 'auto' (got {value!r})") from None
+
+
+@app.command()
+@handle_errors
+def retrain(
+    data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`."),
+    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout)."),
+    val: Optional[Path] = typer.Option(None, help="Validation folder; best-PSNR weights are kept as best.*"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact)."),
+    iters: Optional[int] = typer.Option(None, help="Total optimizer steps [preset or 1000]."),
+    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) [preset or 16]."),
+    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) [preset or 48/128]."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate [preset or 1e-5 for a bare checkpoint]."),
+    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine [preset or constant]."),
+    warmup: int = typer.Option(0, help="Linear warm-up steps."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim [preset or l1]."),
+    lam: str = typer.Option("1e-4", "--lambda", help="SPN weight λ (paper 1e-4), or 'auto' to hold the contrast ratio in band."),
+    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto."),
+    negative_steps: str = typer.Option("100,500,1000,2000", help="Update period s_i of each negative (paper)."),
+    negative_weight: float = typer.Option(0.1, help="EMA weight w of the old negative (paper 0.1)."),
+    negative_init: str = typer.Option("mix", help="mix (authors' code) | copy | random | frozen | none (plain fine-tuning)."),
+    negative_mix: float = typer.Option(0.1, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ."),
+    batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
+    embedding: str = typer.Option("vgg16", help="vgg16 (authors' config) | vgg19 (AECR-Net) | pixel."),
+    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty."),
+    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss)."),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches."),
+    train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    amp: Optional[str] = typer.Option(None, help="bf16 autocast on CUDA."),
+    val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end)."),
+    save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C)."),
+    log_every: int = typer.Option(1, help="Log every K steps."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    cache: str = typer.Option("auto", help="auto | on | off: keep decoded training images in RAM."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
+) -> None:
+    """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
+    from mcir_cli.distributed import DistContext
+    from mcir_cli.models import get_preset
+    from mcir_cli.train import TrainConfig, load_run_config, parse_steps, retrain as run_retrain
+
+    dist = DistContext.from_env(device)
+    if resume is not None:
+        cfg = load_run_config(resume, iters)
+        is_resume = True
+    else:
+        if not data:
+            raise McirError("give a training folder with --data DIR")
+        if output is None:
+            raise McirError("give a new run folder with --output RUN")
+        if checkpoint is None and model is None:
+            raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
+        preset = get_preset(model, scale) if model else None
+        recipe = preset.recipe if preset else None
+        lam_value, lam_auto = _lambda(lam)
+        band = tuple(float(x) for x in ratio_band.split(","))
+        task_default = preset.task if preset else task
+        cfg = TrainConfig(
+            data=[str(d) for d in data], output=str(output),
+            checkpoint=str(checkpoint) if checkpoint else None, model=model, scale=scale,
+            task=task or task_default, val=str(val) if val else None,
+            iters=iters or 1000,
+            batch=batch or (recipe.batch if recipe else 16),
+            patch=patch or (recipe.patch if recipe else (48 if (scale or 1) > 1 or task in (None, "sr") else 128)),
+            optimizer=recipe.optimizer if recipe else "adam",
+            lr=lr if lr is not None else (recipe.lr if recipe else 1e-5),
+            betas=recipe.betas if recipe else (0.9, 0.99),
+            weight_decay=recipe.weight_decay if recipe else 0.0,
+            schedule=schedule or (recipe.schedule if recipe else "constant"),
+            milestones=recipe.milestones if recipe else (),
+            gamma=recipe.gamma if recipe else 0.5,
+            eta_min=recipe.eta_min if recipe else 0.0,
+            warmup=warmup, grad_clip=grad_clip if grad_clip is not None else (recipe.grad_clip if recipe else None),
+            loss=loss or (recipe.loss if recipe else "l1"),
+            lam=lam_value, lam_auto=lam_auto, ratio_band=band,
+            negative_steps=parse_steps(negative_steps), negative_weight=negative_weight,
+            negative_init=negative_init, negative_mix=negative_mix, batched_negatives=batched_negatives,
+            embedding=embedding, embedding_weights=str(embedding_weights) if embedding_weights else None,
+            embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
+            noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
+            workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
+        )
+        is_resume = False
+    from rich.progress import TaskProgressColumn
+
+    with Progress(
+        TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=err_console, disable=not dist.is_main,
+    ) as bar:
+        job = bar.add_task("retrain", total=cfg.iters, info="")
+
+        def on_step(s) -> None:
+            info = f"l_rec {s.l_rec:.4f}  ratio {s.ratio:.1%}  λ {s.lam:.2g}  {s.it_s:.2f} it/s"
+            bar.update(job, completed=s.step, info=info)
+
+        try:
+            result = run_retrain(cfg, on_step=on_step, resume=is_resume, dist=dist)
+        finally:
+            dist.close()
+    if not dist.is_main:
+        return
+    if result.stopped_early:
+        err_console.print(f"[yellow]{result.stopped_early}[/]")
+    console.print(f"[bold green]retrained[/] {result.steps} steps -> {result.run_dir}")
+    for name, path in sorted(result.outputs.items()):
+        console.print(f"  {name}: {path}")
+    if result.best_psnr is not None:
+        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@models_app.callback(invoke_without_command=True)
+@handle_errors
+def models_list(ctx: typer.Context) -> None:
+    """Presets (the paper's baselines and the shipped recipes) and detectable architectures."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import spandrel
+
+    from mcir_cli import archs
+    from mcir_cli.models import list_presets
+
+    table = Table(title="presets (use with --model NAME)")
+    for col in ("name", "task", "scale", "architecture", "params", "recipe source"):
+        table.add_column(col, justify="right" if col in ("scale", "params") else "left")
+    for p in list_presets():
+        table.add_row(
+            p.name, p.task, f"x{p.scale}" if p.task == "sr" else "-", p.architecture,
+            f"{p.params:,}" if p.params else "?", p.source,
+        )
+    console.print(table)
+    archs.register()
+    ours = set(archs.BUILDERS)
+    names = sorted(a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures())
+    console.print(
+        "[bold]auto-detected architectures[/] (--checkpoint FILE): "
+        + ", ".join(f"[cyan]{n}[/]" if n in ours else n for n in names)
+        + "  ([cyan]cyan[/]: built into mcir)",
+        highlight=False,
+    )
+
+
+@models_app.command("inspect")
+@handle_errors
+def models_inspect(file: Path = typer.Argument(..., help="A checkpoint file.")) -> None:
+    """What a checkpoint is: architecture, scale, channels, parameters, wrapper."""
+    from mcir_cli.models import load_checkpoint_model
+
+    loaded = load_checkpoint_model(file)
+    ckpt = loaded.checkpoint
+    assert ckpt is not None
+    table = Table(show_header=False, title=str(file))
+    rows = [
+        ("architecture", loaded.architecture),
+        ("scale", f"x{loaded.scale}"),
+        ("channels", f"{loaded.in_channels} in, {loaded.out_channels} out"),
+        ("parameters", f"{loaded.num_params:,}"),
+        ("wrapper", ckpt.describe_wrapper()),
+        ("EMA copy", "yes" if ckpt.is_ema else "no"),
+        ("format", ckpt.format),
+        ("size requirement", f"min {loaded.min_size}, multiple of {loaded.multiple_of}"),
+    ]
+    if ckpt.metadata:
+        rows.append(("metadata", ", ".join(f"{k}={v[:40]}" for k, v in ckpt.metadata.items())))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

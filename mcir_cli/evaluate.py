@@ -1,0 +1,235 @@
+"""Scoring models (or folders of already-restored images) on benchmark folders.
+
+The result is a plain dict, written as JSON by the CLI, in the form `compare` reads:
+`{"conventions": {...}, "model": {...}, "datasets": {name: {"psnr", "ssim", "images"}}}`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mcir_cli import __version__
+from mcir_cli.data import Dataset, discover_all, iter_pairs, list_images
+from mcir_cli.errors import McirError
+from mcir_cli.fsutil import sha256_file
+from mcir_cli.imageio import read_image, write_image
+from mcir_cli.inference import resolve_device, restore
+from mcir_cli.metrics import Conventions, psnr, ssim
+from mcir_cli.models import LoadedModel
+
+Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
+
+
+def conventions_for(
+    task: str, scale: int, y_channel: bool | None = None, crop_border: int | None = None
+) -> Conventions:
+    """The field's defaults for a task (SR: Y, crop = scale; others RGB, 0), overridable."""
+    sr = task == "sr"
+    return Conventions(
+        y_channel=sr if y_channel is None else y_channel,
+        crop_border=(scale if sr else 0) if crop_border is None else crop_border,
+    )
+
+
+def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(images)
+    return {
+        "psnr": sum(i["psnr"] for i in images) / n if n else math.nan,
+        "ssim": sum(i["ssim"] for i in images) / n if n else math.nan,
+        "images": images,
+    }
+
+
+def _check_channels(model: LoadedModel, dataset: Dataset, channels: int, path: Path) -> None:
+    if channels != model.in_channels:
+        kind = {1: "grey", 3: "RGB"}.get(channels, f"{channels}-channel")
+        want = {1: "grey", 3: "RGB"}.get(model.in_channels, f"{model.in_channels}-channel")
+        raise McirError(f"{kind} image, but the model ({model.architecture}) takes {want} input", path)
+
+
+@torch.no_grad()
+def score_dataset(
+    model: LoadedModel,
+    dataset: Dataset,
+    conventions: Conventions,
+    *,
+    device: torch.device,
+    tile: int | None = None,
+    overlap: int = 32,
+    amp: str | None = None,
+    save_dir: Path | None = None,
+    noise_sigma: float | None = None,
+    noise_seed: int = 0,
+    progress: Progress | None = None,
+    restorer: nn.Module | None = None,
+) -> dict[str, Any]:
+    """PSNR/SSIM of `model` on one dataset, per image and averaged."""
+    net = restorer if restorer is not None else model.restorer
+    if model.scale != dataset.scale:
+        raise McirError(
+            f"the model is x{model.scale}, but the dataset is x{dataset.scale}", dataset.root
+        )
+    was_training = net.training
+    net.eval()
+    images = []
+    try:
+        for i, (pair, lq, gt) in enumerate(iter_pairs(dataset, noise_sigma, noise_seed)):
+            _check_channels(model, dataset, lq.shape[0], pair.lq or pair.gt)
+            out = restore(
+                net,
+                lq.to(device),
+                model.scale,
+                min_size=model.min_size,
+                multiple_of=model.multiple_of,
+                square=model.square,
+                tile=tile,
+                overlap=overlap,
+                amp=amp,
+            ).cpu()
+            if out.shape != gt.shape:
+                raise McirError(
+                    f"model output {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}",
+                    pair.gt,
+                )
+            images.append(
+                {
+                    "name": pair.name,
+                    "psnr": float(psnr(out, gt, conventions)),
+                    "ssim": float(ssim(out, gt, conventions)),
+                }
+            )
+            if save_dir is not None:
+                write_image(save_dir / dataset.name / f"{pair.name}.png", out)
+            if progress:
+                progress(dataset.name, i + 1, len(dataset))
+    finally:
+        net.train(was_training)
+    return _summary(images)
+
+
+def model_info(model: LoadedModel) -> dict[str, Any]:
+    ckpt = model.checkpoint
+    path = ckpt.path if ckpt is not None else None
+    return {
+        "checkpoint": str(path) if path else None,
+        "sha256": sha256_file(path) if path else None,
+        "architecture": model.architecture,
+        "scale": model.scale,
+        "label": model.label,
+        "preset": model.preset.name if model.preset else None,
+        "params": model.num_params,
+    }
+
+
+def result_header(conventions: Conventions, task: str) -> dict[str, Any]:
+    return {
+        "conventions": {**conventions.as_dict(), "description": conventions.describe()},
+        "task": task,
+        "mcir_version": __version__,
+    }
+
+
+def evaluate_model(
+    model: LoadedModel,
+    data: Sequence[str | Path],
+    *,
+    task: str | None = None,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    device: str = "auto",
+    tile: int | None = None,
+    overlap: int = 32,
+    amp: str | None = None,
+    save_images: str | Path | None = None,
+    noise_sigma: float | None = None,
+    noise_seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score a model on benchmark folders with the field's conventions."""
+    datasets = discover_all(data, model.scale if model.scale > 1 else None, task or model.task)
+    task = task or model.task or datasets[0].task
+    if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
+        raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
+    conv = conventions_for(task, model.scale, y_channel, crop_border)
+    dev = resolve_device(device)
+    model.restorer.to(dev)
+    result = result_header(conv, task)
+    result["model"] = model_info(model)
+    if noise_sigma is not None:
+        result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
+    result["datasets"] = {
+        d.name: score_dataset(
+            model,
+            d,
+            conv,
+            device=dev,
+            tile=tile,
+            overlap=overlap,
+            amp=amp,
+            save_dir=Path(save_images) if save_images else None,
+            noise_sigma=noise_sigma,
+            noise_seed=noise_seed,
+            progress=progress,
+        )
+        for d in datasets
+    }
+    return result
+
+
+def _find_restored(folder: Path, dataset: Dataset, name: str) -> Path:
+    for base in (folder / dataset.name, folder):
+        if base.is_dir():
+            for p in list_images(base):
+                if p.stem == name or p.stem.startswith(name + "_"):
+                    return p
+    raise McirError(f"no restored image for {name!r} of {dataset.name}", folder)
+
+
+def evaluate_restored(
+    restored: str | Path,
+    data: Sequence[str | Path],
+    *,
+    scale: int | None = None,
+    task: str | None = None,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score images already restored by any method (`restored/<dataset>/<name>.png` or flat)."""
+    restored = Path(restored)
+    if not restored.is_dir():
+        raise McirError("restored-images folder not found", restored)
+    datasets = discover_all(data, scale, task)
+    task = task or datasets[0].task
+    s = datasets[0].scale
+    conv = conventions_for(task, s, y_channel, crop_border)
+    result = result_header(conv, task)
+    result["model"] = {
+        "checkpoint": None,
+        "sha256": None,
+        "architecture": "restored images",
+        "scale": s,
+        "label": restored.name,
+    }
+    result["datasets"] = {}
+    for d in datasets:
+        images = []
+        for i, pair in enumerate(d.pairs):
+            path = _find_restored(restored, d, pair.name)
+            out, gt = read_image(path), read_image(pair.gt)
+            gt = gt[..., : out.shape[-2], : out.shape[-1]] if d.scale > 1 else gt
+            if out.shape != gt.shape:
+                raise McirError(f"size {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}", path)
+            images.append(
+                {"name": pair.name, "psnr": float(psnr(out, gt, conv)), "ssim": float(ssim(out, gt, conv))}
+            )
+            if progress:
+                progress(d.name, i + 1, len(d))
+        result["datasets"][d.name] = _summary(images)
+    return result

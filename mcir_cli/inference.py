@@ -1,0 +1,136 @@
+"""Running a model on whole images: padding to its size requirements, tiling, AMP.
+
+Tiling keeps, from each tile, only the pixels at least `overlap // 2` away from an edge
+shared with a neighbour, and averages where kept regions meet. For a network whose
+receptive field fits inside that margin the result equals the untiled output exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from mcir_cli.errors import McirError
+
+        raise McirError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, amp: str | None):
+    """bf16 autocast on CUDA when asked; a no-op elsewhere (CPU runs fp32)."""
+    if amp in (None, "none", "fp32") or device.type != "cuda":
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"unknown amp mode {amp!r}")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _padded_size(n: int, minimum: int, multiple: int) -> int:
+    n = max(n, minimum)
+    return int(math.ceil(n / multiple) * multiple) if multiple > 1 else n
+
+
+def pad_to(x: Tensor, min_size: int = 0, multiple_of: int = 1, square: bool = False) -> Tensor:
+    """Pad the bottom/right edges (reflect where possible, else replicate)."""
+    h, w = x.shape[-2:]
+    th, tw = _padded_size(h, min_size, multiple_of), _padded_size(w, min_size, multiple_of)
+    if square:
+        th = tw = max(th, tw)
+    if (th, tw) == (h, w):
+        return x
+    ph, pw = th - h, tw - w
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def run_padded(
+    model: nn.Module,
+    x: Tensor,
+    scale: int,
+    min_size: int = 0,
+    multiple_of: int = 1,
+    square: bool = False,
+) -> Tensor:
+    h, w = x.shape[-2:]
+    y = model(pad_to(x, min_size, multiple_of, square))
+    return y[..., : h * scale, : w * scale]
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+@torch.no_grad()
+def restore(
+    model: nn.Module,
+    x: Tensor,
+    scale: int = 1,
+    *,
+    min_size: int = 0,
+    multiple_of: int = 1,
+    square: bool = False,
+    tile: int | None = None,
+    overlap: int = 32,
+    amp: str | None = None,
+) -> Tensor:
+    """Restore a batch NCHW (or one CHW image) in [0, 1]; returns float32 on x's device."""
+    single = x.dim() == 3
+    if single:
+        x = x.unsqueeze(0)
+    with autocast(x.device, amp):
+        if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
+            y = run_padded(model, x, scale, min_size, multiple_of, square)
+        else:
+            y = _tiled(model, x, scale, tile, overlap, min_size, multiple_of, square)
+    y = y.float()
+    return y[0] if single else y
+
+
+def _tiled(
+    model: nn.Module,
+    x: Tensor,
+    scale: int,
+    tile: int,
+    overlap: int,
+    min_size: int,
+    multiple_of: int,
+    square: bool,
+) -> Tensor:
+    if overlap >= tile:
+        raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
+    n, _, h, w = x.shape
+    margin = overlap // 2
+    out = None
+    weight = torch.zeros(1, 1, h * scale, w * scale, device=x.device)
+    ys, xs = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
+    for top in ys:
+        for left in xs:
+            th, tw = min(tile, h - top), min(tile, w - left)
+            patch = x[..., top : top + th, left : left + tw]
+            y = run_padded(model, patch, scale, min_size, multiple_of, square).float()
+            if out is None:
+                out = torch.zeros(n, y.shape[1], h * scale, w * scale, device=x.device)
+            # keep only pixels away from edges shared with a neighbouring tile
+            t0 = 0 if top == 0 else margin
+            l0 = 0 if left == 0 else margin
+            t1 = th if top + th == h else th - margin
+            l1 = tw if left + tw == w else tw - margin
+            s = scale
+            out[..., (top + t0) * s : (top + t1) * s, (left + l0) * s : (left + l1) * s] += y[
+                ..., t0 * s : t1 * s, l0 * s : l1 * s
+            ]
+            weight[..., (top + t0) * s : (top + t1) * s, (left + l0) * s : (left + l1) * s] += 1
+    assert out is not None
+    return out / weight.clamp_min(1)

@@ -1,0 +1,653 @@
+"""The retraining loop: L = L_rec − λ·L_neg with EMA negatives, observable and resumable.
+
+A run lives in one folder (`--output RUN`): `config.json` (everything needed to rerun),
+`log.jsonl` (every logged step and event), `state.pt` (full resume state), and the
+retrained weights (`model.safetensors`, plus `model.pth` in the input checkpoint's own
+wrapper and key layout). The input checkpoint is only ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mcir_cli import __version__
+from mcir_cli.checkpoint import save_like, save_safetensors
+from mcir_cli.data import PatchDataset, discover, discover_all
+from mcir_cli.errors import McirError
+from mcir_cli.fsutil import atomic_write, atomic_write_text, sha256_file
+from mcir_cli.inference import autocast, resolve_device
+from mcir_cli.models import LoadedModel, load_model
+
+log = logging.getLogger("mcir")
+
+NEGATIVE_INITS = ("mix", "copy", "random", "frozen", "none")
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as config.json and reused by --resume."""
+
+    data: list[str]
+    output: str
+    checkpoint: str | None = None
+    model: str | None = None
+    scale: int | None = None
+    task: str | None = None
+    val: str | None = None
+    iters: int = 1000
+    batch: int = 16
+    patch: int = 48
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | multistep | cosine
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
+    eta_min: float = 0.0
+    warmup: int = 0
+    grad_clip: float | None = None
+    loss: str = "l1"
+    lam: float = 1e-4
+    lam_auto: bool = False
+    ratio_band: tuple[float, float] = (0.01, 0.10)
+    negative_steps: tuple[int, ...] = (100, 500, 1000, 2000)
+    negative_weight: float = 0.1
+    negative_init: str = "mix"
+    negative_mix: float = 0.1
+    batched_negatives: str = "auto"
+    embedding: str = "vgg16"
+    embedding_weights: str | None = None
+    embedding_init: str = "pretrained"
+    seed: int = 0
+    device: str = "auto"
+    amp: str | None = None  # bf16 on CUDA
+    train_bn: bool = False
+    noise_sigma: float | None = None
+    val_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    log_every: int = 1
+    workers: int = 0
+    cache: str = "auto"
+    collapse_factor: float = 10.0
+    max_collapses: int = 3
+    tensorboard: bool = False
+    allow_random_init: bool = False
+    tile: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) and k != "data" else v for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Bad flags are one-line errors before anything is read or written."""
+    if cfg.iters < 1:
+        raise McirError(f"--iters must be at least 1 (got {cfg.iters})")
+    if cfg.batch < 1 or cfg.patch < 1:
+        raise McirError("--batch and --patch must be positive")
+    if cfg.lam < 0:
+        raise McirError(f"--lambda must be >= 0 (got {cfg.lam}); the SPN term is subtracted already")
+    if not cfg.negative_steps or any(int(s) != s or s < 1 for s in cfg.negative_steps):
+        raise McirError(f"--negative-steps must be positive integers (got {list(cfg.negative_steps)})")
+    if not 0.0 <= cfg.negative_weight <= 1.0:
+        raise McirError(f"--negative-weight must be in [0, 1] (got {cfg.negative_weight})")
+    if cfg.negative_init not in NEGATIVE_INITS:
+        raise McirError(f"--negative-init must be one of {', '.join(NEGATIVE_INITS)}")
+    if cfg.schedule not in ("constant", "multistep", "cosine"):
+        raise McirError("--schedule must be constant, multistep or cosine")
+    if cfg.optimizer not in ("adam", "adamw"):
+        raise McirError("--optimizer must be adam or adamw")
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """'100,500,1000,2000' -> (100, 500, 1000, 2000), with a clear error otherwise."""
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise McirError(f"--negative-steps must be comma-separated positive integers (got {text!r})") from None
+    if not steps or any(s < 1 for s in steps):
+        raise McirError(f"--negative-steps must be comma-separated positive integers (got {text!r})")
+    return steps
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: warm-up, then constant, multistep or cosine."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(step >= m for m in cfg.milestones)
+        if cfg.schedule == "cosine":
+            span = max(1, cfg.iters - cfg.warmup)
+            t = min(1.0, (step - cfg.warmup) / span)
+            floor = cfg.eta_min / cfg.lr if cfg.lr else 0.0
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor
+
+
+def set_train_mode(net: nn.Module, train_bn: bool) -> None:
+    """Train mode, but BatchNorm running statistics stay frozen unless asked otherwise:
+    small patch batches would wreck the statistics a pretrained model was built with."""
+    net.train()
+    if not train_bn:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def count_batchnorm(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+class RunLog:
+    """log.jsonl (one JSON object a line, flushed) and optional TensorBoard."""
+
+    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+        self.path = path
+        self.fh = open(path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                log.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); logging to log.jsonl only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        if self.tb is not None and "event" not in record:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the saved state (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+@dataclass
+class StepStats:
+    step: int
+    l_rec: float
+    l_neg: float
+    ratio: float
+    lam: float
+    lr: float
+    grad_norm: float
+    it_s: float
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    stopped_early: str | None = None
+    best_psnr: float | None = None
+    final_psnr: float | None = None
+    collapses: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Holds the model, negatives, SPN loss, optimizer and run folder of one run."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepStats], None] | None = None, dist=None) -> None:
+        from mcir_cli.distributed import DistContext
+
+        validate_config(cfg)
+        self.cfg = cfg
+        self.dist = dist or DistContext.single()
+        self.on_step = on_step
+        self.run_dir = Path(cfg.output)
+        self.device = self.dist.device if self.dist.world_size > 1 else resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+
+        # model (the input checkpoint is only read)
+        self.loaded: LoadedModel = load_model(cfg.checkpoint, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed)
+        self.task = cfg.task or self.loaded.task or None
+        self.model = self.loaded.restorer.to(self.device)
+        set_train_mode(self.model, cfg.train_bn)
+        self.n_bn = count_batchnorm(self.model)
+
+        # data
+        datasets = discover_all(cfg.data, self.loaded.scale if self.loaded.scale > 1 else None, self.task)
+        self.task = self.task or datasets[0].task
+        for d in datasets:
+            if d.scale != self.loaded.scale:
+                raise McirError(f"the model is x{self.loaded.scale}, but the training data is x{d.scale}", d.root)
+        world, rank = self.dist.world_size, self.dist.rank
+        self.patches = PatchDataset(
+            datasets, cfg.patch, length=cfg.iters * cfg.batch * world, seed=cfg.seed,
+            noise_sigma=cfg.noise_sigma, cache=True if cfg.cache == "on" else (False if cfg.cache == "off" else "auto"),
+        )
+        self.val = discover(cfg.val, self.loaded.scale if self.loaded.scale > 1 else None, self.task) if cfg.val else None
+
+        # negatives and SPN loss
+        from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss
+        from mcir_cli.negatives import NegativeBank
+
+        self.rec_loss = make_rec_loss(cfg.loss)
+        self.bank: NegativeBank | None = None
+        self.spn: SPNLoss | None = None
+        self.embedding_description = "none (plain fine-tuning)"
+        if cfg.negative_init != "none":
+            fresh = self.loaded.fresh_network
+            io = self.loaded.restorer.io
+
+            def random_model() -> nn.Module:
+                from mcir_cli.models import Restorer
+
+                return Restorer(fresh(), io)
+
+            self.bank = NegativeBank(
+                self.model, cfg.negative_steps, cfg.negative_weight, cfg.negative_init, cfg.negative_mix,
+                seed=cfg.seed, random_model=random_model,
+                batched={"auto": "auto", "on": True, "off": False}[cfg.batched_negatives],
+            ).to(self.device)
+            embedding = make_embedding(cfg.embedding, cfg.embedding_weights, cfg.embedding_init, cfg.seed)
+            self.spn = SPNLoss(embedding).to(self.device)
+            self.embedding_description = embedding.description
+
+        # DDP wraps the target; the bank keeps pointing at the raw module's parameters
+        self.ddp_model = self.dist.wrap(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
+        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" and self.device.type == "cuda") else None
+
+        self.step = 0
+        self.lam = cfg.lam
+        self.collapses = 0
+        self.rec_history: deque[float] = deque(maxlen=100)
+        self.best_psnr: float | None = None
+        self.out_of_band = 0
+        self._stop_signal: str | None = None
+
+        if resume:
+            self._load_state()
+        elif self.dist.is_main:
+            self._start_run_dir()
+        self.dist.barrier()
+
+    # ------------------------------------------------------------------ run folder
+    def _start_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        info = {
+            "config": self.cfg.to_json(),
+            "mcir_version": __version__,
+            "torch_version": torch.__version__,
+            "model": {
+                "architecture": self.loaded.architecture,
+                "scale": self.loaded.scale,
+                "checkpoint_sha256": sha256_file(self.cfg.checkpoint) if self.cfg.checkpoint else None,
+                "params": self.loaded.num_params,
+                "io": self.loaded.restorer.io.as_dict(),
+            },
+            "embedding": self.embedding_description,
+            "task": self.task,
+            "batchnorm": {"layers": self.n_bn, "running_stats": "updated" if self.cfg.train_bn else "frozen"},
+            "global_batch": self.cfg.batch * self.dist.world_size,
+            "world_size": self.dist.world_size,
+        }
+        atomic_write_text(self.run_dir / "config.json", json.dumps(info, indent=2) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "lam": self.lam,
+            "collapses": self.collapses,
+            "rec_history": list(self.rec_history),
+            "best_psnr": self.best_psnr,
+            "out_of_band": self.out_of_band,
+            "rng_cpu": torch.get_rng_state(),
+            "world_size": self.dist.world_size,
+            "samples_seen": self.step * self.cfg.batch * self.dist.world_size,
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.bank is not None:
+            state["negatives"] = self.bank.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.lam = float(state["lam"])
+        self.collapses = int(state["collapses"])
+        self.rec_history = deque(state["rec_history"], maxlen=100)
+        self.best_psnr = state["best_psnr"]
+        self.out_of_band = int(state.get("out_of_band", 0))
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if self.bank is not None:
+            self.bank.load_state_dict(state["negatives"])
+
+    def _load_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        if not path.exists():
+            raise McirError(f"no {STATE_FILE} to resume from", self.run_dir)
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state_dict(state)
+        if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
+            log.info("resuming a run of %d ranks on %d: data position re-derived from the step", state.get("world_size", 1), self.dist.world_size)
+        if self.dist.is_main:
+            truncate_log(self.run_dir / "log.jsonl", self.step)
+
+    def save_state(self) -> None:
+        if not self.dist.is_main:
+            return
+        state = self.state_dict()
+        atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+    def write_weights(self, stem: str = "model") -> dict[str, str]:
+        """model.safetensors (+metadata) and model.pth in the input's own layout."""
+        if not self.dist.is_main:
+            return {}
+        sd = self.loaded.file_state_dict()
+        meta = {
+            "architecture": self.loaded.architecture,
+            "scale": str(self.loaded.scale),
+            "preset": self.loaded.preset.name if self.loaded.preset else "",
+            "mcir_version": __version__,
+            "training": {
+                "steps": self.step,
+                "lambda": self.lam,
+                "negative_init": self.cfg.negative_init,
+                "negative_steps": list(self.cfg.negative_steps),
+                "embedding": self.embedding_description,
+                "source_checkpoint": self.cfg.checkpoint,
+                "best_val_psnr": self.best_psnr,
+            },
+        }
+        st, pth = self.run_dir / f"{stem}.safetensors", self.run_dir / f"{stem}.pth"
+        save_safetensors(sd, st, meta)
+        if self.loaded.checkpoint is not None:
+            save_like(self.loaded.checkpoint, sd, pth)
+        else:
+            atomic_write(pth, lambda tmp: torch.save({k: v.detach().cpu() for k, v in sd.items()}, tmp))
+        return {st.name: str(st), pth.name: str(pth)}
+
+    # ------------------------------------------------------------------ loop pieces
+    def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches from `start_step` on; sample indices depend only on (step, rank)."""
+        B, W, r = self.cfg.batch, self.dist.world_size, self.dist.rank
+        indices = [(t * W + r) * B + j for t in range(start_step, self.cfg.iters) for j in range(B)]
+        loader = torch.utils.data.DataLoader(
+            self.patches,
+            batch_size=B,
+            sampler=indices,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.cfg.workers > 0,
+            drop_last=True,
+            generator=torch.Generator(),  # keeps the global RNG (drop-path) untouched
+        )
+        yield from loader
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The last good in-memory state, for the collapse guard (CPU copies)."""
+        def cpu(obj: Any) -> Any:
+            if isinstance(obj, Tensor):
+                return obj.detach().to("cpu", copy=True)
+            if isinstance(obj, dict):
+                return {k: cpu(v) for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(cpu(v) for v in obj)
+            return obj
+
+        return cpu(self.state_dict())
+
+    def _restore_snapshot(self, snap: dict[str, Any]) -> None:
+        lam, collapses = self.lam, self.collapses
+        self.load_state_dict(snap)
+        self.lam, self.collapses = lam, collapses
+
+    def _is_collapse(self, loss: float, l_rec: float) -> str | None:
+        if not math.isfinite(loss):
+            return "non-finite loss"
+        if len(self.rec_history) >= 10:
+            median = statistics.median(self.rec_history)
+            if l_rec > self.cfg.collapse_factor * median:
+                return f"l_rec {l_rec:.4g} > {self.cfg.collapse_factor:g} x running median {median:.4g}"
+        return None
+
+    def train_step(self, lq: Tensor, gt: Tensor) -> tuple[float, float, float, float]:
+        """One optimizer step. Returns (loss, l_rec, l_neg, grad_norm) as floats."""
+        lq = lq.to(self.device, non_blocking=True)
+        gt = gt.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.cfg.amp):
+            out = self.ddp_model(lq)
+            l_rec = self.rec_loss(out.float(), gt)
+        if self.bank is not None and self.spn is not None:
+            neg = self.bank(lq, self.amp_dtype)
+            l_neg = self.spn(out.float(), neg.float(), self.amp_dtype)
+            loss = l_rec - self.lam * l_neg
+        else:
+            l_neg = torch.zeros((), device=self.device)
+            loss = l_rec
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        values = torch.stack([loss.detach(), l_rec.detach(), l_neg.detach().float(), grad_norm.detach().float()]).tolist()
+        if math.isfinite(values[0]) and math.isfinite(values[3]):
+            self.optimizer.step()
+            self.scheduler.step()
+        return values[0], values[1], values[2], values[3]
+
+    def _adapt_lambda(self, ratio: float) -> None:
+        lo, hi = self.cfg.ratio_band
+        if ratio < lo:
+            self.lam *= 1.05
+        elif ratio > hi:
+            self.lam /= 1.05
+
+    def _watch_ratio(self, ratio: float, logger: RunLog | None) -> None:
+        lo, hi = self.cfg.ratio_band
+        self.out_of_band = self.out_of_band + 1 if not lo <= ratio <= hi else 0
+        patience = max(50, self.cfg.iters // 10)
+        if self.out_of_band == patience and self.dist.is_main:
+            msg = (f"contrast ratio λ·l_neg/l_rec = {ratio:.2%} has stayed outside "
+                   f"{lo:.0%}–{hi:.0%} for {patience} steps (the authors advise 1–10 %); "
+                   "consider --lambda auto or another --lambda")
+            log.warning(msg)
+            if logger:
+                logger.write({"event": "ratio_warning", "step": self.step, "ratio": ratio, "message": msg})
+
+    def validate(self) -> tuple[float, float, Any] | None:
+        if self.val is None or not self.dist.is_main:
+            return None
+        from mcir_cli.evaluate import conventions_for, score_dataset
+
+        conv = conventions_for(self.task, self.loaded.scale)
+        res = score_dataset(self.loaded, self.val, conv, device=self.device, tile=self.cfg.tile, noise_sigma=self.cfg.noise_sigma)
+        set_train_mode(self.model, self.cfg.train_bn)
+        return res["psnr"], res["ssim"], conv
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        main = self.dist.is_main
+        logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard) if main else None
+        result = TrainResult(self.run_dir, self.step)
+        if main and self.step == 0:
+            logger.write({"event": "start", "step": 0, "embedding": self.embedding_description,
+                          "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
+                          "negatives": cfg.negative_init, "global_batch": cfg.batch * self.dist.world_size})
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        snapshot = self._snapshot()
+        snapshot_every = max(1, min(100, cfg.iters // 20 or 1))
+        t_last, steps_since = time.perf_counter(), 0
+        try:
+            data = self.batches(self.step)
+            while self.step < cfg.iters:
+                try:
+                    lq, gt = next(data)
+                except StopIteration:
+                    break
+                loss, l_rec, l_neg, gnorm = self.train_step(lq, gt)
+                reason = self._is_collapse(loss, l_rec)
+                if reason is not None:
+                    self.collapses += 1
+                    bad_step = self.step + 1
+                    self._restore_snapshot(snapshot)
+                    self.lam /= 2
+                    event = {"event": "collapse", "step": bad_step, "reason": reason, "rolled_back_to": self.step,
+                             "lambda": self.lam, "count": self.collapses}
+                    if main:
+                        logger.write(event)
+                        log.warning("collapse at step %d (%s): rolled back to step %d, λ halved to %.3g",
+                                    bad_step, reason, self.step, self.lam)
+                    if self.collapses >= cfg.max_collapses:
+                        result.stopped_early = (f"stopped after {self.collapses} collapses (last: {reason}); "
+                                                f"the weights of step {self.step} were saved")
+                        break
+                    data = self.batches(self.step)
+                    continue
+                self.step += 1
+                steps_since += 1
+                self.rec_history.append(l_rec)
+                ratio = self.lam * l_neg / l_rec if l_rec > 0 else 0.0
+                if self.bank is not None:
+                    updated = self.bank.update(self.step, self.model)
+                    if main:
+                        for i in updated:
+                            logger.write({"event": "negative_update", "step": self.step, "index": i,
+                                          "period": cfg.negative_steps[i]})
+                    self._watch_ratio(ratio, logger)
+                    if cfg.lam_auto:
+                        self._adapt_lambda(ratio)
+                if self.step % snapshot_every == 0:
+                    snapshot = self._snapshot()
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.iters):
+                    now = time.perf_counter()
+                    it_s = steps_since / max(now - t_last, 1e-9)
+                    t_last, steps_since = now, 0
+                    stats = StepStats(self.step, l_rec, l_neg, ratio, self.lam, self.scheduler.get_last_lr()[0], gnorm, it_s)
+                    logger.write(dataclasses.asdict(stats))
+                    if self.on_step:
+                        self.on_step(stats)
+                self.dist.check_sync(self, self.step)
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.iters:
+                    self._validate_and_log(logger, result)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_state()
+                if self._stop_signal is not None:
+                    result.stopped_early = f"{self._stop_signal} at step {self.step}: state saved, continue with --resume {self.run_dir}"
+                    break
+            result.final_psnr = self._validate_and_log(logger, result)
+            self.save_state()
+            result.outputs = self.write_weights("model")
+            result.steps = self.step
+            result.best_psnr = self.best_psnr
+            result.collapses = self.collapses
+            if main:
+                logger.write({"event": "end", "step": self.step, "stopped_early": result.stopped_early,
+                              "best_psnr": self.best_psnr, "collapses": self.collapses})
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if logger:
+                logger.close()
+        return result
+
+    def _validate_and_log(self, logger: RunLog | None, result: TrainResult) -> float | None:
+        out = self.validate()
+        if out is None:
+            return None
+        p, s, conv = out
+        if logger:
+            logger.write({"event": "val", "step": self.step, "psnr": p, "ssim": s, "conventions": conv.describe()})
+        if self.best_psnr is None or p > self.best_psnr:
+            self.best_psnr = p
+            result.outputs.update(self.write_weights("best"))
+        val_path = self.run_dir / "val.json"
+        history = json.loads(val_path.read_text()) if val_path.exists() else {"conventions": conv.as_dict(), "dataset": str(self.cfg.val), "history": []}
+        history["history"] = [h for h in history["history"] if h["step"] < self.step] + [{"step": self.step, "psnr": p, "ssim": s}]
+        history["best"] = max(history["history"], key=lambda h: h["psnr"])
+        atomic_write_text(val_path, json.dumps(history, indent=2) + "\n")
+        return p
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_signal is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = name
+        log.warning("%s received: saving at the end of this step (press again to abort)", name)
+
+
+def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None, resume: bool = False, dist=None) -> TrainResult:
+    """Retrain a model with MCIR (or plainly with negative_init='none')."""
+    out = Path(cfg.output)
+    if not resume and out.exists():
+        raise McirError("output folder exists; choose a new --output (or --resume it)", out)
+    try:
+        trainer = Trainer(cfg, resume=resume, on_step=on_step, dist=dist)
+        return trainer.run()
+    except torch.cuda.OutOfMemoryError:
+        raise McirError(f"CUDA out of memory at batch {cfg.batch} x patch {cfg.patch}: try a smaller --batch or --patch") from None
+
+
+def load_run_config(run_dir: str | Path, iters: int | None = None) -> TrainConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise McirError("not a run folder (no config.json)", run_dir)
+    cfg = TrainConfig.from_json(json.loads(path.read_text())["config"])
+    cfg.output = str(run_dir)
+    if iters is not None:
+        cfg.iters = iters
+    return cfg
