@@ -37,6 +37,17 @@ def conventions_for(
     )
 
 
+def has_colour_images(dataset: Dataset) -> bool:
+    """Whether any ground-truth image of the dataset has colour (read lazily, no decode)."""
+    from PIL import Image
+
+    for pair in dataset.pairs:
+        with Image.open(pair.gt) as img:
+            if img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+                return True
+    return False
+
+
 def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(images)
     return {
@@ -79,7 +90,12 @@ def score_dataset(
     net.eval()
     images = []
     try:
+        mixed = model.in_channels == 3 and has_colour_images(dataset)
         for i, (pair, lq, gt) in enumerate(iter_pairs(dataset, noise_sigma, noise_seed)):
+            if mixed and lq.shape[0] == 1:
+                # a grey image among colour ones (Set14's bridge): BasicSR reads it with
+                # OpenCV as 3 equal channels, and the published numbers are made so
+                lq, gt = lq.expand(3, -1, -1), gt.expand(3, -1, -1)
             _check_channels(model, dataset, lq.shape[0], pair.lq or pair.gt)
             out = restore(
                 net,

@@ -283,7 +283,9 @@ class Trainer:
             self.bank = NegativeBank(
                 self.model, cfg.negative_steps, cfg.negative_weight, cfg.negative_init, cfg.negative_mix,
                 seed=cfg.seed, random_model=random_model,
-                batched={"auto": "auto", "on": True, "off": False}[cfg.batched_negatives],
+                # vmap batches the N negatives into one launch: a GPU win; on CPU the
+                # plain loop measured faster (benchmarks/negatives_vmap.py), so auto = loop
+                batched={"auto": "auto" if self.device.type == "cuda" else False, "on": True, "off": False}[cfg.batched_negatives],
             ).to(self.device)
             embedding = make_embedding(cfg.embedding, cfg.embedding_weights, cfg.embedding_init, cfg.seed)
             self.spn = SPNLoss(embedding).to(self.device)

@@ -1,0 +1,363 @@
+"""Reconstruction losses, feature embeddings and the SPN (negative) loss of MCIR.
+
+Total objective (the sign matters): L = L_rec - lambda * L_neg, where
+
+    L_neg = (1/N) sum_i sum_l w_l * mean | phi_l(I_rec) - phi_l(I_neg_i) |
+
+with phi a frozen embedding (VGG16 / VGG19 / pixels) and I_neg_i the output of negative
+model i (no gradient). Pushing the restored image away from the negatives' outputs in
+feature space is the "self-prior-guided negative" term.
+
+All images are float tensors in [0, 1], NCHW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mcir_cli.errors import McirError
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    return F.l1_loss(pred, target)
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(pred, target)
+
+
+def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
+    """mean(sqrt((pred - target)^2 + eps^2)) (MPRNet / Restormer form, eps = 1e-3)."""
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+_PSNR_SCALE = 10.0 / math.log(10.0)
+
+
+def psnr_loss(pred: Tensor, target: Tensor, loss_weight: float = 1.0) -> Tensor:
+    """NAFNet's PSNRLoss: loss_weight * 10/ln(10) * mean_b log(mse_b + 1e-8).
+
+    Equals -PSNR (dB) averaged over the batch for images in [0, 1]; minimise it.
+    """
+    if pred.dim() != 4:
+        raise ValueError(f"psnr_loss expects NCHW tensors, got shape {tuple(pred.shape)}")
+    per_image = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    return loss_weight * _PSNR_SCALE * torch.log(per_image + 1e-8).mean()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma * sigma))
+    g = g / g.sum()
+    w2 = torch.outer(g, g).to(device=like.device, dtype=like.dtype)
+    return w2.expand(channels, 1, size, size).contiguous()
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Differentiable SSIM on [0, 1] images: Gaussian window, valid region, per channel,
+    averaged over batch, channels and positions."""
+    c = pred.shape[1]
+    w = _gaussian_window(window, sigma, c, pred)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv2d(t, w, groups=c)
+
+    mu_x, mu_y = filt(pred), filt(target)
+    sxx = filt(pred * pred) - mu_x * mu_x
+    syy = filt(target * target) - mu_y * mu_y
+    sxy = filt(pred * target) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2)
+    return (num / den).mean()
+
+
+def ssim_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """1 - SSIM (11x11 Gaussian, sigma 1.5, valid region)."""
+    return 1.0 - ssim(pred, target)
+
+
+REC_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "l1": l1,
+    "mse": mse,
+    "charbonnier": charbonnier,
+    "psnr": psnr_loss,
+    "ssim": ssim_loss,
+}
+
+
+def make_rec_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """Reconstruction loss by name: l1, mse, charbonnier, psnr, ssim."""
+    key = str(name).lower()
+    if key not in REC_LOSSES:
+        raise McirError(
+            f"unknown reconstruction loss {name!r}; choose one of {', '.join(REC_LOSSES)}"
+        )
+    return REC_LOSSES[key]
+
+
+def total_loss(l_rec: Tensor, l_neg: Tensor, lam: float) -> Tensor:
+    """MCIR objective: L_rec - lambda * L_neg (larger distance to negatives is better)."""
+    return l_rec - lam * l_neg
+
+
+# --------------------------------------------------------------------------- embeddings
+
+# kind -> (features index of each tapped ReLU, its name, its weight)
+VGG_LAYERS: dict[str, tuple[tuple[int, ...], tuple[str, ...], tuple[float, ...]]] = {
+    "vgg16": ((3, 8, 15), ("relu1_2", "relu2_2", "relu3_3"), (0.2, 0.3, 0.5)),
+    "vgg19": (
+        (1, 6, 11, 20, 29),
+        ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0),
+    ),
+}
+_VGG_CFG = {"vgg16": "D", "vgg19": "E"}
+
+
+def _vgg_weights_enum(kind: str) -> Any:
+    from torchvision.models import VGG16_Weights, VGG19_Weights
+
+    return {"vgg16": VGG16_Weights, "vgg19": VGG19_Weights}[kind].IMAGENET1K_V1
+
+
+def vgg_weight_file_name(kind: str) -> str:
+    """torchvision's file name for the ImageNet weights, e.g. vgg16-397923af.pth."""
+    return _vgg_weights_enum(kind).url.rsplit("/", 1)[-1]
+
+
+def vgg_cache_path(kind: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / vgg_weight_file_name(kind)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise McirError("embedding weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except McirError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader error is the user's file
+        raise McirError(f"cannot read embedding weights ({type(exc).__name__}: {exc})", path) from exc
+    for wrapper in ("state_dict", "model", "params"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict):
+        raise McirError(f"embedding weights are a {type(sd).__name__}, not a state dict", path)
+    return sd
+
+
+class VGGEmbedding(nn.Module):
+    """Frozen VGG feature taps (ImageNet-normalised inside; input in [0, 1]).
+
+    vgg16: relu1_2, relu2_2, relu3_3 with weights 0.2 / 0.3 / 0.5 (MCIR authors' config);
+    vgg19: relu1_1 .. relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1 (AECR-Net).
+    Only `features` up to the deepest tap are kept. ReLUs are not in place.
+    """
+
+    def __init__(
+        self,
+        kind: str = "vgg16",
+        weights: str | Path | None = None,
+        init: str = "pretrained",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if kind not in VGG_LAYERS:
+            raise McirError(f"unknown VGG embedding {kind!r}; choose vgg16 or vgg19")
+        if init not in ("pretrained", "random"):
+            raise McirError(f"unknown embedding init {init!r}; choose pretrained or random")
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.kind = kind
+        self.taps, self.layer_names, weights_l = VGG_LAYERS[kind]
+        self.layer_weights = list(weights_l)
+        keep = max(self.taps) + 1
+
+        def build() -> nn.Sequential:
+            feats = make_layers(cfgs[_VGG_CFG[kind]], batch_norm=False)[:keep]
+            for m in feats:  # torchvision VGG's own init
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.constant_(m.bias, 0)
+            return feats
+
+        layers = ", ".join(self.layer_names).replace(", ", "/")
+        if init == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(int(seed))
+                self.features = build()
+            self.source = None
+            self.description = (
+                f"{kind.upper()} {layers} — RANDOM weights (seed {seed}), not pretrained: "
+                "the SPN term is not the paper's"
+            )
+        else:
+            with torch.random.fork_rng(devices=[]):
+                self.features = build()  # values are overwritten by the load below
+            sd, source = self._pretrained_state_dict(kind, weights)
+            self._load(sd, source)
+            self.source = source
+            self.description = f"{kind.upper()} {layers} — ImageNet weights from {source}"
+        for m in self.features:
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def _pretrained_state_dict(kind: str, weights: str | Path | None) -> tuple[dict, str]:
+        if weights is not None:
+            path = Path(weights).expanduser()
+            return _read_state_dict(path), str(path)
+        cached = vgg_cache_path(kind)
+        if cached.is_file():
+            return _read_state_dict(cached), str(cached)
+        enum = _vgg_weights_enum(kind)
+        old_timeout = socket.getdefaulttimeout()
+        try:
+            socket.setdefaulttimeout(30)
+            sd = enum.get_state_dict(progress=False)
+            return sd, f"{enum.url} (downloaded to {cached})"
+        except Exception as exc:  # noqa: BLE001 - offline, proxy, corrupt download ...
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+        name = vgg_weight_file_name(kind)
+        raise McirError(
+            f"the {kind.upper()} ImageNet weights for the SPN embedding are not available "
+            f"(download failed: {reason[:200]}). Put torchvision's {name} ({enum.url}) at "
+            f"{cached}, or pass --embedding-weights FILE (a torchvision {kind} state dict, "
+            f".pth or .safetensors), or use --embedding-init random (not the paper's loss)"
+        )
+
+    def _load(self, sd: dict[str, Tensor], source: str) -> None:
+        keep = len(self.features)
+        own: dict[str, Tensor] = {}
+        for k, v in sd.items():
+            key = k[len("features."):] if k.startswith("features.") else k
+            head = key.split(".", 1)[0]
+            if head.isdigit() and int(head) < keep:
+                own[key] = v
+        expected = self.features.state_dict()
+        missing = sorted(set(expected) - set(own))
+        if missing:
+            raise McirError(
+                f"not a torchvision {self.kind} state dict: missing {', '.join(missing[:4])}"
+                f"{' ...' if len(missing) > 4 else ''} (expected keys like features.0.weight)",
+                source,
+            )
+        for k, v in expected.items():
+            if own[k].shape != v.shape:
+                raise McirError(
+                    f"not a torchvision {self.kind} state dict: {k} has shape "
+                    f"{tuple(own[k].shape)}, expected {tuple(v.shape)}",
+                    source,
+                )
+        self.features.load_state_dict({k: own[k].float() for k in expected}, strict=True)
+
+    def train(self, mode: bool = True) -> VGGEmbedding:  # always frozen, always eval
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        out: list[Tensor] = []
+        last = max(self.taps)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+            if i == last:
+                break
+        return out
+
+
+class PixelEmbedding(nn.Module):
+    """Identity embedding: the SPN term becomes an L1 distance in pixel space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_weights = [1.0]
+        self.layer_names = ["pixels"]
+        self.description = "pixels (L1 in image space)"
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [x]
+
+
+def make_embedding(
+    name: str,
+    weights: str | Path | None = None,
+    init: str = "pretrained",
+    seed: int = 0,
+) -> nn.Module:
+    """Embedding by name: vgg16, vgg19 or pixel. Has .layer_weights and .description."""
+    key = str(name).lower()
+    if key in VGG_LAYERS:
+        return VGGEmbedding(key, weights=weights, init=init, seed=seed)
+    if key == "pixel":
+        return PixelEmbedding()
+    raise McirError(f"unknown embedding {name!r}; choose vgg16, vgg19 or pixel")
+
+
+# --------------------------------------------------------------------------- SPN loss
+
+
+class SPNLoss(nn.Module):
+    """L_neg = (1/N) sum_i sum_l w_l * mean_{B,C,H,W} |phi_l(rec) - phi_l(neg_i)|."""
+
+    def __init__(self, embedding: nn.Module, layer_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.layer_weights = list(layer_weights if layer_weights is not None else embedding.layer_weights)
+
+    def forward(
+        self, restored: Tensor, negatives: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        if negatives.dim() != restored.dim() + 1 or negatives.shape[1:] != restored.shape:
+            raise ValueError(
+                f"negatives must be (N, *restored.shape); got {tuple(negatives.shape)} "
+                f"for restored {tuple(restored.shape)}"
+            )
+        n = negatives.shape[0]
+        device_type = restored.device.type
+        ctx = (
+            torch.autocast(device_type=device_type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            with torch.no_grad():
+                neg_feats = self.embedding(negatives.detach().flatten(0, 1))
+            rec_feats = self.embedding(restored)
+        if len(rec_feats) != len(self.layer_weights):
+            raise ValueError(
+                f"embedding returned {len(rec_feats)} maps for {len(self.layer_weights)} weights"
+            )
+        total = restored.new_zeros((), dtype=torch.float32)
+        for w, fr, fn in zip(self.layer_weights, rec_feats, neg_feats):
+            fn = fn.detach().unflatten(0, (n, fr.shape[0]))
+            # per-negative mean over (B, C, H, W), then mean over negatives
+            dist = (fr.unsqueeze(0) - fn).abs().mean(dtype=torch.float32)
+            total = total + w * dist
+        return total

@@ -1,0 +1,390 @@
+"""EMA negative models for model contrastive learning (MCIR).
+
+A `NegativeBank` holds N "negative" models: exponential moving averages of the target's
+own history. After the optimizer step that completes step t, negative i is updated when
+t % s_i == 0:
+
+    theta'_i <- w * theta'_i + (1 - w) * theta        (w = 0.1 by default)
+
+The N negatives' floating parameters and all buffers are stored STACKED (leading dim N).
+`forward(x)` runs all N with one `torch.vmap` over `torch.func.functional_call` on a
+stateless base copy (on the meta device). Architectures that vmap cannot trace (custom
+`autograd.Function`s such as NAFNet's LayerNorm2d, data-dependent control flow, in-place
+writes to the input) fall back to running N module copies in a loop; those copies'
+parameters are views of the same stacked storage, so both paths always see the same
+weights and an EMA update is a single in-place op per parameter.
+
+The negatives never appear in the target's parameters: the bank is a plain class, and
+every stacked tensor has requires_grad=False.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("mcir")
+
+INIT_MODES = ("mix", "copy", "random", "frozen")
+STATE_FORMAT = 1
+
+
+def _reset_all(module: nn.Module) -> nn.Module:
+    """Re-initialise every submodule that has a `reset_parameters()` method."""
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return module
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Run `build` with the CPU generator seeded, leaving every global RNG untouched.
+
+    Only the CPU generator is seeded (not `torch.manual_seed`, which would also seed -- or
+    lazily queue a seed for -- every CUDA device): random models are built on the CPU so
+    that they do not depend on the training device.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        return build()
+
+
+def _split_path(name: str) -> tuple[str, str]:
+    owner, _, leaf = name.rpartition(".")
+    return owner, leaf
+
+
+class NegativeBank:
+    """N EMA negatives of a target model, stacked for one batched (vmap) forward.
+
+    Parameters
+    ----------
+    target: the model being trained (pass the raw module, not a DDP / torch.compile
+        wrapper: parameter names must match the model's own).
+    steps: the update period s_i of each negative (e.g. (100, 500, 1000, 2000)).
+    weight: EMA weight w of the old negative (0.1 in the paper's code).
+    init: "mix" (theta' = mix * theta_rand + (1 - mix) * theta, the authors' code),
+        "copy" (theta' = theta), "random" (a fixed random model, never updated),
+        "frozen" (a fixed copy of the starting model, never updated).
+    mix: alpha of the "mix" init.
+    seed: random model i is built with the CPU generator seeded to seed + i.
+    random_model: builds a freshly initialised model of the target's architecture; when
+        None, a deepcopy of the target has `reset_parameters()` called on every submodule
+        that has one (parameters initialised elsewhere, e.g. SwinIR's relative-position
+        bias tables, then keep the target's values).
+    batched: "auto" tries vmap and falls back to the loop on the first failure; True
+        forces vmap (errors propagate); False forces the loop.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        steps: Sequence[int],
+        weight: float = 0.1,
+        init: str = "mix",
+        mix: float = 0.1,
+        seed: int = 0,
+        random_model: Callable[[], nn.Module] | None = None,
+        batched: bool | str = "auto",
+    ) -> None:
+        steps = [int(s) for s in steps]
+        if not steps:
+            raise ValueError("NegativeBank needs at least one negative (steps is empty)")
+        if any(s < 1 for s in steps):
+            raise ValueError(f"negative update steps must be >= 1, got {steps}")
+        if init not in INIT_MODES:
+            raise ValueError(f"unknown negative init {init!r}; expected one of {INIT_MODES}")
+        if not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"EMA weight must be in [0, 1], got {weight}")
+        if batched not in (True, False, "auto"):
+            raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")
+        self.steps = steps
+        self.weight = float(weight)
+        self.init = init
+        self.mix = float(mix)
+        self.seed = int(seed)
+        self.target = target
+        self.arch_name = type(target).__name__
+        self._batched: bool | str = batched
+        self._warned = False
+        self.fallback_reason: str | None = None
+
+        # Canonical names: named_parameters()/named_buffers() without duplicates (tied
+        # weights appear once, functional_call re-ties them).
+        t_params = dict(target.named_parameters())
+        t_buffers = dict(target.named_buffers())
+        self.param_names = [n for n, p in t_params.items() if p.is_floating_point()]
+        # Non-floating parameters (rare) are treated like buffers: copied, never mixed.
+        self.buffer_names = [n for n, p in t_params.items() if not p.is_floating_point()]
+        self.buffer_names += list(t_buffers)
+
+        n = len(steps)
+        with torch.no_grad():
+            theta = [t_params[k].detach() for k in self.param_names]
+            rows: list[list[Tensor]] = []
+            for i in range(n):
+                if init in ("copy", "frozen"):
+                    rows.append([p.clone() for p in theta])
+                    continue
+                rand = self._random_params(i, random_model)
+                if init == "random":
+                    rows.append(rand)
+                else:  # mix
+                    a = self.mix
+                    rows.append([a * r + (1.0 - a) * p for r, p in zip(rand, theta)])
+            self.params: dict[str, Tensor] = {
+                k: torch.stack([rows[i][j] for i in range(n)]).contiguous()
+                for j, k in enumerate(self.param_names)
+            }
+            src = {**t_params, **t_buffers}
+            self.buffers: dict[str, Tensor] = {
+                k: torch.stack([src[k].detach()] * n).clone() for k in self.buffer_names
+            }
+        for t in (*self.params.values(), *self.buffers.values()):
+            t.requires_grad_(False)
+
+        # Stateless skeleton: a copy of the target with every tensor on the meta device.
+        # It is the vmap base and the template of the loop path's modules.
+        self._skeleton = self._meta_copy(target)
+        self._modules: list[nn.Module] = []
+        self._rebuild_views()
+
+    # ------------------------------------------------------------------ construction
+    def _random_params(self, i: int, random_model: Callable[[], nn.Module] | None) -> list[Tensor]:
+        def build() -> nn.Module:
+            if random_model is not None:
+                return random_model()
+            fresh = copy.deepcopy(self.target).to("cpu")
+            return _reset_all(fresh)
+
+        fresh = _seeded(self.seed + i, build)
+        named = dict(fresh.named_parameters())
+        refs = dict(self.target.named_parameters())
+        out = []
+        for k in self.param_names:
+            ref = refs[k]
+            if k not in named or named[k].shape != ref.shape:
+                raise ValueError(
+                    f"random_model() does not match the target: parameter {k!r} "
+                    f"{'missing' if k not in named else tuple(named[k].shape)} vs {tuple(ref.shape)}"
+                )
+            out.append(named[k].detach().to(device=ref.device, dtype=ref.dtype))
+        return out
+
+    @staticmethod
+    def _meta_copy(target: nn.Module) -> nn.Module:
+        # Copy the module structure without copying the weights: swap every parameter and
+        # buffer for a meta tensor in the memo, so deepcopy never duplicates real storage.
+        memo: dict[int, Any] = {}
+        for p in target.parameters():
+            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+        for b in target.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
+        skel = copy.deepcopy(target, memo)
+        skel.eval()
+        for p in skel.parameters():
+            p.requires_grad_(False)
+        return skel
+
+    def _rebuild_views(self) -> None:
+        """Make N modules whose parameters/buffers are views of the stacked storage."""
+        alias: dict[str, str] = {}  # every (possibly tied) name -> canonical name
+        canon = {id(p): k for k, p in self.target.named_parameters()}
+        for k, p in self.target.named_parameters(remove_duplicate=False):
+            alias[k] = canon[id(p)]
+        canon_b = {id(b): k for k, b in self.target.named_buffers()}
+        for k, b in self.target.named_buffers(remove_duplicate=False):
+            alias[k] = canon_b[id(b)]
+        modules = []
+        for i in range(self.num):
+            m = copy.deepcopy(self._skeleton)
+            for k in alias:
+                owner_name, leaf = _split_path(k)
+                owner = m.get_submodule(owner_name)
+                src = alias[k]
+                if src in self.params:
+                    owner._parameters[leaf] = nn.Parameter(self.params[src][i], requires_grad=False)
+                elif leaf in owner._parameters:  # non-float parameter
+                    owner._parameters[leaf] = nn.Parameter(self.buffers[src][i], requires_grad=False)
+                else:
+                    owner._buffers[leaf] = self.buffers[src][i]
+            m.eval()
+            modules.append(m)
+        self._modules = modules
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def num(self) -> int:
+        return len(self.steps)
+
+    @property
+    def updates_enabled(self) -> bool:
+        return self.init in ("mix", "copy")
+
+    def due(self, step: int) -> list[int]:
+        """Indices i with step % s_i == 0 (step = completed optimizer steps, >= 1)."""
+        if step < 1:
+            return []
+        return [i for i, s in enumerate(self.steps) if step % s == 0]
+
+    @torch.no_grad()
+    def update(self, step: int, target: nn.Module | None = None) -> list[int]:
+        """EMA-update the negatives due at `step`; return their indices.
+
+        Call after `optimizer.step()` with step = number of completed steps. `target`
+        defaults to the module given at construction (pass the unwrapped model if the
+        live one was replaced, e.g. after loading a checkpoint into a new object).
+        """
+        if not self.updates_enabled:
+            return []
+        idx = self.due(step)
+        if not idx:
+            return []
+        tgt = self.target if target is None else target
+        t_params = dict(tgt.named_parameters())
+        t_all = {**t_params, **dict(tgt.named_buffers())}
+        theta = [t_params[k].detach() for k in self.param_names]
+        bufs_src = [t_all[k].detach() for k in self.buffer_names]
+        end_w = 1.0 - self.weight
+        for i in idx:
+            rows = [self.params[k][i] for k in self.param_names]
+            if rows:
+                torch._foreach_lerp_(rows, theta, end_w)
+            if self.buffer_names:
+                dst = [self.buffers[k][i] for k in self.buffer_names]
+                torch._foreach_copy_(dst, bufs_src)
+        return idx
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def batched(self) -> bool | str:
+        """True / False / "auto" (not yet decided)."""
+        return self._batched
+
+    def _vmap_forward(self, x: Tensor) -> Tensor:
+        skel = self._skeleton
+
+        def one(p: dict[str, Tensor], b: dict[str, Tensor], inp: Tensor) -> Tensor:
+            return torch.func.functional_call(skel, (p, b), (inp,))
+
+        # x is cloned: a model that writes into its input in place (RCAN) must not
+        # change the caller's tensor.
+        return torch.vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x.clone())
+
+    def _loop_forward(self, x: Tensor) -> Tensor:
+        # Each negative gets its own copy of the input (some models, e.g. RCAN, scale
+        # their input in place).
+        return torch.stack([m(x.clone()) for m in self._modules])
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Outputs of all negatives for input x (B, C, H, W) -> (N, B, C', H', W').
+
+        `dtype` (e.g. torch.bfloat16) runs the negatives under torch.autocast; the
+        result is cast back to x's dtype.
+        """
+        if dtype is not None:
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                out = self._forward(x)
+            return out.to(x.dtype)
+        return self._forward(x)
+
+    __call__ = forward
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self._batched is False:
+            return self._loop_forward(x)
+        if self._batched is True:
+            return self._vmap_forward(x)
+        try:  # "auto"
+            return self._vmap_forward(x)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the loop"
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            if not self._warned:
+                log.warning(
+                    "negatives: batched (vmap) forward does not work for %s (%s); "
+                    "running the %d negatives one after another instead",
+                    self.arch_name, reason, self.num,
+                )
+                self._warned = True
+            self._batched = False
+            self.fallback_reason = reason
+            return self._loop_forward(x)
+
+    # ------------------------------------------------------------------ inspection / state
+    def module(self, i: int) -> nn.Module:
+        """Negative i as a module (eval mode). Its tensors are live views of the bank's
+        storage: later updates show through; do not modify it."""
+        return self._modules[i]
+
+    def parameters(self) -> list[Tensor]:
+        """The stacked parameter tensors (for memory accounting; never optimise these)."""
+        return list(self.params.values())
+
+    def to(self, device: torch.device | str) -> NegativeBank:
+        self.params = {k: v.to(device) for k, v in self.params.items()}
+        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        self._rebuild_views()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for t in (*self.params.values(), *self.buffers.values()):
+            return t.device
+        return torch.device("cpu")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "config": {
+                "steps": list(self.steps),
+                "weight": self.weight,
+                "init": self.init,
+                "mix": self.mix,
+                "seed": self.seed,
+                "arch": self.arch_name,
+            },
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "buffers": {k: v.detach().clone() for k, v in self.buffers.items()},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore stacked tensors (in place, keeping the current device)."""
+        cfg = sd.get("config", {})
+        if list(cfg.get("steps", self.steps)) != list(self.steps):
+            raise ValueError(
+                f"negative bank state has steps {cfg.get('steps')}, this bank has {self.steps}"
+            )
+        for key, store in (("params", self.params), ("buffers", self.buffers)):
+            saved = sd[key]
+            missing = sorted(set(store) - set(saved))
+            extra = sorted(set(saved) - set(store))
+            if missing or extra:
+                raise ValueError(
+                    f"negative bank state does not match the model: {key} missing {missing[:5]}, "
+                    f"unexpected {extra[:5]}"
+                )
+            for k, v in store.items():
+                if saved[k].shape != v.shape:
+                    raise ValueError(
+                        f"negative bank state: {key} {k!r} has shape {tuple(saved[k].shape)}, "
+                        f"expected {tuple(v.shape)}"
+                    )
+                v.copy_(saved[k])
+        # weight / init / mix come from the saved run so a resume continues identically.
+        self.weight = float(cfg.get("weight", self.weight))
+        self.init = cfg.get("init", self.init)
+        self.mix = float(cfg.get("mix", self.mix))
+
+    def __repr__(self) -> str:
+        return (
+            f"NegativeBank({self.arch_name}, steps={self.steps}, weight={self.weight}, "
+            f"init={self.init!r}, mix={self.mix}, batched={self._batched!r})"
+        )

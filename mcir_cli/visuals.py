@@ -1,0 +1,370 @@
+"""Pictures that show where a retrained model differs: comparison strips, divergence heat
+maps and per-image delta bar charts. Pillow + numpy + torch only (no matplotlib).
+
+Layout of `comparison_strip` (all sizes in pixels, H x W = GT size, c = crop size):
+
+    +--------+-----+--------+-----+--------+-----+--------+-----+--------+   LABEL_H
+    | LQ up  | SEP |  base  | SEP |  new   | SEP |   GT   | SEP | |n-b|  |   H
+    +--------+-----+--------+-----+--------+-----+--------+-----+--------+
+                                   SEP                                        SEP
+    caption of the zoom row ("x3 crops at ...")                               LABEL_H
+    [crop*zoom] SEP [crop*zoom] SEP [crop*zoom] SEP [crop*zoom] SEP [crop*zoom]  c*zoom
+
+    width  = max(5*W + 4*SEP, 5*c*zoom + 4*SEP)
+    height = LABEL_H + H + SEP + LABEL_H + c*zoom
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from mcir_cli.fsutil import atomic_write
+
+SEP = 4  # gap between panels (and between the two rows)
+LABEL_H = 16  # height of a text band
+MAX_CROP = 48  # largest zoom-crop side
+BACKGROUND = (24, 24, 24)
+TEXT = (235, 235, 235)
+BOX = (0, 255, 255)  # outline of the zoomed region on the full panels
+GREEN = (46, 160, 67)
+RED = (207, 34, 46)
+GRID = (90, 90, 90)
+
+_FONT: Any = None
+
+
+def _font() -> Any:
+    global _FONT
+    if _FONT is None:
+        _FONT = ImageFont.load_default()
+    return _FONT
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, max_w: int,
+          fill: tuple[int, int, int] = TEXT) -> None:
+    """Draw `text` (ASCII-safe) at xy, shortened with '..' to fit `max_w` pixels."""
+    text = text.encode("latin-1", "replace").decode("latin-1")
+    font = _font()
+    if max_w <= 0:
+        return
+    if draw.textlength(text, font=font) > max_w:
+        while text and draw.textlength(text + "..", font=font) > max_w:
+            text = text[:-1]
+        text = text + ".." if text else ""
+    if text:
+        draw.text(xy, text, font=font, fill=fill)
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _to_hwc(img: Any) -> np.ndarray:
+    """CHW / HW / 1CHW tensor or array in [0, 1] -> float64 HxWxC (C = 1 or 3) in [0, 1]."""
+    if isinstance(img, torch.Tensor):
+        arr = img.detach().to("cpu", torch.float64).numpy()
+    else:
+        arr = np.asarray(img, dtype=np.float64)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {arr.shape[0]}")
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a CHW image, got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 4:  # drop alpha
+        arr = arr[:3]
+    if arr.shape[0] not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {arr.shape[0]}")
+    return np.clip(np.nan_to_num(arr.transpose(1, 2, 0)), 0.0, 1.0)
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def _to_pil(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(_rgb(arr) * 255.0).astype(np.uint8), mode="RGB")
+
+
+def divergence_map(base: Any, new: Any) -> np.ndarray:
+    """H x W float64: |new - base| averaged over channels (grey vs RGB: grey is repeated).
+    Exactly zero where the two images are identical."""
+    return _divergence_hwc(_to_hwc(base), _to_hwc(new))
+
+
+def _divergence_hwc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"images differ in size: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
+    if a.shape[2] != b.shape[2]:
+        a, b = _rgb(a), _rgb(b)
+    return np.abs(b - a).mean(axis=2)
+
+
+def auto_heat_scale(div: np.ndarray) -> float:
+    """The value mapped to full intensity when no scale is given: the 99.5th percentile of
+    the map (so one outlier pixel does not hide the rest), or its maximum if that is 0;
+    0 for an all-zero map."""
+    div = np.asarray(div, dtype=np.float64)
+    if div.size == 0:
+        return 0.0
+    s = float(np.percentile(div, 99.5))
+    return s if s > 0 else float(div.max())
+
+
+def _colormap(t: np.ndarray) -> np.ndarray:
+    """t in [0, 1] -> RGB uint8 along black -> red -> yellow -> white (0 -> black)."""
+    t = np.clip(t, 0.0, 1.0)
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def heatmap_image(div: np.ndarray, scale: float | None = None) -> Image.Image:
+    """Colour a divergence map: value / scale (amplification 1/scale) through
+    black -> red -> yellow -> white. `scale=None` uses `auto_heat_scale`. An all-zero map
+    (or scale 0) gives an all-black image."""
+    div = np.asarray(div, dtype=np.float64)
+    if div.ndim != 2:
+        raise ValueError(f"expected an H x W map, got shape {div.shape}")
+    s = auto_heat_scale(div) if scale is None else float(scale)
+    t = div / s if s > 0 else np.zeros_like(div)
+    return Image.fromarray(_colormap(t), mode="RGB")
+
+
+def crop_size(height: int, width: int) -> int:
+    """Side of the zoom crop: min(48, H/4, W/4), at least 1."""
+    return max(1, min(MAX_CROP, height // 4, width // 4))
+
+
+def largest_difference_box(div: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the size x size window with the largest summed
+    divergence (integral image); the top-left-most on ties, (0, 0, size, size) for a zero
+    map."""
+    div = np.asarray(div, dtype=np.float64)
+    h, w = div.shape
+    size = max(1, min(size, h, w))
+    integral = np.zeros((h + 1, w + 1))
+    integral[1:, 1:] = div.cumsum(0).cumsum(1)
+    sums = (integral[size:, size:] - integral[:-size, size:] - integral[size:, :-size]
+            + integral[:-size, :-size])
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(left), int(top), int(left) + size, int(top) + size
+
+
+# --------------------------------------------------------------------------- strip
+
+
+def comparison_strip(lq: Any, base: Any, new: Any, gt: Any,
+                     crop_box: tuple[int, int, int, int] | None = None, zoom: int = 3,
+                     labels: Sequence[str] = ("LQ (upscaled)", "baseline", "retrained", "GT"),
+                     heat_scale: float | None = None) -> Image.Image:
+    """LQ (nearest-upscaled to GT size) | baseline | retrained | GT | heat map of
+    |retrained - baseline|, each labelled, above zoomed crops of the region where the two
+    models differ most (or `crop_box` = (left, top, right, bottom) in GT pixels). Inputs
+    are CHW float tensors in [0, 1]; grey (1-channel) images are shown as grey. See the
+    module docstring for the exact layout. `heat_scale`: the |difference| shown at full
+    intensity (default `auto_heat_scale`; pass one value to make several strips
+    comparable)."""
+    if zoom < 1:
+        raise ValueError("zoom must be >= 1")
+    if len(labels) != 4:
+        raise ValueError("labels needs 4 entries: LQ, baseline, retrained, GT")
+    g, b, n = _to_hwc(gt), _to_hwc(base), _to_hwc(new)
+    h, w = g.shape[:2]
+    for name, arr in (("baseline", b), ("retrained", n)):
+        if arr.shape[:2] != (h, w):
+            raise ValueError(f"{name} output is {arr.shape[1]}x{arr.shape[0]}, GT is {w}x{h}")
+    lq_arr = _to_hwc(lq)
+    if lq_arr.shape[:2] != (h, w):
+        t = torch.from_numpy(lq_arr.transpose(2, 0, 1).copy())[None]
+        lq_arr = F.interpolate(t, size=(h, w), mode="nearest")[0].numpy().transpose(1, 2, 0)
+
+    div = _divergence_hwc(b, n)
+    scale = auto_heat_scale(div) if heat_scale is None else float(heat_scale)
+    heat = heatmap_image(div, scale)
+
+    if crop_box is None:
+        box = largest_difference_box(div, crop_size(h, w))
+        where = f"largest |{labels[2]} - {labels[1]}|"
+    else:
+        left, top, right, bottom = (int(v) for v in crop_box)
+        if not (0 <= left < right <= w and 0 <= top < bottom <= h):
+            raise ValueError(f"crop_box {crop_box} is not inside the {w}x{h} image")
+        box = (left, top, right, bottom)
+        where = "chosen region"
+    cw, ch = box[2] - box[0], box[3] - box[1]
+
+    panels = [_to_pil(lq_arr), _to_pil(b), _to_pil(n), _to_pil(g), heat]
+    crops = [p.crop(box).resize((cw * zoom, ch * zoom), Image.Resampling.NEAREST) for p in panels]
+
+    top_w = 5 * w + 4 * SEP
+    zoom_w = 5 * cw * zoom + 4 * SEP
+    width = max(top_w, zoom_w)
+    height = LABEL_H + h + SEP + LABEL_H + ch * zoom
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    if scale > 0:
+        heat_label = f"|{labels[2]} - {labels[1]}| x{1 / scale:.3g}"
+    else:
+        heat_label = f"|{labels[2]} - {labels[1]}| (identical)"
+    panel_labels = [*labels, heat_label]
+    outline = (cw, ch) != (w, h)
+    for i, (panel, label) in enumerate(zip(panels, panel_labels)):
+        x = i * (w + SEP)
+        canvas.paste(panel, (x, LABEL_H))
+        _text(draw, (x + 2, 2), label, w - 2)
+        if outline:
+            _outline(draw, box, x, LABEL_H, w, h)
+    y0 = LABEL_H + h + SEP
+    _text(draw, (2, y0 + 2), f"x{zoom} crops at ({box[0]},{box[1]})-({box[2]},{box[3]}), {where}",
+          width - 4)
+    for i, crop in enumerate(crops):
+        canvas.paste(crop, (i * (cw * zoom + SEP), y0 + LABEL_H))
+    return canvas
+
+
+def _outline(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], x0: int, y0: int,
+             w: int, h: int) -> None:
+    """Mark `box` on a panel at (x0, y0) with lines just outside it; a side on the panel's
+    edge is not drawn, so no pixel inside the box is ever covered."""
+    l, t, r, b = box
+    top, bottom = max(t - 1, 0), min(b, h - 1)
+    left, right = max(l - 1, 0), min(r, w - 1)
+    if l >= 1:
+        draw.line((x0 + l - 1, y0 + top, x0 + l - 1, y0 + bottom), fill=BOX)
+    if r <= w - 1:
+        draw.line((x0 + r, y0 + top, x0 + r, y0 + bottom), fill=BOX)
+    if t >= 1:
+        draw.line((x0 + left, y0 + t - 1, x0 + right, y0 + t - 1), fill=BOX)
+    if b <= h - 1:
+        draw.line((x0 + left, y0 + b, x0 + right, y0 + b), fill=BOX)
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def largest_delta_images(per_image_deltas: dict[str, float], k: int) -> list[str]:
+    """The k image names with the largest |delta| (NaN ignored; ties by name)."""
+    if k <= 0:
+        return []
+    items = [(name, float(d)) for name, d in per_image_deltas.items() if not math.isnan(float(d))]
+    items.sort(key=lambda nd: (-abs(nd[1]), nd[0]))
+    return [name for name, _ in items[:k]]
+
+
+def delta_bar_chart(names: Sequence[str], deltas: Sequence[float], title: str,
+                    size: tuple[int, int] = (720, 360), unit: str = "dB",
+                    metric: str = "PSNR") -> Image.Image:
+    """Per-image delta bars sorted from largest gain to largest loss (green up, red down),
+    a zero line, y ticks at the extremes, the best/worst image named under the axis.
+    Non-finite deltas are left out (and counted in the x label). Returns an image of
+    exactly `size`."""
+    if len(names) != len(deltas):
+        raise ValueError("names and deltas differ in length")
+    width, height = size
+    left_m, right_m, top_m, bottom_m = 64, 12, 2 * LABEL_H + 4, 2 * LABEL_H + 4
+    if width < left_m + right_m + 10 or height < top_m + bottom_m + 10:
+        raise ValueError(f"chart size {size} is too small")
+    img = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    _text(draw, (4, 2), title, width - 8)
+    _text(draw, (4, LABEL_H + 2), f"delta {metric} ({unit})", left_m + 200)
+
+    pairs = [(str(n), float(d)) for n, d in zip(names, deltas)]
+    finite = sorted(((n, d) for n, d in pairs if math.isfinite(d)), key=lambda nd: (-nd[1], nd[0]))
+    skipped = len(pairs) - len(finite)
+    px0, px1 = left_m, width - right_m
+    py0, py1 = top_m, height - bottom_m
+    draw.line((px0, py0, px0, py1), fill=GRID)
+
+    if not finite:
+        _text(draw, (px0 + 4, (py0 + py1) // 2), "no finite deltas to plot", px1 - px0 - 8)
+        return img
+
+    values = np.array([d for _, d in finite])
+    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+    if hi - lo == 0:
+        lo, hi = -1.0, 1.0
+    pad = 0.05 * (hi - lo)
+    lo_v, hi_v = lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0)
+
+    def y_of(v: float) -> int:
+        return int(round(py0 + (hi_v - v) / (hi_v - lo_v) * (py1 - py0)))
+
+    y_zero = y_of(0.0)
+    n = len(finite)
+    slot = (px1 - px0 - 2) / n
+    gap = 1 if slot >= 4 else 0
+    for i, (_, d) in enumerate(finite):
+        x0 = px0 + 2 + int(math.floor(i * slot))
+        x1 = max(x0, px0 + 2 + int(math.floor((i + 1) * slot)) - 1 - gap)
+        y = y_of(d)
+        if d > 0:
+            draw.rectangle((x0, y, x1, y_zero), fill=GREEN)
+        elif d < 0:
+            draw.rectangle((x0, y_zero, x1, y), fill=RED)
+    draw.line((px0, y_zero, px1, y_zero), fill=TEXT)
+    fmt = "{:+.2f}" if unit == "dB" else "{:+.4f}"
+    ticks = {y_zero: "0"}
+    if hi > 0:
+        ticks[y_of(hi)] = fmt.format(hi)
+    if lo < 0:
+        ticks[y_of(lo)] = fmt.format(lo)
+    for y, label in ticks.items():
+        draw.line((px0 - 3, y, px0, y), fill=TEXT)
+        _text(draw, (2, max(0, y - 6)), label, left_m - 8)
+    xlabel = f"{n} images, sorted by delta"
+    if skipped:
+        xlabel += f" ({skipped} non-finite left out)"
+    _text(draw, (px0, py1 + 4), xlabel, px1 - px0)
+    (best, best_d), (worst, worst_d) = finite[0], finite[-1]
+    extremes = f"best: {best} ({fmt.format(best_d)}), worst: {worst} ({fmt.format(worst_d)})"
+    _text(draw, (px0, py1 + 4 + LABEL_H), extremes, px1 - px0)
+    return img
+
+
+# --------------------------------------------------------------------------- saving
+
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def save_image(img: Image.Image, path: str | Path) -> Path:
+    """Write `img` atomically (temp file + rename); the format follows the suffix
+    (PNG when unknown)."""
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower(), "PNG")
+    return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def write_delta_charts(comparison: Any, out_dir: str | Path, metric: str = "psnr") -> list[Path]:
+    """For a `compare.Comparison`: one bar chart per later model and dataset,
+    `delta_<metric>_<dataset>.png` (two models) or `delta_<metric>_<dataset>_<label>.png`.
+    Returns the paths written."""
+    out_dir = Path(out_dir)
+    written = []
+    for label in comparison.models[1:]:
+        for ds in comparison.datasets:
+            deltas = comparison.image_deltas(ds, label, metric)
+            name = f"delta_{metric}_{_slug(ds)}"
+            if len(comparison.models) > 2:
+                name += f"_{_slug(label)}"
+            chart = delta_bar_chart(list(deltas), list(deltas.values()),
+                                    f"{ds}: {metric.upper()} {label} - {comparison.baseline}, per image",
+                                    unit="dB" if metric == "psnr" else "", metric=metric.upper())
+            written.append(save_image(chart, out_dir / f"{name}.png"))
+    return written
