@@ -216,7 +216,8 @@ def retrain(
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
     from mcir_cli.distributed import DistContext
     from mcir_cli.models import get_preset
-    from mcir_cli.train import TrainConfig, load_run_config, parse_steps, retrain as run_retrain
+    from mcir_cli.train import TrainConfig, load_run_config, parse_steps, validate_config
+    from mcir_cli.train import retrain as run_retrain
 
     dist = DistContext.from_env(device)
     if resume is not None:
@@ -238,9 +239,9 @@ def retrain(
             data=[str(d) for d in data], output=str(output),
             checkpoint=str(checkpoint) if checkpoint else None, model=model, scale=scale,
             task=task or task_default, val=str(val) if val else None,
-            iters=iters or 1000,
-            batch=batch or (recipe.batch if recipe else 16),
-            patch=patch or (recipe.patch if recipe else (48 if (scale or 1) > 1 or task in (None, "sr") else 128)),
+            iters=iters if iters is not None else 1000,
+            batch=batch if batch is not None else (recipe.batch if recipe else 16),
+            patch=patch if patch is not None else (recipe.patch if recipe else (48 if (scale or 1) > 1 or task in (None, "sr") else 128)),
             optimizer=recipe.optimizer if recipe else "adam",
             lr=lr if lr is not None else (recipe.lr if recipe else 1e-5),
             betas=recipe.betas if recipe else (0.9, 0.99),
@@ -260,7 +261,7 @@ def retrain(
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
         )
         is_resume = False
-    from rich.progress import TaskProgressColumn
+    validate_config(cfg)
 
     with Progress(
         TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

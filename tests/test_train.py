@@ -1,0 +1,215 @@
+"""The retraining loop on a real checkpoint (DCTLSA x4) and real photos, on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mcir_cli.cli import app
+from mcir_cli.errors import McirError
+from mcir_cli.fsutil import sha256_file
+from mcir_cli.imageio import read_image, write_image
+from mcir_cli.resize import imresize
+from mcir_cli.train import Trainer, TrainConfig, load_run_config, retrain
+from tests.conftest import shared_path
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ckpt() -> Path:
+    return shared_path("weights", "DCTLSA", "X4.pt")
+
+
+@pytest.fixture(scope="module")
+def train_dir() -> Path:
+    return shared_path("data", "train", "SunHays80_color_subset20")
+
+
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory) -> Path:
+    """Two 64x64 HR crops of real Set5 images with MATLAB-bicubic LR (fast validation)."""
+    root = tmp_path_factory.mktemp("val")
+    for name in ("baby", "bird"):
+        hr = read_image(shared_path("data", "sr", "Set5", "HR", f"{name}.png"))[:, :64, :64]
+        write_image(root / "HR" / f"{name}.png", hr)
+        write_image(root / "LR_bicubic" / "X4" / f"{name}x4.png", imresize(hr, 1 / 4))
+    return root
+
+
+def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=[str(data)], output=str(out), checkpoint=str(ckpt), iters=6, batch=1, patch=16,
+        lr=1e-5, negative_steps=(2, 3), embedding="pixel", seed=0, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
+    before = sha256_file(ckpt)
+    run = tmp_path / "RUN"
+    res = runner.invoke(app, [
+        "retrain", "--checkpoint", str(ckpt), "--data", str(train_dir), "--val", str(small_val),
+        "--iters", "8", "--batch", "2", "--patch", "16", "--negative-steps", "2,4,8",
+        "--embedding-init", "random", "--device", "cpu", "--output", str(run),
+    ])
+    assert res.exit_code == 0, res.output
+    assert sha256_file(ckpt) == before  # the input checkpoint is only read
+    log = read_log(run)
+    steps = [r for r in log if "event" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    for r in steps:
+        assert r["ratio"] == pytest.approx(r["lam"] * r["l_neg"] / r["l_rec"])
+        assert r["l_neg"] > 0 and math.isfinite(r["grad_norm"])
+    updates = [(r["step"], r["index"]) for r in log if r.get("event") == "negative_update"]
+    expected = [(t, i) for t in range(1, 9) for i, s in enumerate((2, 4, 8)) if t % s == 0]
+    assert updates == expected
+    start = next(r for r in log if r.get("event") == "start")
+    assert "RANDOM" in start["embedding"] and start["batchnorm_running_stats"] == "frozen"
+
+    import spandrel
+
+    desc = spandrel.ModelLoader().load_from_file(run / "model.pth")
+    assert desc.architecture.id == "DCTLSA" and desc.scale == 4
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["architecture"] == "DCTLSA" and json.loads(meta["training"])["steps"] == 8
+    val = json.loads((run / "val.json").read_text())
+    assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
+    assert (run / "best.safetensors").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["negative_steps"] == [2, 4, 8] and cfg["model"]["architecture"] == "DCTLSA"
+
+
+def test_resume_is_bit_exact(ckpt, train_dir, tmp_path):
+    straight = retrain(config(ckpt, train_dir, tmp_path / "a", iters=10, embedding="vgg16", embedding_init="random"))
+    retrain(config(ckpt, train_dir, tmp_path / "b", iters=5, embedding="vgg16", embedding_init="random"))
+    resumed = retrain(load_run_config(tmp_path / "b", iters=10), resume=True)
+    assert straight.steps == resumed.steps == 10
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["negatives"]["params"].items():
+        assert torch.equal(v, b["negatives"]["params"][k]), k
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
+    la = [r for r in read_log(tmp_path / "a") if "event" not in r]
+    lb = [r for r in read_log(tmp_path / "b") if "event" not in r]
+    assert [r["l_rec"] for r in la] == [r["l_rec"] for r in lb]
+
+
+def test_batchnorm_frozen_by_default_and_trainable_on_request(ckpt, train_dir, tmp_path):
+    from mcir_cli.checkpoint import read_checkpoint
+
+    original = read_checkpoint(ckpt).state_dict
+    bn_keys = [k for k in original if k.endswith("running_mean")]
+    assert bn_keys, "DCTLSA carries BatchNorm"
+    for train_bn, out in ((False, "frozen"), (True, "trained")):
+        retrain(config(ckpt, train_dir, tmp_path / out, iters=2, negative_init="none", train_bn=train_bn))
+        state = torch.load(tmp_path / out / "state.pt", weights_only=True)["model"]
+        same = all(torch.equal(state[k], original[k]) for k in bn_keys)
+        assert same is (not train_bn)
+
+
+def test_plain_finetuning_has_no_spn_term(ckpt, train_dir, tmp_path):
+    retrain(config(ckpt, train_dir, tmp_path / "plain", iters=3, negative_init="none"))
+    log = read_log(tmp_path / "plain")
+    assert all(r["l_neg"] == 0 for r in log if "event" not in r)
+    assert not any(r.get("event") == "negative_update" for r in log)
+    assert "negatives" not in torch.load(tmp_path / "plain" / "state.pt", weights_only=True)
+
+
+class NaNAt:
+    """Wraps a loss so that chosen calls return NaN (a simulated collapse)."""
+
+    def __init__(self, loss, calls):
+        self.loss, self.calls, self.n = loss, set(calls), 0
+
+    def __call__(self, pred, target):
+        self.n += 1
+        value = self.loss(pred, target)
+        return value * float("nan") if self.n in self.calls else value
+
+
+def test_collapse_guard_rolls_back_and_halves_lambda(ckpt, train_dir, tmp_path):
+    trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=6, lam=1e-3))
+    trainer.rec_loss = NaNAt(trainer.rec_loss, {4})
+    result = trainer.run()
+    assert result.steps == 6 and result.collapses == 1 and result.stopped_early is None
+    events = [r for r in read_log(tmp_path / "run") if r.get("event") == "collapse"]
+    assert len(events) == 1 and events[0]["reason"] == "non-finite loss"
+    assert events[0]["lambda"] == pytest.approx(5e-4)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_collapse_guard_stops_after_three_events(ckpt, train_dir, tmp_path):
+    trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=20))
+    trainer.rec_loss = NaNAt(trainer.rec_loss, set(range(3, 100)))
+    result = trainer.run()
+    assert result.collapses == 3 and "3 collapses" in result.stopped_early
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_lambda_auto_moves_ratio_toward_band(ckpt, train_dir, tmp_path):
+    cfg = config(ckpt, train_dir, tmp_path / "auto", iters=5, lam=1e-6, lam_auto=True)
+    retrain(cfg)
+    lams = [r["lam"] for r in read_log(tmp_path / "auto") if "event" not in r]
+    assert lams[-1] > lams[0]  # the ratio starts far below 1 %, so λ grows
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--iters", "0"], "--iters must be at least 1"),
+        (["--lambda", "-1"], "--lambda must be >= 0"),
+        (["--negative-steps", "0,5"], "--negative-steps must be"),
+        (["--negative-steps", "a,b"], "--negative-steps must be"),
+        (["--patch", "100000"], "no training image is large enough"),
+    ],
+)
+def test_bad_input_is_one_line(ckpt, train_dir, tmp_path, args, message):
+    run = tmp_path / "RUN"
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(train_dir),
+                              "--output", str(run), "--device", "cpu", *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not run.exists()
+
+
+def test_existing_output_and_empty_data_refused(ckpt, train_dir, tmp_path):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(train_dir), "--output", str(existing)])
+    assert res.exit_code == 2 and "output folder exists" in res.output
+    assert (existing / "keep.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(empty), "--output", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "empty" in res.output
+
+
+def test_cuda_out_of_memory_is_reported(ckpt, train_dir, tmp_path, monkeypatch):
+    def boom(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(Trainer, "run", boom)
+    with pytest.raises(McirError, match="smaller --batch or --patch"):
+        retrain(config(ckpt, train_dir, tmp_path / "oom"))
