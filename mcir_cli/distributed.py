@@ -67,10 +67,11 @@ class DistContext:
         if self.world_size > 1:
             dist.barrier()
 
-    def check_sync(self, trainer, step: int, force: bool = False) -> None:
-        """Stop with an error if the ranks' target or negatives have drifted apart."""
+    def check_sync(self, trainer, step: int, force: bool = False) -> list[list[float]] | None:
+        """Stop with an error if the ranks' target or negatives have drifted apart.
+        Returns every rank's checksum when a check ran (None otherwise)."""
         if self.world_size <= 1 or (not force and step % self.sync_every):
-            return
+            return None
         local = checksum(trainer)
         gathered = [torch.zeros_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
@@ -80,6 +81,7 @@ class DistContext:
                 f"ranks {bad} drifted from rank 0 at step {step} (target or negative weights "
                 "differ): stopping; check for non-deterministic code or hardware faults"
             )
+        return [g.tolist() for g in gathered]
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():

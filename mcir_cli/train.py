@@ -258,7 +258,7 @@ class Trainer:
                 raise McirError(f"the model is x{self.loaded.scale}, but the training data is x{d.scale}", d.root)
         world, rank = self.dist.world_size, self.dist.rank
         self.patches = PatchDataset(
-            datasets, cfg.patch, length=cfg.iters * cfg.batch * world, seed=cfg.seed,
+            datasets, cfg.patch, length=2**62, seed=cfg.seed,  # indices come from batches()
             noise_sigma=cfg.noise_sigma, cache=True if cfg.cache == "on" else (False if cfg.cache == "off" else "auto"),
         )
         self.val = discover(cfg.val, self.loaded.scale if self.loaded.scale > 1 else None, self.task) if cfg.val else None
@@ -300,6 +300,8 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" and self.device.type == "cuda") else None
 
         self.step = 0
+        self.step_base = 0  # step and sample index where this process started
+        self.samples_base = 0
         self.lam = cfg.lam
         self.collapses = 0
         self.rec_history: deque[float] = deque(maxlen=100)
@@ -312,6 +314,8 @@ class Trainer:
         elif self.dist.is_main:
             self._start_run_dir()
         self.dist.barrier()
+        if self.dist.is_main:
+            log.info("global batch %d = %d per rank x %d rank(s)", cfg.batch * world, cfg.batch, world)
 
     # ------------------------------------------------------------------ run folder
     def _start_run_dir(self) -> None:
@@ -348,7 +352,7 @@ class Trainer:
             "out_of_band": self.out_of_band,
             "rng_cpu": torch.get_rng_state(),
             "world_size": self.dist.world_size,
-            "samples_seen": self.step * self.cfg.batch * self.dist.world_size,
+            "samples_seen": self.samples_base + (self.step - self.step_base) * self.cfg.batch * self.dist.world_size,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -378,6 +382,8 @@ class Trainer:
             raise McirError(f"no {STATE_FILE} to resume from", self.run_dir)
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.load_state_dict(state)
+        self.step_base = self.step
+        self.samples_base = int(state.get("samples_seen", self.step * self.cfg.batch * self.dist.world_size))
         if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.info("resuming a run of %d ranks on %d: data position re-derived from the step", state.get("world_size", 1), self.dist.world_size)
         if self.dist.is_main:
@@ -419,9 +425,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop pieces
     def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches from `start_step` on; sample indices depend only on (step, rank)."""
+        """Batches from `start_step` on. Sample indices depend only on the samples seen
+        before and (step, rank), so a resumed run, on any number of ranks, continues the
+        same stream of patches where it stopped."""
         B, W, r = self.cfg.batch, self.dist.world_size, self.dist.rank
-        indices = [(t * W + r) * B + j for t in range(start_step, self.cfg.iters) for j in range(B)]
+        base = self.samples_base + (start_step - self.step_base) * W * B
+        indices = [base + ((t - start_step) * W + r) * B + j for t in range(start_step, self.cfg.iters) for j in range(B)]
         loader = torch.utils.data.DataLoader(
             self.patches,
             batch_size=B,
@@ -582,7 +591,9 @@ class Trainer:
                     logger.write(dataclasses.asdict(stats))
                     if self.on_step:
                         self.on_step(stats)
-                self.dist.check_sync(self, self.step)
+                checks = self.dist.check_sync(self, self.step)
+                if checks is not None and main:
+                    logger.write({"event": "sync_check", "step": self.step, "ranks": len(checks), "checksums": checks})
                 if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.iters:
                     self._validate_and_log(logger, result)
                 if cfg.save_every and self.step % cfg.save_every == 0:
@@ -590,6 +601,9 @@ class Trainer:
                 if self._stop_signal is not None:
                     result.stopped_early = f"{self._stop_signal} at step {self.step}: state saved, continue with --resume {self.run_dir}"
                     break
+            checks = self.dist.check_sync(self, self.step, force=True)
+            if checks is not None and main:
+                logger.write({"event": "sync_check", "step": self.step, "ranks": len(checks), "checksums": checks})
             result.final_psnr = self._validate_and_log(logger, result)
             self.save_state()
             result.outputs = self.write_weights("model")
