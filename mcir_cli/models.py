@@ -141,7 +141,7 @@ def load_preset_file(path: str | Path) -> Preset:
         recipe = {k: _tuple(v) for k, v in data.get("recipe", {}).items()}
         spn = {("lam" if k == "lambda" else k): _tuple(v) for k, v in data.get("spn", {}).items()}
         weights = data.get("weights", {})
-        return Preset(
+        preset = Preset(
             name=data.get("name", path.stem),
             task=data["task"],
             scale=int(data.get("scale", 1)),
@@ -166,6 +166,53 @@ def load_preset_file(path: str | Path) -> Preset:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise McirError(f"malformed preset ({type(exc).__name__}: {exc})", path) from None
+    _check_preset(preset)
+    return preset
+
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant")
+REC_LOSS_NAMES = ("l1", "charbonnier", "mse", "psnr", "ssim")
+EMBEDDINGS = ("vgg16", "vgg19", "pixel")
+
+
+def _check_preset(preset: Preset) -> None:
+    """Reject values the rest of mcir would only trip over later (one line, naming the file)."""
+
+    def bad(what: str) -> McirError:
+        return McirError(f"malformed preset ({what})", preset.path)
+
+    if preset.task not in TASKS:
+        raise bad(f"task {preset.task!r} is not one of {', '.join(TASKS)}")
+    if preset.scale < 1:
+        raise bad(f"scale must be >= 1, got {preset.scale}")
+    if preset.params is not None and (isinstance(preset.params, bool) or not isinstance(preset.params, int)):
+        raise bad(f"params must be an integer, got {preset.params!r}")
+    r = preset.recipe
+    for field_name, value, allowed in (
+        ("recipe.optimizer", r.optimizer, OPTIMIZERS),
+        ("recipe.schedule", r.schedule, SCHEDULES),
+        ("recipe.loss", r.loss, REC_LOSS_NAMES),
+        ("spn.embedding", preset.spn.embedding, EMBEDDINGS),
+    ):
+        if value not in allowed:
+            raise bad(f"{field_name} {value!r} is not one of {', '.join(allowed)}")
+    if len(r.betas) != 2:
+        raise bad(f"recipe.betas needs two values, got {list(r.betas)}")
+    if r.lr <= 0 or r.batch < 1 or r.patch < 1 or r.iterations < 1:
+        raise bad("recipe.lr, batch, patch and iterations must be positive")
+    if list(r.milestones) != sorted(r.milestones):
+        raise bad(f"recipe.milestones must be increasing, got {list(r.milestones)}")
+    io = preset.io
+    if io is not None:
+        if len(io.in_range) != 2 or len(io.out_range) != 2:
+            raise bad("io ranges need two values [low, high]")
+        if io.in_range[0] >= io.in_range[1] or io.out_range[0] >= io.out_range[1]:
+            raise bad("io ranges must be [low, high] with low < high")
+        if io.std is not None and io.mean is None:
+            raise bad("io.std given without io.mean")
+        if io.mean is not None and io.std is not None and len(io.mean) != len(io.std):
+            raise bad("io.mean and io.std must have the same length")
 
 
 def list_presets() -> list[Preset]:
@@ -181,17 +228,26 @@ def get_preset(name: str, scale: int | None = None) -> Preset:
         preset = load_preset_file(candidate)
     else:
         by_name = {p.stem: p for p in presets_dir().glob("*.toml")}
-        key = name.lower()
+        key = name.strip().lower().replace("_", "-")
         if scale is not None and f"{key}-x{scale}" in by_name:
             key = f"{key}-x{scale}"
         if key not in by_name:
-            scaled = sorted(k for k in by_name if k.startswith(key + "-x"))
-            if scaled and scale is None:
-                raise McirError(
-                    f"preset {name!r} comes in several scales ({', '.join(scaled)}): "
-                    "add --scale"
-                )
-            close = difflib.get_close_matches(key, list(by_name), n=3, cutoff=0.5)
+            scaled = sorted(
+                (k for k in by_name if k.startswith(key + "-x") and k[len(key) + 2 :].isdigit()),
+                key=lambda k: int(k[len(key) + 2 :]),
+            )
+            if scaled:
+                have = ", ".join(scaled)
+                if scale is None:
+                    raise McirError(
+                        f"preset {name!r} comes in several scales ({have}): add --scale"
+                    )
+                raise McirError(f"preset {name!r} has no x{scale} variant (available: {have})")
+            close = [k for k in sorted(by_name) if k.startswith(key)][:3]
+            close += [
+                k for k in difflib.get_close_matches(key, list(by_name), n=3, cutoff=0.5)
+                if k not in close
+            ][: 3 - len(close)]
             hint = f"; did you mean {', '.join(close)}?" if close else "; `mcir models` lists them"
             raise McirError(f"unknown model preset {name!r}{hint}")
         preset = load_preset_file(by_name[key])
