@@ -288,7 +288,193 @@ def retrain(
         console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB")
 
 
+# ------------------------------------------------------------------------- compare
+
+
+def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path], model_flags: dict[str, Any]) -> str:
+    """Which of the two ways to call `compare` this is: 'json' or 'checkpoint'."""
+    if results and checkpoint:
+        raise McirError("give result JSONs or --checkpoint files, not both")
+    if checkpoint:
+        if len(checkpoint) < 2:
+            raise McirError("compare needs at least two --checkpoint files (the first is the baseline)")
+        if not data:
+            raise McirError("--checkpoint needs benchmark folders: add --data DIR (repeatable)")
+        return "checkpoint"
+    if not results:
+        raise McirError("give two or more result JSONs (from `mcir evaluate --output`), or "
+                        "--checkpoint A --checkpoint B --data DIR")
+    given = [flag for flag, value in model_flags.items() if value]
+    if given:
+        raise McirError(f"{', '.join(given)} only apply with --checkpoint; result JSONs were "
+                        "scored already (their conventions are checked)")
+    return "json"
+
+
+@app.command()
+@handle_errors
+def compare(
+    results: Optional[list[Path]] = typer.Argument(None, help="Result JSONs from `mcir evaluate --output` (the first is the baseline)."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="Instead of JSONs: checkpoints to evaluate with identical conventions (repeatable; the first is the baseline)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable)."),
+    scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (checked against the checkpoints)."),
+    task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise."),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR)."),
+    crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: scale for SR)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu (evaluation and visuals)."),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (new file)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report (new file)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores and deltas as CSV (new file)."),
+    latex: Optional[Path] = typer.Option(None, "--latex", help="Write a booktabs LaTeX table (new file)."),
+    visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts."),
+    top_k: int = typer.Option(3, help="Strips for the k images per dataset with the largest |Δ PSNR|."),
+    resamples: int = typer.Option(10_000, help="Bootstrap / permutation resamples."),
+    seed: int = typer.Option(0, help="Seed of the resampling."),
+) -> None:
+    """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals."""
+    from mcir_cli import compare as cmp
+
+    mode = _compare_inputs(results or [], checkpoint or [], data or [], {
+        "--data": data, "--scale": scale is not None, "--task": task is not None,
+        "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
+    })
+    if resamples < 1:
+        raise McirError(f"--resamples must be at least 1 (got {resamples})")
+    if top_k < 1:
+        raise McirError(f"--top-k must be at least 1 (got {top_k})")
+    exports = cmp.check_export_paths({"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex})
+    if visuals is not None and visuals.exists():
+        if not visuals.is_dir():
+            raise McirError("--visuals must be a folder, this is a file", visuals)
+        if any(visuals.iterdir()):
+            raise McirError("--visuals folder exists and is not empty; choose a new one", visuals)
+
+    loaded: list[Any] = []
+    datasets: dict[str, Any] | None = None
+    sources: list[Path] = []
+    if mode == "json":
+        sources = list(results or [])
+        result_dicts = [cmp.load_result(p) for p in sources]
+    else:
+        from mcir_cli.data import discover_all
+        from mcir_cli.evaluate import evaluate_model
+        from mcir_cli.models import load_model
+
+        result_dicts = []
+        with _progress() as bar:
+            for path in checkpoint or []:
+                model = load_model(path, None, scale)
+                label = cmp.checkpoint_label(path)
+                tasks: dict[str, Any] = {}
+
+                def progress(name: str, done: int, total: int, label: str = label) -> None:
+                    if name not in tasks:
+                        tasks[name] = bar.add_task(f"{label}: {name}", total=total)
+                    bar.update(tasks[name], completed=done)
+
+                res = evaluate_model(model, data or [], task=task, y_channel=y_channel,
+                                     crop_border=crop_border, device=device, tile=tile, progress=progress)
+                res["model"]["label"] = label
+                result_dicts.append(res)
+                loaded.append(model)
+        first = result_dicts[0]
+        datasets = {d.name: d for d in discover_all(data or [], loaded[0].scale if loaded[0].scale > 1 else None,
+                                                    first.get("task"))}
+
+    comparison = cmp.compare_results(result_dicts, n_resamples=resamples, seed=seed)
+    console.print(cmp.render_table(comparison))
+    for msg in comparison.dropped.messages():
+        err_console.print(f"[yellow]{msg}[/]", highlight=False)
+    console.print(f"[bold]Evidence[/] (paired over images; 95 % bootstrap CI, {resamples} resamples, "
+                  f"seed {seed}; sign-flip permutation p):", highlight=False)
+    for line in cmp.render_evidence(comparison):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+    for path in cmp.write_exports(comparison, exports):
+        console.print(f"written: {path}", highlight=False)
+    if visuals is not None:
+        from mcir_cli.visuals import VisualsUnavailable, load_visual_sources, write_comparison_visuals
+
+        try:
+            if mode == "json":
+                loaded, datasets = load_visual_sources(result_dicts, sources)
+            with _progress() as bar:
+                job = bar.add_task("visuals", total=None)
+                out = write_comparison_visuals(
+                    comparison, loaded, datasets or {}, visuals, top_k, device=device, tile=tile,
+                    noise=result_dicts[0].get("noise"),
+                    progress=lambda done, total: bar.update(job, completed=done, total=total),
+                )
+        except VisualsUnavailable as exc:
+            err_console.print(f"[yellow]visuals skipped: {exc}[/]", highlight=False, soft_wrap=True)
+            return
+        for msg in out["skipped"]:
+            err_console.print(f"[yellow]{msg}[/]", highlight=False)
+        console.print(f"visuals: {len(out['strips'])} strips and {len(out['charts'])} charts in {visuals}",
+                      highlight=False)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handle_errors
+def demo(
+    output: Path = typer.Option(Path("mcir-demo"), "--output", "-o", help="New folder for everything the demo makes (must not exist)."),
+    iters: int = typer.Option(40, help="Steps of each of the two retrains."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    embedding_weights: Optional[Path] = typer.Option(None, help="Local torchvision VGG16 weights for the SPN embedding when torchvision's cache is empty."),
+) -> None:
+    """The whole path offline in a few minutes: data, a model, MCIR vs plain retraining, proof."""
+    import time
+
+    from mcir_cli import compare as cmp
+    from mcir_cli.demo import run_demo
+
+    t0 = time.perf_counter()
+
+    def say(message: str, kind: str) -> None:
+        style = "bold yellow" if kind == "warn" else "cyan"
+        err_console.print(f"[{style}]{message}[/]", highlight=False, soft_wrap=True)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        jobs: dict[str, Any] = {}
+
+        def on_step(name: str, step: int, total: int) -> None:
+            if name not in jobs:
+                jobs[name] = bar.add_task(f"train {name}", total=total)
+            bar.update(jobs[name], completed=step)
+
+        result = run_demo(output, iters=iters, device=device, embedding_weights=embedding_weights,
+                          say=say, on_step=on_step)
+    console.print(cmp.render_table(result.comparison))
+    console.print("[bold]Evidence[/] (paired over images; 95 % bootstrap CI; sign-flip permutation p):")
+    for line in cmp.render_evidence(result.comparison):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print("[bold]MCIR vs plain fine-tuning[/] (baseline: plain):")
+    for line in cmp.render_evidence(result.head_to_head):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    for message in result.notes:
+        err_console.print(f"[bold yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"start model: {result.model}", highlight=False, soft_wrap=True)
+    console.print(f"report: {result.summary}   visuals: {result.output / 'visuals'}   "
+                  f"runs: {', '.join(str(p) for p in result.runs.values())}", highlight=False, soft_wrap=True)
+    console.print(f"done in {time.perf_counter() - t0:.0f} s", highlight=False)
+
+
 # --------------------------------------------------------------------------- models
+
+
+def _short_source(source: str) -> str:
+    """'https://github.com/owner/repo/blob/...' -> 'owner/repo' for a narrow table."""
+    import re
+
+    m = re.search(r"github\.com/([^/\s]+/[^/\s]+)", source)
+    return m.group(1) if m else source[:40]
 
 
 @models_app.callback(invoke_without_command=True)
@@ -304,11 +490,17 @@ def models_list(ctx: typer.Context) -> None:
 
     table = Table(title="presets (use with --model NAME)")
     for col in ("name", "task", "scale", "architecture", "params", "recipe source"):
-        table.add_column(col, justify="right" if col in ("scale", "params") else "left")
+        table.add_column(
+            col,
+            justify="right" if col in ("scale", "params") else "left",
+            no_wrap=col != "recipe source",
+            overflow="fold",
+            ratio=1 if col == "recipe source" else None,
+        )
     for p in list_presets():
         table.add_row(
             p.name, p.task, f"x{p.scale}" if p.task == "sr" else "-", p.architecture,
-            f"{p.params:,}" if p.params else "?", p.source,
+            f"{p.params:,}" if p.params else "?", _short_source(p.source),
         )
     console.print(table)
     archs.register()
