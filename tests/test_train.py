@@ -213,3 +213,22 @@ def test_cuda_out_of_memory_is_reported(ckpt, train_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "run", boom)
     with pytest.raises(McirError, match="smaller --batch or --patch"):
         retrain(config(ckpt, train_dir, tmp_path / "oom"))
+
+
+def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
+    import signal
+
+    cfg = config(ckpt, train_dir, tmp_path / "run", iters=6)
+    trainer = Trainer(cfg)
+
+    def on_step(stats):
+        if stats.step == 3:  # what the SIGTERM handler does when the signal arrives
+            trainer._on_signal(signal.SIGTERM, None)
+
+    trainer.on_step = on_step
+    result = trainer.run()
+    assert result.steps == 3 and "SIGTERM at step 3" in result.stopped_early and "--resume" in result.stopped_early
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    resumed = retrain(load_run_config(tmp_path / "run"), resume=True)
+    assert resumed.steps == 6
