@@ -258,6 +258,21 @@ def dihedral(img: Tensor, k: int) -> Tensor:
     return out.flip(-1) if k >= 4 else out
 
 
+def bicubic_lr_patch(hr: Tensor, scale: int, top: int, left: int, patch: int) -> Tensor:
+    """LR pixels [top:top+patch, left:left+patch] of MATLAB `imresize(hr, 1/scale)`,
+    computed from an HR crop with a margin wider than the antialiased kernel (±2·scale
+    HR pixels), so the patch equals the same crop of the whole-image LR exactly (the
+    published LR files are made from whole images)."""
+    hr = mod_crop(hr, scale)
+    H, W = hr.shape[-2] // scale, hr.shape[-1] // scale
+    m = 4  # LR pixels of margin = 4·scale HR pixels
+    t0, l0 = max(0, top - m), max(0, left - m)
+    t1, l1 = min(H, top + patch + m), min(W, left + patch + m)
+    crop = hr[..., t0 * scale : t1 * scale, l0 * scale : l1 * scale]
+    lr = (imresize(crop, 1 / scale).clamp(0, 1) * 255).round() / 255
+    return lr[..., top - t0 : top - t0 + patch, left - l0 : left - l0 + patch]
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Random aligned training patches, a pure function of (seed, index).
 
@@ -349,7 +364,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if synth and self.task == "denoise":
             lq = add_noise(gt, self.noise_sigma or 0.0, g)
         elif synth:
-            lq = (imresize(gt, 1 / s).clamp(0, 1) * 255).round() / 255
+            lq = bicubic_lr_patch(gt_full, s, top, left, p)
         else:
             lq = lq_full[..., top : top + p, left : left + p]
         if self.augment:
