@@ -278,7 +278,10 @@ class Restorer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.io.is_identity:
             return self.net(x)
-        x = x * self.in_a + self.in_b if (self.io.in_range != (0.0, 1.0) or self.io.mean) else x.clone()
+        if self.io.in_range != (0.0, 1.0) or self.io.mean is not None:
+            x = x * self.in_a + self.in_b  # a new tensor: the caller's input is safe
+        elif self.io.clone_input:
+            x = x.clone()
         y = self.net(x)
         if self.io.out_range != (0.0, 1.0):
             y = (y - self.out_lo) / self.out_span
