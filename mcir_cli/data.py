@@ -145,6 +145,12 @@ def discover(root: str | Path, scale: int | None = None, task: str | None = None
             scale = next(iter(sr))
         if scale not in sr:
             if "hr" in subs:  # make the missing scale from HR
+                import logging
+
+                logging.getLogger("mcir").info(
+                    "%s: no x%d inputs (has x%s): LR made from HR/ by MATLAB bicubic",
+                    root, scale, ", x".join(map(str, sorted(sr))),
+                )
                 return _hr_only(name, root, subs["hr"], scale)
             raise McirError(f"no x{scale} inputs (has x{', x'.join(map(str, sorted(sr)))})", root)
         gt_dir, lq_dir, layout = sr[scale]

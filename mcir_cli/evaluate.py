@@ -7,6 +7,9 @@ The result is a plain dict, written as JSON by the CLI, in the form `compare` re
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,6 +171,8 @@ def evaluate_model(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score a model on benchmark folders with the field's conventions."""
+    if task is None and model.task is None and noise_sigma is not None and model.scale == 1:
+        task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
     datasets = discover_all(data, model.scale if model.scale > 1 else None, task or model.task)
     task = task or model.task or datasets[0].task
     if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
@@ -179,23 +184,57 @@ def evaluate_model(
     result["model"] = model_info(model)
     if noise_sigma is not None:
         result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
-    result["datasets"] = {
-        d.name: score_dataset(
-            model,
-            d,
-            conv,
-            device=dev,
-            tile=tile,
-            overlap=overlap,
-            amp=amp,
-            save_dir=Path(save_images) if save_images else None,
-            noise_sigma=noise_sigma,
-            noise_seed=noise_seed,
-            progress=progress,
-        )
-        for d in datasets
-    }
+    result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
+    save_dir = Path(save_images) if save_images else None
+    staging = _staging_dir(save_dir) if save_dir is not None else None
+    try:
+        result["datasets"] = {
+            d.name: score_dataset(
+                model,
+                d,
+                conv,
+                device=dev,
+                tile=tile,
+                overlap=overlap,
+                amp=amp,
+                save_dir=staging,
+                noise_sigma=noise_sigma,
+                noise_seed=noise_seed,
+                progress=progress,
+            )
+            for d in datasets
+        }
+    except BaseException:
+        if staging is not None:  # a failed run leaves nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if staging is not None and save_dir is not None:
+        _publish(staging, save_dir)
     return result
+
+
+def _staging_dir(target: Path) -> Path:
+    """A hidden temporary folder on the same file system as `target` (for a rename)."""
+    base = next(p for p in (target.absolute().parent, *target.absolute().parents) if p.is_dir())
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=base))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published folder is a normal one
+    return staging
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move the images of a finished run from `staging` into `target`."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+        return
+    for src in sorted(staging.rglob("*")):
+        if src.is_file():
+            dst = target / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _find_restored(folder: Path, dataset: Dataset, name: str) -> Path:
@@ -233,6 +272,7 @@ def evaluate_restored(
         "scale": s,
         "label": restored.name,
     }
+    result["data"] = {d.name: str(d.root.resolve()) for d in datasets}
     result["datasets"] = {}
     for d in datasets:
         images = []
@@ -240,6 +280,8 @@ def evaluate_restored(
             path = _find_restored(restored, d, pair.name)
             out, gt = read_image(path), read_image(pair.gt)
             gt = gt[..., : out.shape[-2], : out.shape[-1]] if d.scale > 1 else gt
+            if out.shape[0] == 3 and gt.shape[0] == 1:  # grey ground truth, scored as score_dataset does
+                gt = gt.expand(3, -1, -1)
             if out.shape != gt.shape:
                 raise McirError(f"size {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}", path)
             images.append(

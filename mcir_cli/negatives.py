@@ -113,6 +113,8 @@ class NegativeBank:
         self.arch_name = type(target).__name__
         self._batched: bool | str = batched
         self._warned = False
+        self._version = 0  # bumped whenever the stacked weights change
+        self._cast_cache: tuple | None = None
         self.fallback_reason: str | None = None
 
         # Canonical names: named_parameters()/named_buffers() without duplicates (tied
@@ -259,6 +261,7 @@ class NegativeBank:
             if self.buffer_names:
                 dst = [self.buffers[k][i] for k in self.buffer_names]
                 torch._foreach_copy_(dst, bufs_src)
+        self._version += 1
         return idx
 
     # ------------------------------------------------------------------ forward
@@ -267,15 +270,37 @@ class NegativeBank:
         """True / False / "auto" (not yet decided)."""
         return self._batched
 
-    def _vmap_forward(self, x: Tensor) -> Tensor:
+    def _low_precision(self, dtype: torch.dtype) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Stacked params/buffers cast to `dtype`, cached until the next EMA update.
+
+        Autocast does not reach convolutions and batch norm inside torch.vmap (measured
+        with torch 2.14: EDSR's batched "bf16" output equalled fp32), so the batched path
+        casts weights and inputs itself (and keeps autocast on for the rest); fp32 masters
+        keep the EMA exact."""
+        key = (dtype, self._version)
+        if self._cast_cache is None or self._cast_cache[0] != key:
+            def cast(d: dict[str, Tensor]) -> dict[str, Tensor]:
+                return {k: v.to(dtype) if v.is_floating_point() else v for k, v in d.items()}
+
+            self._cast_cache = (key, cast(self.params), cast(self.buffers))
+        return self._cast_cache[1], self._cast_cache[2]
+
+    def _vmap_forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         skel = self._skeleton
 
         def one(p: dict[str, Tensor], b: dict[str, Tensor], inp: Tensor) -> Tensor:
             return torch.func.functional_call(skel, (p, b), (inp,))
 
-        # x is cloned: a model that writes into its input in place (RCAN) must not
-        # change the caller's tensor.
-        return torch.vmap(one, in_dims=(0, 0, None))(self.params, self.buffers, x.clone())
+        # x is cloned (or cast): a model that writes into its input in place (RCAN) must
+        # not change the caller's tensor.
+        batched = torch.vmap(one, in_dims=(0, 0, None))
+        if dtype is None:
+            return batched(self.params, self.buffers, x.clone())
+        params, buffers = self._low_precision(dtype)
+        # autocast as well: it still casts what the model computes in fp32 on its own
+        # (e.g. SwinIR's attention mask) before matmuls meet the low-precision weights
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            return batched(params, buffers, x.to(dtype))
 
     def _loop_forward(self, x: Tensor) -> Tensor:
         # Each negative gets its own copy of the input (some models, e.g. RCAN, scale
@@ -286,24 +311,27 @@ class NegativeBank:
     def forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Outputs of all negatives for input x (B, C, H, W) -> (N, B, C', H', W').
 
-        `dtype` (e.g. torch.bfloat16) runs the negatives under torch.autocast; the
-        result is cast back to x's dtype.
+        `dtype` (e.g. torch.bfloat16): the batched path runs in pure `dtype` (weights
+        cast once per update), the loop path under torch.autocast; the result is cast back
+        to x's dtype.
         """
-        if dtype is not None:
-            with torch.autocast(device_type=x.device.type, dtype=dtype):
-                out = self._forward(x)
-            return out.to(x.dtype)
-        return self._forward(x)
+        return self._forward(x, dtype).to(x.dtype)
 
     __call__ = forward
 
-    def _forward(self, x: Tensor) -> Tensor:
-        if self._batched is False:
+    def _loop(self, x: Tensor, dtype: torch.dtype | None) -> Tensor:
+        if dtype is None:
             return self._loop_forward(x)
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            return self._loop_forward(x)
+
+    def _forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        if self._batched is False:
+            return self._loop(x, dtype)
         if self._batched is True:
-            return self._vmap_forward(x)
+            return self._vmap_forward(x, dtype)
         try:  # "auto"
-            return self._vmap_forward(x)
+            return self._vmap_forward(x, dtype)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the loop"
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             if not self._warned:
@@ -315,7 +343,7 @@ class NegativeBank:
                 self._warned = True
             self._batched = False
             self.fallback_reason = reason
-            return self._loop_forward(x)
+            return self._loop(x, dtype)
 
     # ------------------------------------------------------------------ inspection / state
     def module(self, i: int) -> nn.Module:
@@ -330,6 +358,7 @@ class NegativeBank:
     def to(self, device: torch.device | str) -> NegativeBank:
         self.params = {k: v.to(device) for k, v in self.params.items()}
         self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        self._version += 1
         self._rebuild_views()
         return self
 
@@ -382,6 +411,7 @@ class NegativeBank:
         self.weight = float(cfg.get("weight", self.weight))
         self.init = cfg.get("init", self.init)
         self.mix = float(cfg.get("mix", self.mix))
+        self._version += 1
 
     def __repr__(self) -> str:
         return (

@@ -89,6 +89,7 @@ class TrainConfig:
     tensorboard: bool = False
     allow_random_init: bool = False
     tile: int | None = None
+    compile: str = "auto"  # auto: CUDA runs long enough to repay compile time (speed.py)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +119,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError("--schedule must be constant, multistep or cosine")
     if cfg.optimizer not in ("adam", "adamw"):
         raise McirError("--optimizer must be adam or adamw")
+    for flag, value, allowed in (
+        ("--compile", cfg.compile, ("auto", "on", "off")),
+        ("--batched-negatives", cfg.batched_negatives, ("auto", "on", "off")),
+        ("--cache", cfg.cache, ("auto", "on", "off")),
+        ("--embedding-init", cfg.embedding_init, ("pretrained", "random")),
+        ("--amp", cfg.amp, (None, "bf16", "fp32", "none")),
+    ):
+        if value not in allowed:
+            raise McirError(f"{flag} must be one of {', '.join(a for a in allowed if a)} (got {value!r})")
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
@@ -297,7 +307,12 @@ class Trainer:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
-        self.amp_dtype = torch.bfloat16 if (cfg.amp == "bf16" and self.device.type == "cuda") else None
+        self.amp_dtype = None
+        if cfg.amp == "bf16" and self.device.type == "cuda":
+            if self.loaded.supports_bf16:
+                self.amp_dtype = torch.bfloat16
+            elif self.dist.is_main:
+                log.warning("%s does not support bf16 (spandrel): training in fp32", self.loaded.architecture)
 
         self.step = 0
         self.step_base = 0  # step and sample index where this process started
@@ -314,8 +329,13 @@ class Trainer:
         elif self.dist.is_main:
             self._start_run_dir()
         self.dist.barrier()
+        from mcir_cli.speed import maybe_compile
+
+        # the compiled wrapper shares the raw module's parameters: the optimizer, the
+        # negatives and state_dict() keep using self.model
+        self.ddp_model, self.compile_note = maybe_compile(self.ddp_model, self.device, cfg.iters - self.step, cfg.compile)
         if self.dist.is_main:
-            log.info("global batch %d = %d per rank x %d rank(s)", cfg.batch * world, cfg.batch, world)
+            log.info("global batch %d = %d per rank x %d rank(s); %s", cfg.batch * world, cfg.batch, world, self.compile_note)
 
     # ------------------------------------------------------------------ run folder
     def _start_run_dir(self) -> None:
@@ -475,7 +495,7 @@ class Trainer:
         lq = lq.to(self.device, non_blocking=True)
         gt = gt.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.cfg.amp):
+        with autocast(self.device, "bf16" if self.amp_dtype is not None else None):
             out = self.ddp_model(lq)
             l_rec = self.rec_loss(out.float(), gt)
         if self.bank is not None and self.spn is not None:
@@ -532,7 +552,8 @@ class Trainer:
         if main and self.step == 0:
             logger.write({"event": "start", "step": 0, "embedding": self.embedding_description,
                           "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
-                          "negatives": cfg.negative_init, "global_batch": cfg.batch * self.dist.world_size})
+                          "negatives": cfg.negative_init, "global_batch": cfg.batch * self.dist.world_size,
+                          "compile": self.compile_note, "amp": "bf16" if self.amp_dtype is not None else "fp32"})
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -1,0 +1,144 @@
+"""Speed switches for training: when to `torch.compile`, when channels_last is worth it.
+
+Both are decisions, not guesses at run time: `maybe_compile` returns the module to call
+and a one-line note saying what was decided and why (log it / write it to log.jsonl).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+COMPILE_MODES = ("auto", "on", "off")
+
+# Break-even of torch.compile for a training run, from the speed issue's H200 numbers for
+# SwinIR-light x4 at batch 32 x LR patch 64 (bf16):
+#   compile time  ~150 s per graph (~2.5 min), about 3 graphs per run (training
+#                 forward+backward, plus recompiles, e.g. the autocast / grad-mode
+#                 variants)                                            -> ~450 s
+#   saving        ~45 ms per plain step (compile halved the plain step)
+#   break-even    3 * 150 s / 0.045 s  ~= 10,000 steps
+# Below this many steps "auto" stays eager: compiling would cost more than it saves.
+# Smaller models/patches save less per step, so this is a lower bound in practice.
+COMPILE_SECONDS_PER_GRAPH = 150.0
+COMPILE_GRAPHS_PER_RUN = 3
+COMPILE_SAVING_S_PER_STEP = 0.045
+AUTO_COMPILE_MIN_ITERS = 10_000  # ~= COMPILE_GRAPHS_PER_RUN * COMPILE_SECONDS_PER_GRAPH / COMPILE_SAVING_S_PER_STEP
+
+# channels_last pays off for convolution-dominated networks (cuDNN NHWC kernels under
+# bf16/fp16); transformer-style networks (SwinIR: ~20 % of parameters in convolutions)
+# spend their time in matmuls/attention and only pay the layout conversions.
+CHANNELS_LAST_MIN_CONV_SHARE = 0.5
+
+
+def _compiler_available(device: torch.device) -> tuple[bool, str]:
+    """Whether torch.compile can generate code for `device` (Triton on CUDA)."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return False, "torch.compile is not supported on this Python/platform"
+    except Exception as exc:  # noqa: BLE001 - a broken install means "do not compile"
+        return False, f"torch._dynamo unavailable ({type(exc).__name__})"
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                return False, "Triton is not installed (pip install triton)"
+        except Exception:  # noqa: BLE001
+            return False, "Triton is not importable"
+    return True, ""
+
+
+def compile_decision(device: torch.device | str, iters: int, mode: str = "auto") -> tuple[bool, str]:
+    """(compile?, reason) without touching any module. See `maybe_compile`."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    device = torch.device(device)
+    if mode == "off":
+        return False, "torch.compile off (--compile off)"
+    if mode == "on":
+        ok, why = _compiler_available(device)
+        if not ok:
+            return False, f"torch.compile requested but not available: {why}; running eager"
+        if device.type != "cuda":
+            return True, (
+                f"torch.compile on {device.type} (--compile on): expect minutes of compile "
+                "time and no speed-up on CPU"
+            )
+        return True, "torch.compile on (--compile on)"
+    # auto
+    if device.type != "cuda":
+        return False, f"torch.compile auto: eager on {device.type} (compile is a CUDA speed-up)"
+    if iters < AUTO_COMPILE_MIN_ITERS:
+        return False, (
+            f"torch.compile auto: eager for {iters} steps (compiling takes minutes and repays "
+            f"itself after ~{AUTO_COMPILE_MIN_ITERS} steps; --compile on forces it)"
+        )
+    ok, why = _compiler_available(device)
+    if not ok:
+        return False, f"torch.compile auto: eager ({why})"
+    return True, f"torch.compile auto: compiling for {iters} steps (>= {AUTO_COMPILE_MIN_ITERS})"
+
+
+def maybe_compile(
+    module: nn.Module, device: torch.device | str, iters: int, mode: str = "auto"
+) -> tuple[nn.Module, str]:
+    """Return (module to call, note).
+
+    mode "off": never; "on": always (where a compiler exists); "auto": only on CUDA and
+    only for runs of at least AUTO_COMPILE_MIN_ITERS steps. The returned module shares
+    the parameters of `module`: keep the raw module for state_dict(), the optimizer
+    and the NegativeBank, and call the returned one in the training forward.
+    """
+    do, note = compile_decision(device, iters, mode)
+    if not do:
+        return module, note
+    return torch.compile(module), note
+
+
+def conv_parameter_share(module: nn.Module) -> float:
+    """Fraction of the module's parameters that belong to 2-D convolutions."""
+    total = sum(p.numel() for p in module.parameters())
+    if total == 0:
+        return 0.0
+    conv = sum(
+        p.numel()
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+        for p in m.parameters(recurse=False)
+    )
+    return conv / total
+
+
+def channels_last_ok(module: nn.Module, sample: torch.Tensor | None = None, rtol: float = 1e-4) -> bool:
+    """Whether to train `module` in channels_last memory format.
+
+    True when at least CHANNELS_LAST_MIN_CONV_SHARE of the parameters are 2-D
+    convolutions (where NHWC kernels help) and, if `sample` (a small NCHW input) is
+    given, a channels_last forward of a copy runs and matches the NCHW one within
+    `rtol` (some networks `.view()` conv outputs and fail, or silently misbehave, on
+    NHWC strides). The module itself is not modified.
+    """
+    if conv_parameter_share(module) < CHANNELS_LAST_MIN_CONV_SHARE:
+        return False
+    if sample is None:
+        return True
+    import copy
+
+    was_training = module.training
+    ref_model = copy.deepcopy(module).eval()
+    nhwc_model = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            ref = ref_model(sample)
+            got = nhwc_model(sample.contiguous(memory_format=torch.channels_last))
+    except Exception:  # noqa: BLE001 - any failure means "keep NCHW"
+        return False
+    finally:
+        module.train(was_training)
+    if got.shape != ref.shape:
+        return False
+    scale = ref.abs().max().clamp_min(1e-12)
+    return bool(((got - ref).abs().max() / scale).item() <= rtol)
