@@ -797,3 +797,48 @@ def _latex_caption(caption: str) -> str:
     marker = "\x00DELTA\x00"
     text = caption.replace("$\\Delta$", marker)
     return latex_escape(text).replace(marker, "$\\Delta$")
+
+
+# --------------------------------------------------------------------------- files
+
+EXPORTS = {"json": to_json, "markdown": to_markdown, "csv": to_csv, "latex": to_latex}
+
+
+def check_export_paths(paths: dict[str, str | Path | None]) -> dict[str, Path]:
+    """The export targets given ({"json": path or None, ...}), refused with a one-line
+    McirError when one exists already (mcir never overwrites a file) or two coincide."""
+    out = {kind: Path(p) for kind, p in paths.items() if p is not None}
+    for kind, path in out.items():
+        if kind not in EXPORTS:
+            raise ValueError(f"unknown export {kind!r}")
+        if path.exists():
+            raise McirError(f"--{kind} file exists; choose a new name (mcir never overwrites "
+                            "results)", path)
+    seen: dict[Path, str] = {}
+    for kind, path in out.items():
+        key = path.resolve()
+        if key in seen:
+            raise McirError(f"--{seen[key]} and --{kind} name the same file", path)
+        seen[key] = kind
+    return out
+
+
+def write_exports(comparison: Comparison, paths: dict[str, Path]) -> list[Path]:
+    """Write each requested export atomically (after `check_export_paths`)."""
+    from mcir_cli.fsutil import atomic_write_text
+
+    return [atomic_write_text(path, EXPORTS[kind](comparison)) for kind, path in paths.items()]
+
+
+_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A display label for a checkpoint: its stem, or `<run folder>` for the generic names
+    a run folder uses (RUN/model.safetensors -> "RUN", RUN/best.pth -> "RUN/best")."""
+    path = Path(path)
+    stem = path.stem
+    if stem.lower() in _GENERIC_STEMS and path.parent.name:
+        parent = path.resolve().parent.name
+        return parent if stem.lower() == "model" else f"{parent}/{stem}"
+    return stem

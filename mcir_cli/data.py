@@ -336,19 +336,23 @@ class PatchDataset(torch.utils.data.Dataset):
             )
         self.items = items
         use_cache = cache is True or (cache == "auto" and pixels * 3 * 4 < cache_limit_bytes)
-        self._cache: list[tuple[Tensor, Tensor]] | None = None
+        self._cache: list[tuple[Tensor | None, Tensor]] | None = None
         if use_cache:  # decoded once in the main process; forked workers share the pages
-            self._cache = [self._load(i) for i in range(len(items))]
+            self._cache = [self._load(i, whole_lr=True) for i in range(len(items))]
 
     def __len__(self) -> int:
         return self.length
 
-    def _load(self, k: int) -> tuple[Tensor, Tensor]:
+    def _load(self, k: int, whole_lr: bool = False) -> tuple[Tensor | None, Tensor]:
+        """(lq, gt) of item k; lq is None when it is made per patch (noise, or bicubic
+        of an HR crop). `whole_lr` makes an HR-only item's LR once for the whole image
+        (for the cache): its crops equal `bicubic_lr_patch`, and patches become cheap."""
         d, pair = self.items[k]
-        gt = read_image(pair.gt)
-        if pair.lq is None:
-            return gt, gt  # lq made per patch
-        return load_pair(d, pair)
+        if pair.lq is not None:
+            return load_pair(d, pair)
+        if whole_lr and self.task != "denoise" and self.scale > 1:
+            return load_pair(d, pair)  # MATLAB bicubic of the mod-cropped image
+        return None, read_image(pair.gt)
 
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 0x9E3779B1 + index) % (2**63))
@@ -357,9 +361,8 @@ class PatchDataset(torch.utils.data.Dataset):
         g = self._generator(index)
         k = int(torch.randint(len(self.items), (1,), generator=g))
         lq_full, gt_full = self._cache[k] if self._cache is not None else self._load(k)
-        d, pair = self.items[k]
         s, p = self.scale, self.patch
-        synth = pair.lq is None
+        synth = lq_full is None
         src = gt_full if synth else lq_full
         h, w = src.shape[-2:]
         if synth and s > 1:

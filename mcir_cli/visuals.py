@@ -368,3 +368,186 @@ def write_delta_charts(comparison: Any, out_dir: str | Path, metric: str = "psnr
                                     unit="dB" if metric == "psnr" else "", metric=metric.upper())
             written.append(save_image(chart, out_dir / f"{name}.png"))
     return written
+
+
+# --------------------------------------------------------------------------- wiring
+# Models and benchmark folders -> strips and charts for a `compare.Comparison`. The
+# imports of models/data/inference are local so that the drawing code above stays free
+# of them.
+
+
+class VisualsUnavailable(Exception):
+    """Why the strips cannot be drawn (a checkpoint or a data folder is missing); the
+    caller reports it as a note, not an error."""
+
+
+def load_visual_sources(results: Sequence[dict], sources: Sequence[str | Path | None] = ()) -> tuple[list, dict]:
+    """Reload what a set of `evaluate` results were made from: the models (from
+    `model.checkpoint`, checked against `model.sha256`) and the benchmark folders (from
+    the top-level `"data"` map). `sources[i]` is the JSON file result i came from;
+    relative paths are tried against the working folder, then against that file's
+    folder. Returns (models, {dataset name: Dataset}); raises VisualsUnavailable with a
+    reason when something is missing or changed."""
+    from mcir_cli.data import discover
+    from mcir_cli.errors import McirError
+    from mcir_cli.fsutil import sha256_file
+    from mcir_cli.models import get_preset, load_checkpoint_model
+
+    def locate(value: str, source: str | Path | None) -> Path | None:
+        path = Path(value).expanduser()
+        if path.exists():
+            return path
+        if not path.is_absolute() and source is not None:
+            alt = Path(source).parent / path
+            if alt.exists():
+                return alt
+        return None
+
+    sources = list(sources) + [None] * (len(results) - len(sources))
+    models = []
+    for res, src in zip(results, sources):
+        info = res.get("model", {})
+        label = info.get("label") or "model"
+        ckpt = info.get("checkpoint")
+        if not ckpt:
+            raise VisualsUnavailable(f"{label}: the result names no checkpoint "
+                                     "(scored from restored images?)")
+        path = locate(str(ckpt), src)
+        if path is None:
+            raise VisualsUnavailable(f"{label}: checkpoint {ckpt} not found")
+        want = info.get("sha256")
+        if want and sha256_file(path) != want:
+            raise VisualsUnavailable(f"{label}: {path} changed since it was evaluated "
+                                     "(sha256 differs)")
+        preset = None
+        if info.get("preset"):
+            try:
+                preset = get_preset(str(info["preset"]))
+            except McirError:
+                preset = None
+        try:
+            models.append(load_checkpoint_model(path, preset))
+        except McirError as exc:
+            raise VisualsUnavailable(f"{label}: {exc}") from None
+
+    first = results[0]
+    roots = first.get("data")
+    if not isinstance(roots, dict) or not roots:
+        raise VisualsUnavailable("the results do not record their data folders (a `data` "
+                                 "map, written by mcir evaluate since this version); "
+                                 "re-evaluate, or compare with --checkpoint ... --data ...")
+    scale = int(first.get("model", {}).get("scale") or 1)
+    task = first.get("task")
+    datasets = {}
+    for name, root in roots.items():
+        path = locate(str(root), sources[0])
+        if path is None:
+            raise VisualsUnavailable(f"data folder {root} ({name}) not found")
+        try:
+            datasets[name] = discover(path, scale if scale > 1 else None,
+                                      task if task in ("sr", "denoise") else None)
+        except McirError as exc:
+            raise VisualsUnavailable(f"data folder {root} ({name}): {exc}") from None
+    return models, datasets
+
+
+def write_comparison_visuals(
+    comparison: Any,
+    models: Sequence[Any],
+    datasets: dict[str, Any],
+    out_dir: str | Path,
+    top_k: int = 3,
+    *,
+    device: str | torch.device = "cpu",
+    tile: int | None = None,
+    overlap: int = 32,
+    noise: dict | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """For every later model and dataset, the `top_k` images with the largest |Δ PSNR|
+    against the baseline: both models are re-run on just those images and a
+    `comparison_strip` (LQ | baseline | retrained | GT | divergence) is written to
+    `out_dir/<dataset>/<image>.png` (two models) or `out_dir/<label>/<dataset>/<image>.png`
+    (more); plus the per-dataset Δ PSNR bar charts (`write_delta_charts`). All heat maps
+    share one scale (the largest automatic scale among them). `models[i]` is the
+    `LoadedModel` of `comparison.models[i]`; `datasets` maps the comparison's dataset
+    names to `data.Dataset`s. Returns {"strips": [paths], "charts": [paths],
+    "heat_scale": float, "max_divergence": {path: float}, "skipped": [messages]}."""
+    from mcir_cli.data import load_pair
+    from mcir_cli.inference import resolve_device, restore
+
+    out_dir = Path(out_dir)
+    if len(models) != len(comparison.models):
+        raise ValueError(f"{len(models)} models for {len(comparison.models)} results")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    sigma = (noise or {}).get("sigma")
+    gen_seed = int((noise or {}).get("seed", 0))
+
+    def run(model: Any, lq: torch.Tensor) -> torch.Tensor:
+        net = model.restorer.to(dev)
+        was = net.training
+        net.eval()
+        try:
+            return restore(net, lq.to(dev), model.scale, min_size=model.min_size,
+                           multiple_of=model.multiple_of, square=model.square, tile=tile,
+                           overlap=overlap).cpu().clamp(0, 1)
+        finally:
+            net.train(was)
+
+    def pair_tensors(ds: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        index = {p.name: i for i, p in enumerate(ds.pairs)}
+        if name not in index:
+            return None
+        if sigma is not None and ds.pairs[index[name]].lq is None:
+            # reproduce the noise draw of `iter_pairs` (one seeded stream in name order)
+            g = torch.Generator().manual_seed(gen_seed)
+            for i, p in enumerate(ds.pairs):
+                lq, gt = load_pair(ds, p, sigma, g)
+                if i == index[name]:
+                    return lq, gt
+        return load_pair(ds, ds.pairs[index[name]], sigma)
+
+    many = len(comparison.models) > 2
+    jobs = []  # (path, lq, base_out, new_out, gt, labels)
+    skipped: list[str] = []
+    base_model = models[0]
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+    todo = [(lab, m, ds) for lab, m in zip(comparison.models[1:], models[1:])
+            for ds in comparison.datasets]
+    total = sum(min(top_k, len(comparison.images[ds])) for _, _, ds in todo)
+    done = 0
+    for lab, model, ds_name in todo:
+        ds = datasets.get(ds_name)
+        if ds is None:
+            skipped.append(f"{ds_name}: no data folder given, strips skipped")
+            continue
+        names = largest_delta_images(comparison.image_deltas(ds_name, lab, "psnr"), top_k)
+        for name in names:
+            pair = pair_tensors(ds, name)
+            if pair is None:
+                skipped.append(f"{ds_name}/{name}: not in {ds.root}, strip skipped")
+                continue
+            lq, gt = pair
+            key = (ds_name, name)
+            if key not in cache:
+                cache[key] = run(base_model, lq)
+            new = run(model, lq)
+            sub = out_dir / _slug(lab) if many else out_dir
+            path = sub / _slug(ds_name) / f"{_slug(name)}.png"
+            jobs.append((path, lq, cache[key], new, gt, (comparison.baseline, lab)))
+            done += 1
+            if progress:
+                progress(done, total)
+
+    divs = [divergence_map(b, n) for _, _, b, n, _, _ in jobs]
+    scales = [auto_heat_scale(d) for d in divs]
+    heat_scale = max(scales) if scales else 0.0
+    strips, max_div = [], {}
+    for (path, lq, b, n, gt, (base_lab, new_lab)), div in zip(jobs, divs):
+        img = comparison_strip(lq, b, n, gt, labels=("LQ (upscaled)", base_lab, new_lab, "GT"),
+                               heat_scale=heat_scale)
+        strips.append(save_image(img, path))
+        max_div[str(path)] = float(div.max()) if div.size else 0.0
+    charts = write_delta_charts(comparison, out_dir)
+    return {"strips": strips, "charts": charts, "heat_scale": heat_scale,
+            "max_divergence": max_div, "skipped": skipped}

@@ -1,0 +1,61 @@
+"""`mcir demo` on a tiny setting: the whole path runs and leaves every promised file."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mcir_cli.cli import app
+from mcir_cli.demo import run_demo, scaled_steps
+
+torch.set_num_threads(1)
+
+
+def test_scaled_steps():
+    assert scaled_steps(40) == (5, 10, 20, 40)
+    assert scaled_steps(4) == (1, 2, 3, 4)
+    assert scaled_steps(1) == (1, 2, 3, 4)
+
+
+def test_demo_tiny(tmp_path, monkeypatch):
+    monkeypatch.delenv("MCIR_WEIGHTS", raising=False)  # the from-scratch path, always available
+    out = tmp_path / "demo"
+    messages = []
+    r = run_demo(out, iters=4, device="cpu", batch=2, patch=16, n_train=2, n_test=2,
+                 pretrain_iters=4, top_k=1, n_resamples=200,
+                 say=lambda m, k: messages.append((k, m)))
+    assert not r.pretrained and "from scratch" in r.model
+    assert any(k == "warn" and "from scratch" in m for k, m in messages)
+    assert len(list((out / "data" / "train").glob("*.png"))) == 2
+    assert len(list((out / "data" / "test" / "HR").glob("*.png"))) == 2
+    assert len(list((out / "data" / "test" / "LR_bicubic" / "X4").glob("*x4.png"))) == 2
+    for name in ("plain", "mcir"):
+        assert (out / "runs" / name / "model.safetensors").is_file()
+        cfg = json.loads((out / "runs" / name / "config.json").read_text())["config"]
+        assert cfg["negative_init"] == ("none" if name == "plain" else "mix")
+        assert cfg["seed"] == 0 and cfg["iters"] == 4
+    assert r.comparison.models == ["EDSR-small (start)", "plain fine-tuning", "MCIR"]
+    assert r.head_to_head.models == ["plain fine-tuning", "MCIR"]
+    summary = (out / "summary.md").read_text()
+    assert "| Model |" in summary and "MCIR vs plain" in summary and "95 % CI" in summary
+    assert json.loads((out / "comparison.json").read_text())["format"] == "mcir.compare/1"
+    pngs = [p for p in r.visuals if p.suffix == ".png"]
+    assert len(pngs) >= 6  # 2 later models x 1 strip + 2 charts, + head-to-head strip + chart
+    for p in pngs:
+        assert p.is_file() and p.is_relative_to(out / "visuals")
+        with Image.open(p) as img:
+            img.verify()
+        assert f"]({p.relative_to(out).as_posix()})" in summary
+    for label in ("start", "plain", "mcir"):
+        assert "data" in json.loads((out / "results" / f"{label}.json").read_text())
+
+
+def test_demo_refuses_an_existing_folder(tmp_path):
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
+    r = CliRunner(**kwargs).invoke(app, ["demo", "--output", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "exists" in r.stderr and len(r.stderr.strip().splitlines()) == 1
