@@ -42,7 +42,6 @@ def _setup_logging(verbose: bool = False) -> None:
         handler = RichHandler(console=err_console, show_path=False, show_time=False)
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
