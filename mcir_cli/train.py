@@ -266,7 +266,7 @@ class Trainer:
         for d in datasets:
             if d.scale != self.loaded.scale:
                 raise McirError(f"the model is x{self.loaded.scale}, but the training data is x{d.scale}", d.root)
-        world, rank = self.dist.world_size, self.dist.rank
+        world = self.dist.world_size
         self.patches = PatchDataset(
             datasets, cfg.patch, length=2**62, seed=cfg.seed,  # indices come from batches()
             noise_sigma=cfg.noise_sigma, cache=True if cfg.cache == "on" else (False if cfg.cache == "off" else "auto"),

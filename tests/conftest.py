@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -26,3 +27,14 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """Fixture form of `shared_path`: `shared("data", "sr", "Set5")`."""
     return shared_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The whole session on one intra-op thread: the tensors here are small, on a busy
+    2-core host OpenMP spinning made some models up to 70x slower with two threads, and
+    one thread keeps float reductions in the same order in every test and fixture."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

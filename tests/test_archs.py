@@ -23,15 +23,6 @@ def _load_sd(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small CPU convs: one intra-op thread avoids oversubscription on busy 2-core hosts."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def loader() -> spandrel.ModelLoader:
     register()

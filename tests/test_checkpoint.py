@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,8 +20,6 @@ from mcir_cli.cli import app
 from mcir_cli.visuals import LABEL_H, SEP, crop_size
 
 from conftest import shared_path
-
-torch.set_num_threads(1)
 
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 8.2
     runner = CliRunner(mix_stderr=False)

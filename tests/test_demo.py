@@ -5,14 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.demo import run_demo, scaled_steps
-
-torch.set_num_threads(1)
 
 
 def test_scaled_steps():

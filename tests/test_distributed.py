@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 from mcir_cli.train import load_run_config, retrain

@@ -32,14 +32,6 @@ else:  # click >= 8.2 keeps stdout and stderr apart already
 NAMES = ("baby", "bird", "butterfly")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def dctlsa_x4() -> Path:
     return shared_path("weights", "DCTLSA", "X4.pt")
 

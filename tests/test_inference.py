@@ -12,14 +12,6 @@ from mcir_cli.inference import pad_to, restore, run_padded
 from conftest import shared_path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------- tiling
 
 

@@ -24,15 +24,6 @@ from mcir_cli.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP spinning makes these models up to 70x slower: run each test on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ------------------------------------------------------------------ reconstruction losses
 
 

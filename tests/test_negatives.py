@@ -13,16 +13,6 @@ from conftest import shared_path
 from mcir_cli.negatives import NegativeBank
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP spinning makes these models up to 70x slower: run each test on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _conv(value: float = 1.0) -> nn.Conv2d:
     m = nn.Conv2d(1, 1, 1)
     with torch.no_grad():

@@ -82,14 +82,6 @@ def _marked(names, slow: set[str]):
     return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in names]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=None)
 def _built(name: str) -> LoadedModel:
     lm = from_preset(get_preset(name), seed=0)

@@ -17,13 +17,10 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, get_seq_len, store_hyperparameters
 from torch import Tensor, nn
 
+from mcir_cli.archs._blocks import conv
+
 # DIV2K mean used by every EDSR-PyTorch model.
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
-
-
-def _conv(in_ch: int, out_ch: int, kernel_size: int = 3) -> nn.Conv2d:
-    """'Same'-padded convolution with bias (EDSR-PyTorch ``default_conv``)."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=True)
 
 
 class MeanShift(nn.Conv2d):
@@ -50,9 +47,9 @@ class ResBlock(nn.Module):
     def __init__(self, n_feats: int, kernel_size: int, res_scale: float) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _conv(n_feats, n_feats, kernel_size),
+            conv(n_feats, n_feats, kernel_size),
             nn.ReLU(),
-            _conv(n_feats, n_feats, kernel_size),
+            conv(n_feats, n_feats, kernel_size),
         )
         self.res_scale = res_scale
 
@@ -67,9 +64,9 @@ class Upsampler(nn.Sequential):
         layers: list[nn.Module] = []
         if scale & (scale - 1) == 0:
             for _ in range(int(math.log2(scale))):
-                layers += [_conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
+                layers += [conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
         elif scale == 3:
-            layers += [_conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
+            layers += [conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
         else:
             raise ValueError(f"EDSR supports scales 2^n and 3, not {scale}")
         super().__init__(*layers)
@@ -101,14 +98,14 @@ class EDSR(nn.Module):
             self.io_range = (0.0, float(rgb_range))
         self.sub_mean = MeanShift(rgb_range, sign=-1.0)
         self.add_mean = MeanShift(rgb_range, sign=1.0)
-        self.head = nn.Sequential(_conv(n_colors, n_feats, kernel_size))
+        self.head = nn.Sequential(conv(n_colors, n_feats, kernel_size))
         blocks: list[nn.Module] = [
             ResBlock(n_feats, kernel_size, res_scale) for _ in range(n_resblocks)
         ]
-        blocks.append(_conv(n_feats, n_feats, kernel_size))
+        blocks.append(conv(n_feats, n_feats, kernel_size))
         self.body = nn.Sequential(*blocks)
         self.tail = nn.Sequential(
-            Upsampler(scale, n_feats), _conv(n_feats, n_colors, kernel_size)
+            Upsampler(scale, n_feats), conv(n_feats, n_colors, kernel_size)
         )
 
     def forward(self, x: Tensor) -> Tensor:

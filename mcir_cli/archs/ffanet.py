@@ -16,13 +16,10 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, get_seq_len, store_hyperparameters
 from torch import Tensor, nn
 
+from mcir_cli.archs._blocks import conv
+
 FFA_MEAN: tuple[float, float, float] = (0.64, 0.6, 0.58)
 FFA_STD: tuple[float, float, float] = (0.14, 0.15, 0.152)
-
-
-def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
-    """'Same'-padded convolution with bias."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=True)
 
 
 class PALayer(nn.Module):
@@ -63,9 +60,9 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int) -> None:
         super().__init__()
-        self.conv1 = _conv(dim, dim, kernel_size)
+        self.conv1 = conv(dim, dim, kernel_size)
         self.act1 = nn.ReLU()
-        self.conv2 = _conv(dim, dim, kernel_size)
+        self.conv2 = conv(dim, dim, kernel_size)
         self.calayer = CALayer(dim)
         self.palayer = PALayer(dim)
 
@@ -81,7 +78,7 @@ class Group(nn.Module):
     def __init__(self, dim: int, kernel_size: int, blocks: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [Block(dim, kernel_size) for _ in range(blocks)]
-        layers.append(_conv(dim, dim, kernel_size))
+        layers.append(conv(dim, dim, kernel_size))
         self.gp = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,7 +103,7 @@ class FFANet(nn.Module):
         self.gps = gps
         self.dim = dim
         k = 3
-        self.pre = nn.Sequential(_conv(in_nc, dim, k))
+        self.pre = nn.Sequential(conv(in_nc, dim, k))
         self.g1 = Group(dim, k, blocks)
         self.g2 = Group(dim, k, blocks)
         self.g3 = Group(dim, k, blocks)
@@ -118,7 +115,7 @@ class FFANet(nn.Module):
             nn.Sigmoid(),
         )
         self.palayer = PALayer(dim)
-        self.post = nn.Sequential(_conv(dim, dim, k), _conv(dim, in_nc, k))
+        self.post = nn.Sequential(conv(dim, dim, k), conv(dim, in_nc, k))
 
     def forward(self, x1: Tensor) -> Tensor:
         """x1: normalised hazy image ((x - input_mean) / input_std) -> dehazed image."""

@@ -12,10 +12,7 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, get_scale_and_output_channels, store_hyperparameters
 from torch import Tensor, nn
 
-
-def _conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
-    """'Same'-padded convolution with bias."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2)
+from mcir_cli.archs._blocks import DistillationTrunk, conv
 
 
 def _channel_std(x: Tensor) -> Tensor:
@@ -49,12 +46,12 @@ class IMDModule(nn.Module):
         super().__init__()
         self.distilled = int(in_channels * distillation_rate)
         self.remaining = in_channels - self.distilled
-        self.c1 = _conv(in_channels, in_channels, 3)
-        self.c2 = _conv(self.remaining, in_channels, 3)
-        self.c3 = _conv(self.remaining, in_channels, 3)
-        self.c4 = _conv(self.remaining, self.distilled, 3)
+        self.c1 = conv(in_channels, in_channels, 3)
+        self.c2 = conv(self.remaining, in_channels, 3)
+        self.c3 = conv(self.remaining, in_channels, 3)
+        self.c4 = conv(self.remaining, self.distilled, 3)
         self.act = nn.LeakyReLU(0.05)
-        self.c5 = _conv(self.distilled * 4, in_channels, 1)
+        self.c5 = conv(self.distilled * 4, in_channels, 1)
         self.cca = CCALayer(self.distilled * 4)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,7 +64,7 @@ class IMDModule(nn.Module):
 
 
 @store_hyperparameters()
-class IMDN(nn.Module):
+class IMDN(DistillationTrunk):
     """IMDN: conv, ``num_modules`` IMDBs, 1x1 fusion, conv + skip, pixel-shuffle upsampler."""
 
     hyperparameters: dict = {}
@@ -84,26 +81,7 @@ class IMDN(nn.Module):
         out_nc: int = 3,
         upscale: int = 4,
     ) -> None:
-        super().__init__()
-        self.num_modules = num_modules
-        self.fea_conv = _conv(in_nc, nf, 3)
-        for i in range(1, num_modules + 1):
-            self.add_module(f"IMDB{i}", IMDModule(nf))
-        self.c = nn.Sequential(nn.Conv2d(nf * num_modules, nf, 1), nn.LeakyReLU(0.05))
-        self.LR_conv = _conv(nf, nf, 3)
-        self.upsampler = nn.Sequential(
-            _conv(nf, out_nc * upscale**2, 3), nn.PixelShuffle(upscale)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        fea = self.fea_conv(x)
-        outs: list[Tensor] = []
-        h = fea
-        for i in range(1, self.num_modules + 1):
-            h = getattr(self, f"IMDB{i}")(h)
-            outs.append(h)
-        fused = self.c(torch.cat(outs, dim=1))
-        return self.upsampler(self.LR_conv(fused) + fea)
+        super().__init__([IMDModule(nf) for _ in range(num_modules)], "IMDB", in_nc, nf, out_nc, upscale)
 
 
 class IMDNArch(Architecture[IMDN]):

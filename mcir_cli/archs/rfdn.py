@@ -17,10 +17,7 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, get_scale_and_output_channels, store_hyperparameters
 from torch import Tensor, nn
 
-
-def _conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
-    """'Same'-padded convolution with bias."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, padding=(kernel_size - 1) // 2)
+from mcir_cli.archs._blocks import DistillationTrunk, conv
 
 
 class ESA(nn.Module):
@@ -55,15 +52,15 @@ class RFDB(nn.Module):
         super().__init__()
         dc = in_channels // 2
         rc = in_channels
-        self.c1_d = _conv(in_channels, dc, 1)
-        self.c1_r = _conv(in_channels, rc, 3)
-        self.c2_d = _conv(rc, dc, 1)
-        self.c2_r = _conv(rc, rc, 3)
-        self.c3_d = _conv(rc, dc, 1)
-        self.c3_r = _conv(rc, rc, 3)
-        self.c4 = _conv(rc, dc, 3)
+        self.c1_d = conv(in_channels, dc, 1)
+        self.c1_r = conv(in_channels, rc, 3)
+        self.c2_d = conv(rc, dc, 1)
+        self.c2_r = conv(rc, rc, 3)
+        self.c3_d = conv(rc, dc, 1)
+        self.c3_r = conv(rc, rc, 3)
+        self.c4 = conv(rc, dc, 3)
         self.act = nn.LeakyReLU(0.05)
-        self.c5 = _conv(dc * 4, in_channels, 1)
+        self.c5 = conv(dc * 4, in_channels, 1)
         self.esa = ESA(in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,7 +75,7 @@ class RFDB(nn.Module):
 
 
 @store_hyperparameters()
-class RFDN(nn.Module):
+class RFDN(DistillationTrunk):
     """RFDN: conv, ``num_modules`` RFDBs, 1x1 fusion, conv + skip, pixel-shuffle upsampler.
 
     ``rgb_range`` only sets ``io_range`` (the official weights expect [0, 255]).
@@ -99,28 +96,9 @@ class RFDN(nn.Module):
         upscale: int = 4,
         rgb_range: float = 255.0,
     ) -> None:
-        super().__init__()
+        super().__init__([RFDB(nf) for _ in range(num_modules)], "B", in_nc, nf, out_nc, upscale)
         if rgb_range != 255.0:
             self.io_range = (0.0, float(rgb_range))
-        self.num_modules = num_modules
-        self.fea_conv = _conv(in_nc, nf, 3)
-        for i in range(1, num_modules + 1):
-            self.add_module(f"B{i}", RFDB(nf))
-        self.c = nn.Sequential(nn.Conv2d(nf * num_modules, nf, 1), nn.LeakyReLU(0.05))
-        self.LR_conv = _conv(nf, nf, 3)
-        self.upsampler = nn.Sequential(
-            _conv(nf, out_nc * upscale**2, 3), nn.PixelShuffle(upscale)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        fea = self.fea_conv(x)
-        outs: list[Tensor] = []
-        h = fea
-        for i in range(1, self.num_modules + 1):
-            h = getattr(self, f"B{i}")(h)
-            outs.append(h)
-        fused = self.c(torch.cat(outs, dim=1))
-        return self.upsampler(self.LR_conv(fused) + fea)
 
 
 class RFDNArch(Architecture[RFDN]):

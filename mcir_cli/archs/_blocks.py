@@ -1,0 +1,40 @@
+"""Pieces shared by mcir's built-in architectures."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def conv(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
+    """'Same'-padded convolution with bias (odd kernels), as every official repo here uses."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2)
+
+
+class DistillationTrunk(nn.Module):
+    """The IMDN/RFDN body: conv, a chain of blocks whose outputs are all concatenated,
+    1x1 fusion + LeakyReLU(0.05), conv + long skip, pixel-shuffle upsampler.
+
+    Blocks are registered as `{prefix}1..{prefix}n` (IMDN: "IMDB", RFDN: "B"), which with
+    `fea_conv`, `c.0`, `LR_conv`, `upsampler.0` is the official key layout."""
+
+    def __init__(self, blocks: list[nn.Module], prefix: str, in_nc: int, nf: int, out_nc: int, upscale: int) -> None:
+        super().__init__()
+        self.num_modules = len(blocks)
+        self._prefix = prefix
+        self.fea_conv = conv(in_nc, nf, 3)
+        for i, block in enumerate(blocks, start=1):
+            self.add_module(f"{prefix}{i}", block)
+        self.c = nn.Sequential(nn.Conv2d(nf * len(blocks), nf, 1), nn.LeakyReLU(0.05))
+        self.LR_conv = conv(nf, nf, 3)
+        self.upsampler = nn.Sequential(conv(nf, out_nc * upscale**2, 3), nn.PixelShuffle(upscale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        fea = self.fea_conv(x)
+        outs: list[Tensor] = []
+        h = fea
+        for i in range(1, self.num_modules + 1):
+            h = getattr(self, f"{self._prefix}{i}")(h)
+            outs.append(h)
+        fused = self.c(torch.cat(outs, dim=1))
+        return self.upsampler(self.LR_conv(fused) + fea)
