@@ -357,31 +357,19 @@ def compare(
         sources = list(results or [])
         result_dicts = [cmp.load_result(p) for p in sources]
     else:
-        from mcir_cli.data import discover_all
-        from mcir_cli.evaluate import evaluate_model
-        from mcir_cli.models import load_model
-
-        result_dicts = []
         with _progress() as bar:
-            for path in checkpoint or []:
-                model = load_model(path, None, scale)
-                label = cmp.checkpoint_label(path)
-                tasks: dict[str, Any] = {}
+            tasks: dict[str, Any] = {}
 
-                def progress(name: str, done: int, total: int, label: str = label) -> None:
-                    if name not in tasks:
-                        tasks[name] = bar.add_task(f"{label}: {name}", total=total)
-                    bar.update(tasks[name], completed=done)
+            def progress(label: str, name: str, done: int, total: int) -> None:
+                key = f"{label}: {name}"
+                if key not in tasks:
+                    tasks[key] = bar.add_task(key, total=total)
+                bar.update(tasks[key], completed=done)
 
-                res = evaluate_model(model, data or [], task=task, y_channel=y_channel,
-                                     crop_border=crop_border, device=device, tile=tile, progress=progress)
-                res["model"]["label"] = label
-                result_dicts.append(res)
-                loaded.append(model)
-        first = result_dicts[0]
-        datasets = {d.name: d for d in discover_all(data or [], loaded[0].scale if loaded[0].scale > 1 else None,
-                                                    first.get("task"))}
-
+            result_dicts, loaded, datasets = cmp.evaluate_checkpoints(
+                list(checkpoint or []), list(data or []), scale=scale, task=task, y_channel=y_channel,
+                crop_border=crop_border, device=device, tile=tile, progress=progress,
+            )
     comparison = cmp.compare_results(result_dicts, n_resamples=resamples, seed=seed)
     console.print(cmp.render_table(comparison))
     for msg in comparison.dropped.messages():

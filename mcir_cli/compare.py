@@ -842,3 +842,42 @@ def checkpoint_label(path: str | Path) -> str:
         parent = path.resolve().parent.name
         return parent if stem.lower() == "model" else f"{parent}/{stem}"
     return stem
+
+
+def evaluate_checkpoints(
+    checkpoints: list[Path],
+    data: list[Path],
+    *,
+    scale: int | None = None,
+    task: str | None = None,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: Any = None,
+) -> tuple[list[dict], list[Any], dict[str, Any]]:
+    """Evaluate every checkpoint on the same folders with identical conventions.
+
+    Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
+    total)` is called per image. The models are kept for the visuals."""
+    from mcir_cli.data import discover_all
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    results, models = [], []
+    for path in checkpoints:
+        model = load_model(path, None, scale)
+        label = checkpoint_label(path)
+
+        def per_image(name: str, done: int, total: int, label: str = label) -> None:
+            if progress:
+                progress(label, name, done, total)
+
+        res = evaluate_model(model, data, task=task, y_channel=y_channel, crop_border=crop_border,
+                             device=device, tile=tile, progress=per_image)
+        res["model"]["label"] = label
+        results.append(res)
+        models.append(model)
+    first = models[0]
+    datasets = {d.name: d for d in discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))}
+    return results, models, datasets
