@@ -627,7 +627,7 @@ class Trainer:
                 logger.write({"event": "sync_check", "step": self.step, "ranks": len(checks), "checksums": checks})
             result.final_psnr = self._validate_and_log(logger, result)
             self.save_state()
-            result.outputs = self.write_weights("model")
+            result.outputs.update(self.write_weights("model"))
             result.steps = self.step
             result.best_psnr = self.best_psnr
             result.collapses = self.collapses

@@ -89,6 +89,7 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     val = json.loads((run / "val.json").read_text())
     assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
     assert (run / "best.safetensors").exists()
+    assert "best.safetensors" in res.output and "model.pth" in res.output
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["negative_steps"] == [2, 4, 8] and cfg["model"]["architecture"] == "DCTLSA"
 
