@@ -286,6 +286,15 @@ def retrain(
         console.print(f"  {name}: {path}")
     if result.best_psnr is not None:
         console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB")
+    if result.mean_ratio is not None:
+        lo, hi = result.ratio_band
+        inside = lo <= result.mean_ratio <= hi
+        colour = "green" if inside else "yellow"
+        advice = "" if inside else " — outside the band the authors advise; try another --lambda or --lambda auto"
+        console.print(
+            f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
+            f"(band {lo:.0%}–{hi:.0%}){advice}", highlight=False,
+        )
 
 
 # ------------------------------------------------------------------------- compare

@@ -234,6 +234,8 @@ class TrainResult:
     final_psnr: float | None = None
     collapses: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
+    mean_ratio: float | None = None  # mean contrast ratio λ·l_neg/l_rec over logged steps
+    ratio_band: tuple[float, float] = (0.01, 0.10)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -548,7 +550,8 @@ class Trainer:
         cfg = self.cfg
         main = self.dist.is_main
         logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard) if main else None
-        result = TrainResult(self.run_dir, self.step)
+        result = TrainResult(self.run_dir, self.step, ratio_band=tuple(cfg.ratio_band))
+        ratios: list[float] = []
         if main and self.step == 0:
             logger.write({"event": "start", "step": 0, "embedding": self.embedding_description,
                           "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
@@ -594,6 +597,7 @@ class Trainer:
                 self.rec_history.append(l_rec)
                 ratio = self.lam * l_neg / l_rec if l_rec > 0 else 0.0
                 if self.bank is not None:
+                    ratios.append(ratio)
                     updated = self.bank.update(self.step, self.model)
                     if main:
                         for i in updated:
@@ -631,9 +635,11 @@ class Trainer:
             result.steps = self.step
             result.best_psnr = self.best_psnr
             result.collapses = self.collapses
+            result.mean_ratio = sum(ratios) / len(ratios) if ratios else None
             if main:
                 logger.write({"event": "end", "step": self.step, "stopped_early": result.stopped_early,
-                              "best_psnr": self.best_psnr, "collapses": self.collapses})
+                              "best_psnr": self.best_psnr, "collapses": self.collapses,
+                              "mean_ratio": result.mean_ratio})
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

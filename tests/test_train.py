@@ -90,6 +90,9 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
     assert (run / "best.safetensors").exists()
     assert "best.safetensors" in res.output and "model.pth" in res.output
+    mean_ratio = sum(r["ratio"] for r in steps) / len(steps)
+    assert log[-1]["event"] == "end" and log[-1]["mean_ratio"] == pytest.approx(mean_ratio)
+    assert f"mean {mean_ratio:.2%}" in res.output and "outside the band" in res.output
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["negative_steps"] == [2, 4, 8] and cfg["model"]["architecture"] == "DCTLSA"
 
