@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from spandrel.util import get_scale_and_output_channels
 from torch import Tensor, nn
 
 
@@ -38,3 +39,15 @@ class DistillationTrunk(nn.Module):
             outs.append(h)
         fused = self.c(torch.cat(outs, dim=1))
         return self.upsampler(self.LR_conv(fused) + fea)
+
+
+def trunk_hyperparameters(state_dict: dict[str, Tensor], block_key: str) -> dict[str, int]:
+    """in_nc, nf, num_modules, out_nc and upscale of a DistillationTrunk checkpoint, from
+    tensor shapes; `block_key` names a key of block i, e.g. "IMDB{}.c1.weight"."""
+    in_nc = int(state_dict["fea_conv.weight"].shape[1])
+    nf = int(state_dict["fea_conv.weight"].shape[0])
+    num_modules = 0
+    while block_key.format(num_modules + 1) in state_dict:
+        num_modules += 1
+    upscale, out_nc = get_scale_and_output_channels(int(state_dict["upsampler.0.weight"].shape[0]), in_nc)
+    return {"in_nc": in_nc, "nf": nf, "num_modules": num_modules, "out_nc": out_nc, "upscale": upscale}

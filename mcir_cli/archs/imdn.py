@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
-from spandrel.util import KeyCondition, get_scale_and_output_channels, store_hyperparameters
+from spandrel.util import KeyCondition, store_hyperparameters
 from torch import Tensor, nn
 
-from mcir_cli.archs._blocks import DistillationTrunk, conv
+from mcir_cli.archs._blocks import DistillationTrunk, conv, trunk_hyperparameters
 
 
 def _channel_std(x: Tensor) -> Tensor:
@@ -107,17 +107,10 @@ class IMDNArch(Architecture[IMDN]):
 
     def load(self, state_dict: dict[str, Tensor]) -> ImageModelDescriptor[IMDN]:
         """Infer width, block count, scale and channels from tensor shapes."""
-        in_nc = int(state_dict["fea_conv.weight"].shape[1])
-        nf = int(state_dict["fea_conv.weight"].shape[0])
-        num_modules = 0
-        while f"IMDB{num_modules + 1}.c1.weight" in state_dict:
-            num_modules += 1
-        upscale, out_nc = get_scale_and_output_channels(
-            int(state_dict["upsampler.0.weight"].shape[0]), in_nc
-        )
-        model = IMDN(
-            in_nc=in_nc, nf=nf, num_modules=num_modules, out_nc=out_nc, upscale=upscale
-        )
+        hp = trunk_hyperparameters(state_dict, "IMDB{}.c1.weight")
+        model = IMDN(**hp)
+        nf, num_modules, upscale = hp["nf"], hp["num_modules"], hp["upscale"]
+        in_nc, out_nc = hp["in_nc"], hp["out_nc"]
         return ImageModelDescriptor(
             model,
             state_dict,
