@@ -188,14 +188,14 @@ def retrain(
     warmup: int = typer.Option(0, help="Linear warm-up steps."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim [preset or l1]."),
-    lam: str = typer.Option("1e-4", "--lambda", help="SPN weight λ (paper 1e-4), or 'auto' to hold the contrast ratio in band."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ [preset or the paper's 1e-4], or 'auto' to hold the contrast ratio in band."),
     ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto."),
-    negative_steps: str = typer.Option("100,500,1000,2000", help="Update period s_i of each negative (paper)."),
-    negative_weight: float = typer.Option(0.1, help="EMA weight w of the old negative (paper 0.1)."),
-    negative_init: str = typer.Option("mix", help="mix (authors' code) | copy | random | frozen | none (plain fine-tuning)."),
-    negative_mix: float = typer.Option(0.1, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ."),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative [preset or the paper's 100,500,1000,2000]."),
+    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative [preset or the paper's 0.1]."),
+    negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default) | copy | random | frozen | none (plain fine-tuning)."),
+    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ [preset or 0.1]."),
     batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
-    embedding: str = typer.Option("vgg16", help="vgg16 (authors' config) | vgg19 (AECR-Net) | pixel."),
+    embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel."),
     embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty."),
     embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss)."),
     noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches."),
@@ -231,7 +231,10 @@ def retrain(
             raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
         preset = get_preset(model, scale) if model else None
         recipe = preset.recipe if preset else None
-        lam_value, lam_auto = _lambda(lam)
+        from mcir_cli.models import SPNSettings
+
+        spn = preset.spn if preset else SPNSettings()  # the paper's values unless a preset says
+        lam_value, lam_auto = _lambda(lam) if lam is not None else (spn.lam, False)
         band = tuple(float(x) for x in ratio_band.split(","))
         task_default = preset.task if preset else task
         cfg = TrainConfig(
@@ -252,9 +255,12 @@ def retrain(
             warmup=warmup, grad_clip=grad_clip if grad_clip is not None else (recipe.grad_clip if recipe else None),
             loss=loss or (recipe.loss if recipe else "l1"),
             lam=lam_value, lam_auto=lam_auto, ratio_band=band,
-            negative_steps=parse_steps(negative_steps), negative_weight=negative_weight,
-            negative_init=negative_init, negative_mix=negative_mix, batched_negatives=batched_negatives,
-            embedding=embedding, embedding_weights=str(embedding_weights) if embedding_weights else None,
+            negative_steps=parse_steps(negative_steps) if negative_steps is not None else tuple(spn.steps),
+            negative_weight=negative_weight if negative_weight is not None else spn.weight,
+            negative_init=negative_init or spn.negative_init,
+            negative_mix=negative_mix if negative_mix is not None else spn.negative_mix,
+            batched_negatives=batched_negatives,
+            embedding=embedding or spn.embedding, embedding_weights=str(embedding_weights) if embedding_weights else None,
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,

@@ -236,3 +236,24 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
     resumed = retrain(load_run_config(tmp_path / "run"), resume=True)
     assert resumed.steps == 6
+
+
+def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
+    """A user's own preset file: its [spn] values become the run's defaults; flags still win."""
+    from mcir_cli.models import presets_dir
+
+    text = (presets_dir() / "dctlsa-x4.toml").read_text()
+    spn = "[spn]\nlambda = 2e-4\nweight = 0.2\nsteps = [3, 7]\nembedding = \"pixel\"\nnegative_init = \"copy\"\nnegative_mix = 0.1\n"
+    head, rest = text.split("[spn]\n", 1)
+    tail = rest[rest.index("\n[") + 1:] if "\n[" in rest else ""
+    text = head + spn + tail
+    preset = tmp_path / "my-dctlsa.toml"
+    preset.write_text(text)
+    run = tmp_path / "RUN"
+    res = runner.invoke(app, ["retrain", "--model", str(preset), "--checkpoint", str(ckpt), "--data", str(train_dir),
+                              "--iters", "1", "--batch", "1", "--patch", "16", "--negative-weight", "0.3",
+                              "--device", "cpu", "--output", str(run)])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    assert cfg["lam"] == 2e-4 and cfg["negative_steps"] == [3, 7] and cfg["embedding"] == "pixel"
+    assert cfg["negative_init"] == "copy" and cfg["negative_weight"] == 0.3  # the flag wins
