@@ -211,6 +211,7 @@ def retrain(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
     compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile (auto: CUDA runs of >= 10k steps)."),
+    collapse_factor: float = typer.Option(10.0, help="Collapse guard: l_rec above this x its running median rolls back and halves λ."),
 ) -> None:
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
     from mcir_cli.distributed import DistContext
@@ -264,7 +265,7 @@ def retrain(
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
-            compile=compile,
+            compile=compile, collapse_factor=collapse_factor,
         )
         is_resume = False
     validate_config(cfg)

@@ -117,6 +117,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError(f"--negative-init must be one of {', '.join(NEGATIVE_INITS)}")
     if cfg.schedule not in ("constant", "multistep", "cosine"):
         raise McirError("--schedule must be constant, multistep or cosine")
+    if cfg.collapse_factor <= 1:
+        raise McirError(f"--collapse-factor must be above 1 (got {cfg.collapse_factor})")
     if cfg.optimizer not in ("adam", "adamw"):
         raise McirError("--optimizer must be adam or adamw")
     for flag, value, allowed in (

@@ -159,6 +159,28 @@ def test_collapse_guard_rolls_back_and_halves_lambda(ckpt, train_dir, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_collapse_guard_catches_an_exploding_reconstruction_loss(ckpt, train_dir, tmp_path):
+    trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=13, collapse_factor=10.0))
+    trainer.rec_loss = ScaleAt(trainer.rec_loss, {12}, 1e4)  # history holds 11 normal steps
+    result = trainer.run()
+    assert result.steps == 13 and result.collapses == 1
+    event = next(r for r in read_log(tmp_path / "run") if r.get("event") == "collapse")
+    assert event["step"] == 12 and "x running median" in event["reason"]
+
+
+class ScaleAt(NaNAt):
+    """Multiplies chosen calls' loss by a factor (a finite blow-up)."""
+
+    def __init__(self, loss, calls, factor):
+        super().__init__(loss, calls)
+        self.factor = factor
+
+    def __call__(self, pred, target):
+        self.n += 1
+        value = self.loss(pred, target)
+        return value * self.factor if self.n in self.calls else value
+
+
 def test_collapse_guard_stops_after_three_events(ckpt, train_dir, tmp_path):
     trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=20))
     trainer.rec_loss = NaNAt(trainer.rec_loss, set(range(3, 100)))
@@ -186,6 +208,7 @@ def test_lambda_auto_moves_ratio_toward_band(ckpt, train_dir, tmp_path):
         (["--negative-steps", "0,5"], "--negative-steps must be"),
         (["--negative-steps", "a,b"], "--negative-steps must be"),
         (["--patch", "100000"], "no training image is large enough"),
+        (["--collapse-factor", "0.5"], "--collapse-factor must be above 1"),
     ],
 )
 def test_bad_input_is_one_line(ckpt, train_dir, tmp_path, args, message):
