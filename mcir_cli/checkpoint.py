@@ -79,6 +79,10 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "global" not in text.lower():  # garbage, not a pickle that references code
+            detail = next((l.strip() for l in text.splitlines() if l.strip().startswith("Unsupported")), "")
+            raise McirError(f"not a torch checkpoint ({detail or text.splitlines()[0]})", path) from None
         reason = str(exc).splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "global" in line), "")
         raise McirError(

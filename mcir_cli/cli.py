@@ -69,6 +69,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # no bar remnants in logs and pipes
     )
 
 

@@ -150,3 +150,11 @@ def test_models_lists_presets_and_architectures():
 def test_unknown_preset_suggests_names():
     res = runner.invoke(app, ["evaluate", "--model", "swinir-lite", "--scale", "4", "--data", "x"])
     assert res.exit_code == 2 and "swinir-light" in res.output
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_a_code_pickle(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("# just some text\n")
+    with pytest.raises(McirError, match="not a torch checkpoint") as err:
+        read_checkpoint(path)
+    assert "pickled code" not in str(err.value)
