@@ -474,6 +474,15 @@ def demo(
 # --------------------------------------------------------------------------- models
 
 
+def _weights_cell(preset) -> str:
+    """The preset's pretrained file, green when found under $MCIR_WEIGHTS."""
+    from mcir_cli.models import resolve_weights
+
+    if not preset.weights_file:
+        return "-"
+    return f"[green]{preset.weights_file}[/]" if resolve_weights(preset) else f"[dim]{preset.weights_file}[/]"
+
+
 def _short_source(source: str) -> str:
     """'https://github.com/owner/repo/blob/...' -> 'owner/repo' for a narrow table."""
     import re
@@ -493,19 +502,18 @@ def models_list(ctx: typer.Context) -> None:
     from mcir_cli import archs
     from mcir_cli.models import list_presets
 
-    table = Table(title="presets (use with --model NAME)")
-    for col in ("name", "task", "scale", "architecture", "params", "recipe source"):
+    table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS (green: found)")
+    for col in ("name", "task", "scale", "architecture", "params", "weights", "recipe source"):
         table.add_column(
             col,
             justify="right" if col in ("scale", "params") else "left",
-            no_wrap=col != "recipe source",
+            no_wrap=col in ("name", "task", "scale", "params"),
             overflow="fold",
-            ratio=1 if col == "recipe source" else None,
         )
     for p in list_presets():
         table.add_row(
             p.name, p.task, f"x{p.scale}" if p.task == "sr" else "-", p.architecture,
-            f"{p.params:,}" if p.params else "?", _short_source(p.source),
+            f"{p.params:,}" if p.params else "?", _weights_cell(p), _short_source(p.source),
         )
     console.print(table)
     archs.register()
