@@ -222,6 +222,11 @@ def retrain(
 
     dist = DistContext.from_env(device)
     if resume is not None:
+        given = [flag for flag, value in (("--data", data), ("--checkpoint", checkpoint), ("--model", model),
+                                          ("--output", output), ("--val", val)) if value]
+        if given:
+            raise McirError(f"--resume continues the run as configured in its config.json; only --iters "
+                            f"may change (remove {', '.join(given)})")
         cfg = load_run_config(resume, iters)
         is_resume = True
     else:

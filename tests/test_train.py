@@ -257,8 +257,11 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     assert result.steps == 3 and "SIGTERM at step 3" in result.stopped_early and "--resume" in result.stopped_early
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
     assert (tmp_path / "run" / "model.safetensors").exists()
-    resumed = retrain(load_run_config(tmp_path / "run"), resume=True)
-    assert resumed.steps == 6
+    res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run"), "--data", str(train_dir)])
+    assert res.exit_code == 2 and "only --iters" in res.output
+    res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 6
 
 
 def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
