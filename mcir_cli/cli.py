@@ -186,7 +186,7 @@ def retrain(
     patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) [preset or 48/128]."),
     lr: Optional[float] = typer.Option(None, help="Learning rate [preset or 1e-5 for a bare checkpoint]."),
     schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine [preset or constant]."),
-    warmup: int = typer.Option(0, help="Linear warm-up steps."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps [preset or 0]."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim [preset or l1]."),
     lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ [preset or the paper's 1e-4], or 'auto' to hold the contrast ratio in band."),
@@ -216,8 +216,7 @@ def retrain(
 ) -> None:
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
     from mcir_cli.distributed import DistContext
-    from mcir_cli.models import get_preset
-    from mcir_cli.train import TrainConfig, load_run_config, parse_steps, validate_config
+    from mcir_cli.train import load_run_config, make_config, parse_steps, validate_config
     from mcir_cli.train import retrain as run_retrain
 
     dist = DistContext.from_env(device)
@@ -236,38 +235,16 @@ def retrain(
             raise McirError("give a new run folder with --output RUN")
         if checkpoint is None and model is None:
             raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
-        preset = get_preset(model, scale) if model else None
-        recipe = preset.recipe if preset else None
-        from mcir_cli.models import SPNSettings
-
-        spn = preset.spn if preset else SPNSettings()  # the paper's values unless a preset says
-        lam_value, lam_auto = _lambda(lam) if lam is not None else (spn.lam, False)
-        band = tuple(float(x) for x in ratio_band.split(","))
-        task_default = preset.task if preset else task
-        cfg = TrainConfig(
-            data=[str(d) for d in data], output=str(output),
-            checkpoint=str(checkpoint) if checkpoint else None, model=model, scale=scale,
-            task=task or task_default, val=str(val) if val else None,
-            iters=iters if iters is not None else 1000,
-            batch=batch if batch is not None else (recipe.batch if recipe else 16),
-            patch=patch if patch is not None else (recipe.patch if recipe else (48 if (scale or 1) > 1 or task in (None, "sr") else 128)),
-            optimizer=recipe.optimizer if recipe else "adam",
-            lr=lr if lr is not None else (recipe.lr if recipe else 1e-5),
-            betas=recipe.betas if recipe else (0.9, 0.99),
-            weight_decay=recipe.weight_decay if recipe else 0.0,
-            schedule=schedule or (recipe.schedule if recipe else "constant"),
-            milestones=recipe.milestones if recipe else (),
-            gamma=recipe.gamma if recipe else 0.5,
-            eta_min=recipe.eta_min if recipe else 0.0,
-            warmup=warmup, grad_clip=grad_clip if grad_clip is not None else (recipe.grad_clip if recipe else None),
-            loss=loss or (recipe.loss if recipe else "l1"),
-            lam=lam_value, lam_auto=lam_auto, ratio_band=band,
-            negative_steps=parse_steps(negative_steps) if negative_steps is not None else tuple(spn.steps),
-            negative_weight=negative_weight if negative_weight is not None else spn.weight,
-            negative_init=negative_init or spn.negative_init,
-            negative_mix=negative_mix if negative_mix is not None else spn.negative_mix,
-            batched_negatives=batched_negatives,
-            embedding=embedding or spn.embedding, embedding_weights=str(embedding_weights) if embedding_weights else None,
+        lam_value, lam_auto = _lambda(lam) if lam is not None else (None, False)
+        cfg = make_config(
+            data, output, checkpoint=checkpoint, model=model, scale=scale,
+            task=task, val=str(val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
+            schedule=schedule, warmup=warmup, grad_clip=grad_clip, loss=loss,
+            lam=lam_value, lam_auto=lam_auto, ratio_band=tuple(float(x) for x in ratio_band.split(",")),
+            negative_steps=parse_steps(negative_steps) if negative_steps is not None else None,
+            negative_weight=negative_weight, negative_init=negative_init, negative_mix=negative_mix,
+            batched_negatives=batched_negatives, embedding=embedding,
+            embedding_weights=str(embedding_weights) if embedding_weights else None,
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,

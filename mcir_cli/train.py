@@ -132,6 +132,43 @@ def validate_config(cfg: TrainConfig) -> None:
             raise McirError(f"{flag} must be one of {', '.join(a for a in allowed if a)} (got {value!r})")
 
 
+def make_config(
+    data: list[str | Path],
+    output: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    scale: int | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """A run's configuration: the preset's recipe and [spn] values when `model` names a
+    preset, else fine-tuning defaults for a bare checkpoint (Adam 1e-5, constant lr, L1)
+    and the paper's SPN values; every override that is not None wins."""
+    from mcir_cli.models import Recipe, SPNSettings, get_preset
+
+    preset = get_preset(model, scale) if model else None
+    task = overrides.get("task") or (preset.task if preset else None)
+    sr = (scale or (preset.scale if preset else 1)) > 1 or task in (None, "sr")
+    recipe = preset.recipe if preset else Recipe(
+        lr=1e-5, betas=(0.9, 0.99), batch=16, patch=48 if sr else 128, schedule="constant", loss="l1",
+    )
+    spn = preset.spn if preset else SPNSettings()
+    base: dict[str, Any] = {
+        "task": task, "iters": 1000, "batch": recipe.batch, "patch": recipe.patch,
+        "optimizer": recipe.optimizer, "lr": recipe.lr, "betas": tuple(recipe.betas),
+        "weight_decay": recipe.weight_decay, "schedule": recipe.schedule,
+        "milestones": tuple(recipe.milestones), "gamma": recipe.gamma, "eta_min": recipe.eta_min,
+        "warmup": recipe.warmup, "grad_clip": recipe.grad_clip, "loss": recipe.loss,
+        "lam": spn.lam, "negative_steps": tuple(spn.steps), "negative_weight": spn.weight,
+        "negative_init": spn.negative_init, "negative_mix": spn.negative_mix, "embedding": spn.embedding,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(
+        data=[str(d) for d in data], output=str(output),
+        checkpoint=str(checkpoint) if checkpoint else None, model=model, scale=scale, **base,
+    )
+
+
 def parse_steps(text: str) -> tuple[int, ...]:
     """'100,500,1000,2000' -> (100, 500, 1000, 2000), with a clear error otherwise."""
     try:

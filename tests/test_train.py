@@ -283,3 +283,17 @@ def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
     cfg = json.loads((run / "config.json").read_text())["config"]
     assert cfg["lam"] == 2e-4 and cfg["negative_steps"] == [3, 7] and cfg["embedding"] == "pixel"
     assert cfg["negative_init"] == "copy" and cfg["negative_weight"] == 0.3  # the flag wins
+
+
+def test_make_config_defaults_come_from_the_preset_or_the_paper():
+    from mcir_cli.train import make_config
+
+    bare = make_config(["d"], "o", checkpoint="ckpt.pth")
+    assert (bare.lr, bare.schedule, bare.loss, bare.batch, bare.patch) == (1e-5, "constant", "l1", 16, 48)
+    assert (bare.lam, bare.negative_weight, bare.negative_steps) == (1e-4, 0.1, (100, 500, 1000, 2000))
+    assert (bare.negative_init, bare.negative_mix, bare.embedding) == ("mix", 0.1, "vgg16")
+    swin = make_config(["d"], "o", model="swinir-light", scale=4)
+    assert (swin.lr, swin.batch, swin.patch, swin.schedule) == (2e-4, 64, 64, "multistep")
+    assert swin.milestones == (250_000, 400_000, 450_000, 475_000) and swin.task == "sr"
+    nafnet = make_config(["d"], "o", model="nafnet-gopro-w32", lr=5e-5, iters=10)
+    assert (nafnet.optimizer, nafnet.loss, nafnet.lr, nafnet.iters) == ("adamw", "psnr", 5e-5, 10)
