@@ -126,10 +126,14 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...], d
 
 def _strip_prefix(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     prefix = ""
-    for p in PREFIXES:
-        if sd and all(k.startswith(p) for k in sd):
-            sd = {k[len(p):]: v for k, v in sd.items()}
-            prefix += p
+    stripped = True
+    while stripped:  # `_orig_mod.module.` (compiled, then DDP) strips in two rounds
+        stripped = False
+        for p in PREFIXES:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                prefix += p
+                stripped = True
     return sd, prefix
 
 
@@ -181,7 +185,7 @@ def _wrap(ckpt: Checkpoint, state_dict: Mapping[str, Tensor]) -> Any:
 def save_like(ckpt: Checkpoint, state_dict: Mapping[str, Tensor], path: str | Path) -> Path:
     """Write `state_dict` to `path` in the same wrapper, prefix and format as `ckpt`."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if ckpt.format == "safetensors" or Path(path).suffix == ".safetensors":
+    if Path(path).suffix == ".safetensors":  # the target's suffix decides the format
         return save_safetensors({ckpt.prefix + k: v for k, v in tensors.items()}, path, ckpt.metadata)
     obj = _wrap(ckpt, tensors)
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -114,7 +114,7 @@ def evaluate(
     crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge [default: scale for SR, 0 otherwise]."),
     noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ on the 0–255 scale added to clean images."),
     noise_seed: int = typer.Option(0, help="Seed of the added noise."),
-    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images."),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images; tiles see less context, so attention models score slightly differently."),
     tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
     amp: Optional[str] = typer.Option(None, help="bf16 autocast on CUDA."),
@@ -213,6 +213,7 @@ def retrain(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
     compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile (auto: CUDA runs of >= 10k steps)."),
     collapse_factor: float = typer.Option(10.0, help="Collapse guard: l_rec above this x its running median rolls back and halves λ."),
+    tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory."),
 ) -> None:
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
     from mcir_cli.distributed import DistContext
@@ -248,7 +249,7 @@ def retrain(
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
-            compile=compile, collapse_factor=collapse_factor,
+            compile=compile, collapse_factor=collapse_factor, tile=tile,
         )
         is_resume = False
     validate_config(cfg)

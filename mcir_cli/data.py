@@ -297,10 +297,14 @@ class PatchDataset(torch.utils.data.Dataset):
         augment: bool = True,
         cache: bool | str = "auto",
         cache_limit_bytes: int = 4 << 30,
+        channels: int | None = None,
     ) -> None:
-        from mcir_cli.imageio import image_size
+        from mcir_cli.imageio import image_size, is_grey
 
         self.patch, self.length, self.seed = int(patch), int(length), int(seed)
+        # the model's input channels: grey images among colour ones become 3 equal
+        # channels (as in evaluation); colour images for a grey model are an error
+        self.channels = channels
         self.noise_sigma, self.augment = noise_sigma, augment
         self.scale = datasets[0].scale
         self.task = datasets[0].task
@@ -319,6 +323,8 @@ class PatchDataset(torch.utils.data.Dataset):
                 if min(w, h) < self.patch:
                     too_small.append(f"{(pair.lq or pair.gt).name} ({w}x{h})")
                     continue
+                if channels == 1 and not is_grey(pair.lq or pair.gt):
+                    raise McirError("colour training image, but the model takes grey input", pair.lq or pair.gt)
                 items.append((d, pair))
                 pixels += w * h * (1 + self.scale**2)
         if not items:
@@ -376,6 +382,8 @@ class PatchDataset(torch.utils.data.Dataset):
             lq = bicubic_lr_patch(gt_full, s, top, left, p)
         else:
             lq = lq_full[..., top : top + p, left : left + p]
+        if self.channels == 3 and lq.shape[0] == 1:
+            lq, gt = lq.expand(3, -1, -1), gt.expand(3, -1, -1)
         if self.augment:
             t = int(torch.randint(8, (1,), generator=g))
             lq, gt = dihedral(lq, t), dihedral(gt, t)

@@ -63,6 +63,22 @@ class DistContext:
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def mean(self, values: list[float]) -> list[float]:
+        """The mean of each value over ranks (the values themselves on one process)."""
+        if self.world_size <= 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return (t / self.world_size).tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on any rank (a stop signal, say)."""
+        if self.world_size <= 1:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

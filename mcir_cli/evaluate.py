@@ -42,13 +42,9 @@ def conventions_for(
 
 def has_colour_images(dataset: Dataset) -> bool:
     """Whether any ground-truth image of the dataset has colour (read lazily, no decode)."""
-    from PIL import Image
+    from mcir_cli.imageio import is_grey
 
-    for pair in dataset.pairs:
-        with Image.open(pair.gt) as img:
-            if img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-                return True
-    return False
+    return any(not is_grey(pair.gt) for pair in dataset.pairs)
 
 
 def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:

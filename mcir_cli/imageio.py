@@ -240,12 +240,24 @@ def write_image(path: str | Path, img: torch.Tensor) -> Path:
     return atomic_write(path, lambda tmp: pil.save(tmp, format=fmt, **options))
 
 
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, read from its header only (no pixel decoding)."""
+    return _header(path).size
+
+
+def is_grey(path: str | Path) -> bool:
+    """Whether an image file holds one channel (read from its header; palette = colour)."""
+    return _header(path).mode in GREY_MODES
+
+
+def _header(path: str | Path) -> Image.Image:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            return img.size
+            return img
     except FileNotFoundError:
         raise McirError("file not found", path) from None
     except UnidentifiedImageError:

@@ -93,7 +93,17 @@ def restore(
         if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
             y = run_padded(model, x, scale, min_size, multiple_of, square)
         else:
-            y = _tiled(model, x, scale, tile, overlap, min_size, multiple_of, square)
+            if overlap >= tile:
+                from mcir_cli.errors import McirError
+
+                raise McirError(f"--tile-overlap {overlap} must be smaller than --tile {tile}")
+            # pad the whole image once, as the untiled run does, and use tiles that need
+            # no padding of their own: image edges then see the same reflection
+            h, w = x.shape[-2:]
+            step = max(multiple_of, 1)
+            tile = max(int(math.ceil(tile / step) * step), _padded_size(min_size, 0, step))
+            xp = pad_to(x, min_size, multiple_of, square)
+            y = _tiled(model, xp, scale, tile, overlap, min_size, multiple_of, square)[..., : h * scale, : w * scale]
     y = y.float()
     return y[0] if single else y
 
@@ -108,8 +118,6 @@ def _tiled(
     multiple_of: int,
     square: bool,
 ) -> Tensor:
-    if overlap >= tile:
-        raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
     n, _, h, w = x.shape
     margin = overlap // 2
     out = None

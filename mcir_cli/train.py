@@ -8,6 +8,7 @@ wrapper and key layout). The input checkpoint is only ever read.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -117,6 +118,15 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError(f"--negative-init must be one of {', '.join(NEGATIVE_INITS)}")
     if cfg.schedule not in ("constant", "multistep", "cosine"):
         raise McirError("--schedule must be constant, multistep or cosine")
+    if cfg.log_every < 1:
+        raise McirError(f"--log-every must be at least 1 (got {cfg.log_every})")
+    for flag, value in (("--val-every", cfg.val_every), ("--save-every", cfg.save_every), ("--workers", cfg.workers), ("--warmup", cfg.warmup)):
+        if value < 0:
+            raise McirError(f"{flag} must be >= 0 (got {value})")
+    if len(cfg.ratio_band) != 2 or not 0 <= cfg.ratio_band[0] < cfg.ratio_band[1]:
+        raise McirError(f"--ratio-band must be two numbers low,high with 0 <= low < high (got {cfg.ratio_band})")
+    if cfg.tile is not None and cfg.tile < 8:
+        raise McirError(f"--tile must be at least 8 pixels (got {cfg.tile})")
     if cfg.collapse_factor <= 1:
         raise McirError(f"--collapse-factor must be above 1 (got {cfg.collapse_factor})")
     if cfg.optimizer not in ("adam", "adamw"):
@@ -248,8 +258,32 @@ def truncate_log(path: Path, step: int) -> None:
     """On resume, drop lines logged after the saved state (they will be logged again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+class RankIndices(torch.utils.data.Sampler):
+    """Sample indices of one rank, made lazily: for step k of `steps` (counted from the
+    start of this process) the rank takes base + (k·W + rank)·B + j, j < B."""
+
+    def __init__(self, base: int, steps: int, batch: int, world: int, rank: int) -> None:
+        self.base, self.steps, self.batch, self.world, self.rank = base, steps, batch, world, rank
+
+    def __len__(self) -> int:
+        return self.steps * self.batch
+
+    def __iter__(self) -> Iterator[int]:
+        B, W = self.batch, self.world
+        for k in range(self.steps):
+            start = self.base + (k * W + self.rank) * B
+            yield from range(start, start + B)
 
 
 @dataclass
@@ -309,10 +343,12 @@ class Trainer:
                 raise McirError(f"the model is x{self.loaded.scale}, but the training data is x{d.scale}", d.root)
         world = self.dist.world_size
         self.patches = PatchDataset(
-            datasets, cfg.patch, length=2**62, seed=cfg.seed,  # indices come from batches()
+            datasets, cfg.patch, length=2**62, seed=cfg.seed, channels=self.loaded.in_channels,  # indices come from batches()
             noise_sigma=cfg.noise_sigma, cache=True if cfg.cache == "on" else (False if cfg.cache == "off" else "auto"),
         )
         self.val = discover(cfg.val, self.loaded.scale if self.loaded.scale > 1 else None, self.task) if cfg.val else None
+        if self.val is not None and self.val.scale != self.loaded.scale:  # fail now, not after training
+            raise McirError(f"the model is x{self.loaded.scale}, but the validation data is x{self.val.scale}", self.val.root)
 
         # negatives and SPN loss
         from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss
@@ -447,8 +483,20 @@ class Trainer:
         self.samples_base = int(state.get("samples_seen", self.step * self.cfg.batch * self.dist.world_size))
         if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.info("resuming a run of %d ranks on %d: data position re-derived from the step", state.get("world_size", 1), self.dist.world_size)
+        if self.cfg.iters < self.step:
+            raise McirError(f"--iters {self.cfg.iters} is below the {self.step} steps this run has done", self.run_dir)
         if self.dist.is_main:
             truncate_log(self.run_dir / "log.jsonl", self.step)
+            self._record_resume()
+
+    def _record_resume(self) -> None:
+        """config.json keeps the current target (--iters may change on resume) and a history."""
+        path = self.run_dir / "config.json"
+        info = json.loads(path.read_text())
+        if info["config"].get("iters") != self.cfg.iters:
+            info.setdefault("resumes", []).append({"at_step": self.step, "iters": self.cfg.iters, "was": info["config"]["iters"]})
+            info["config"]["iters"] = self.cfg.iters
+            atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
     def save_state(self) -> None:
         if not self.dist.is_main:
@@ -491,7 +539,7 @@ class Trainer:
         same stream of patches where it stopped."""
         B, W, r = self.cfg.batch, self.dist.world_size, self.dist.rank
         base = self.samples_base + (start_step - self.step_base) * W * B
-        indices = [base + ((t - start_step) * W + r) * B + j for t in range(start_step, self.cfg.iters) for j in range(B)]
+        indices = RankIndices(base, max(0, self.cfg.iters - start_step), B, W, r)
         loader = torch.utils.data.DataLoader(
             self.patches,
             batch_size=B,
@@ -519,12 +567,16 @@ class Trainer:
 
     def _restore_snapshot(self, snap: dict[str, Any]) -> None:
         lam, collapses = self.lam, self.collapses
-        self.load_state_dict(snap)
+        # a copy: Optimizer.load_state_dict keeps the given tensors, and later steps would
+        # otherwise change the snapshot that a second rollback needs
+        self.load_state_dict(copy.deepcopy(snap))
         self.lam, self.collapses = lam, collapses
 
-    def _is_collapse(self, loss: float, l_rec: float) -> str | None:
+    def _is_collapse(self, loss: float, l_rec: float, grad_norm: float = 0.0) -> str | None:
         if not math.isfinite(loss):
             return "non-finite loss"
+        if not math.isfinite(grad_norm):
+            return "non-finite gradient"
         if len(self.rec_history) >= 10:
             median = statistics.median(self.rec_history)
             if l_rec > self.cfg.collapse_factor * median:
@@ -580,7 +632,11 @@ class Trainer:
         from mcir_cli.evaluate import conventions_for, score_dataset
 
         conv = conventions_for(self.task, self.loaded.scale)
-        res = score_dataset(self.loaded, self.val, conv, device=self.device, tile=self.cfg.tile, noise_sigma=self.cfg.noise_sigma)
+        try:
+            res = score_dataset(self.loaded, self.val, conv, device=self.device, tile=self.cfg.tile, noise_sigma=self.cfg.noise_sigma)
+        except torch.cuda.OutOfMemoryError:
+            raise McirError("validation ran out of CUDA memory on whole images: give --tile N "
+                            f"(the weights of step {self.step} are saved in {self.run_dir})") from None
         set_train_mode(self.model, self.cfg.train_bn)
         return res["psnr"], res["ssim"], conv
 
@@ -613,7 +669,9 @@ class Trainer:
                 except StopIteration:
                     break
                 loss, l_rec, l_neg, gnorm = self.train_step(lq, gt)
-                reason = self._is_collapse(loss, l_rec)
+                # every rank decides on the same (rank-averaged) numbers, or DDP ranks part ways
+                loss, l_rec, l_neg = self.dist.mean([loss, l_rec, l_neg])
+                reason = self._is_collapse(loss, l_rec, gnorm)
                 if reason is not None:
                     self.collapses += 1
                     bad_step = self.step + 1
@@ -662,15 +720,17 @@ class Trainer:
                     self._validate_and_log(logger, result)
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_state()
-                if self._stop_signal is not None:
+                if self.dist.any(self._stop_signal is not None):
+                    self._stop_signal = self._stop_signal or "signal on another rank"
                     result.stopped_early = f"{self._stop_signal} at step {self.step}: state saved, continue with --resume {self.run_dir}"
                     break
             checks = self.dist.check_sync(self, self.step, force=True)
             if checks is not None and main:
                 logger.write({"event": "sync_check", "step": self.step, "ranks": len(checks), "checksums": checks})
-            result.final_psnr = self._validate_and_log(logger, result)
+            # weights first: a validation that fails must not cost the training
             self.save_state()
             result.outputs.update(self.write_weights("model"))
+            result.final_psnr = self._validate_and_log(logger, result)
             result.steps = self.step
             result.best_psnr = self.best_psnr
             result.collapses = self.collapses
@@ -720,7 +780,25 @@ def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None
         trainer = Trainer(cfg, resume=resume, on_step=on_step, dist=dist)
         return trainer.run()
     except torch.cuda.OutOfMemoryError:
+        _discard_unstarted(out, resume)
         raise McirError(f"CUDA out of memory at batch {cfg.batch} x patch {cfg.patch}: try a smaller --batch or --patch") from None
+    except BaseException:
+        _discard_unstarted(out, resume)
+        raise
+
+
+def _discard_unstarted(run_dir: Path, resume: bool) -> None:
+    """A new run that failed before its first step leaves no folder behind (so the same
+    --output works again). Only a folder this run created, without state.pt and without
+    a logged step (a log of a run that got going is kept for diagnosis)."""
+    import shutil
+
+    if resume or not run_dir.is_dir() or (run_dir / STATE_FILE).exists():
+        return
+    log_file = run_dir / "log.jsonl"
+    if log_file.exists() and '"l_rec"' in log_file.read_text(encoding="utf-8", errors="replace"):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def load_run_config(run_dir: str | Path, iters: int | None = None) -> TrainConfig:

@@ -158,3 +158,10 @@ def test_a_file_that_is_no_checkpoint_is_not_called_a_code_pickle(tmp_path):
     with pytest.raises(McirError, match="not a torch checkpoint") as err:
         read_checkpoint(path)
     assert "pickled code" not in str(err.value)
+
+
+def test_prefixes_are_stripped_in_every_order(tmp_path, dctlsa_sd):
+    path = tmp_path / "compiled_ddp.pth"
+    torch.save({f"_orig_mod.module.{k}": v for k, v in dctlsa_sd.items()}, path)
+    ckpt = read_checkpoint(path)
+    assert set(ckpt.state_dict) == set(dctlsa_sd) and ckpt.prefix == "_orig_mod.module."

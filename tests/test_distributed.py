@@ -63,6 +63,10 @@ DRIFT_SCRIPT = textwrap.dedent(
     model = load_model(sys.argv[1]).restorer
     trainer = types.SimpleNamespace(model=model, bank=None)
     ctx.check_sync(trainer, 1)  # identical weights: passes
+    # the numbers and decisions every rank acts on agree (collapse guard, Ctrl-C)
+    assert ctx.mean([float(ctx.rank), 2.0]) == [0.5, 2.0]
+    assert ctx.any(ctx.rank == 1) is True and ctx.any(False) is False
+    print(f"rank {ctx.rank}: agreement ok")
     if ctx.rank == 1:
         with torch.no_grad():
             next(model.parameters()).view(-1)[0] += 1e-3
@@ -85,3 +89,4 @@ def test_perturbed_rank_is_detected(tmp_path):
     assert proc.returncode != 0
     assert "rank 0: ranks [1] drifted from rank 0 at step 2" in proc.stdout
     assert "rank 1: ranks [1] drifted" in proc.stdout
+    assert "rank 0: agreement ok" in proc.stdout and "rank 1: agreement ok" in proc.stdout

@@ -92,8 +92,22 @@ def test_tile_larger_than_image_and_single_image():
 
 
 def test_overlap_must_be_smaller_than_tile():
-    with pytest.raises(ValueError, match="overlap"):
+    from mcir_cli.errors import McirError
+
+    with pytest.raises(McirError, match="--tile-overlap 16 must be smaller than --tile 16"):
         restore(TinySR(), torch.rand(1, 3, 40, 40), scale=2, tile=16, overlap=16)
+
+
+def test_tiling_pads_the_whole_image_like_the_untiled_run():
+    """A model with a size multiple: edge tiles must see the same padding as the whole
+    image (not their own), so a local model gives the untiled output exactly."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(4)]).eval()  # radius 4
+    x = torch.rand(1, 3, 37, 53)
+    full = restore(net, x, 1, multiple_of=4)
+    tiled = restore(net, x, 1, multiple_of=4, tile=16, overlap=8)
+    assert tiled.shape == full.shape == x.shape
+    assert (tiled - full).abs().max().item() < 1e-5
 
 
 # --------------------------------------------------------------------------- padding

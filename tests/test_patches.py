@@ -53,3 +53,22 @@ def test_dihedral_gives_eight_distinct_transforms():
     x = torch.arange(9.0).view(1, 3, 3)
     outs = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
     assert len(outs) == 8
+
+
+def test_grey_images_among_colour_ones_become_three_channels():
+    set14 = discover(shared_path("data", "sr", "Set14"), scale=4)  # holds the grey "bridge"
+    ds = PatchDataset([set14], patch=16, length=200, seed=0, channels=3)
+    picks = [int(torch.randint(14, (1,), generator=ds._generator(i))) for i in range(200)]
+    grey = [i for i, k in enumerate(picks) if ds.items[k][1].name == "bridge"]
+    assert grey  # the sampler does draw the grey image
+    assert {ds[i][0].shape for i in grey} == {(3, 16, 16)} and {ds[i][1].shape for i in grey} == {(3, 64, 64)}
+
+
+def test_colour_data_for_a_grey_model_is_refused():
+    import pytest
+
+    from mcir_cli.errors import McirError
+
+    set5 = discover(shared_path("data", "sr", "Set5"), scale=4)
+    with pytest.raises(McirError, match="model takes grey input"):
+        PatchDataset([set5], patch=16, length=4, channels=1)

@@ -209,6 +209,8 @@ def test_lambda_auto_moves_ratio_toward_band(ckpt, train_dir, tmp_path):
         (["--negative-steps", "a,b"], "--negative-steps must be"),
         (["--patch", "100000"], "no training image is large enough"),
         (["--collapse-factor", "0.5"], "--collapse-factor must be above 1"),
+        (["--log-every", "0"], "--log-every must be at least 1"),
+        (["--ratio-band", "0.1,0.01"], "--ratio-band must be two numbers"),
     ],
 )
 def test_bad_input_is_one_line(ckpt, train_dir, tmp_path, args, message):
@@ -297,3 +299,38 @@ def test_make_config_defaults_come_from_the_preset_or_the_paper():
     assert swin.milestones == (250_000, 400_000, 450_000, 475_000) and swin.task == "sr"
     nafnet = make_config(["d"], "o", model="nafnet-gopro-w32", lr=5e-5, iters=10)
     assert (nafnet.optimizer, nafnet.loss, nafnet.lr, nafnet.iters) == ("adamw", "psnr", 5e-5, 10)
+
+
+def test_resume_records_new_iters_and_refuses_going_back(ckpt, train_dir, tmp_path):
+    run = tmp_path / "run"
+    retrain(config(ckpt, train_dir, run, iters=3))
+    with (run / "log.jsonl").open("a") as fh:  # a line cut short by a killed process
+        fh.write('{"step": 4, "l_rec": 0.0')
+    retrain(load_run_config(run, iters=4), resume=True)
+    info = json.loads((run / "config.json").read_text())
+    assert info["config"]["iters"] == 4 and info["resumes"] == [{"at_step": 3, "iters": 4, "was": 3}]
+    assert load_run_config(run).iters == 4  # a later plain --resume keeps the new target
+    with pytest.raises(McirError, match="below the 4 steps"):
+        retrain(load_run_config(run, iters=2), resume=True)
+
+
+def test_retrained_from_safetensors_still_writes_a_torch_pth(ckpt, train_dir, tmp_path):
+    first = tmp_path / "first"
+    retrain(config(ckpt, train_dir, first, iters=1, negative_init="none"))
+    second = tmp_path / "second"
+    retrain(config(first / "model.safetensors", train_dir, second, iters=1, negative_init="none"))
+    raw = torch.load(second / "model.pth", weights_only=True)
+    assert isinstance(raw, dict) and "fea_conv.weight" in raw
+
+
+def test_validation_scale_is_checked_before_training(ckpt, train_dir, tmp_path):
+    rain = shared_path("data", "derain", "Rain100L_subset3")
+    with pytest.raises(McirError, match="validation data is x1"):
+        retrain(config(ckpt, train_dir, tmp_path / "run", val=str(rain)))
+    assert not (tmp_path / "run").exists()  # nothing left behind: the same --output works again
+
+
+def test_non_finite_gradient_counts_as_a_collapse(ckpt, train_dir, tmp_path):
+    trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=4))
+    assert trainer._is_collapse(0.1, 0.1, float("inf")) == "non-finite gradient"
+    assert trainer._is_collapse(0.1, 0.1, 1.0) is None
