@@ -46,13 +46,19 @@ def np_to_y_channel(img: np.ndarray) -> np.ndarray:
     return (y * 255.0)[..., None]
 
 
-def np_psnr(img: np.ndarray, img2: np.ndarray, crop: int, y_channel: bool) -> float:
+def _prepare(img: np.ndarray, img2: np.ndarray, crop: int, y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """BasicSR's common preamble: float64, border crop, optional Y, float64 again."""
     img, img2 = img.astype(np.float64), img2.astype(np.float64)
     if crop:
         img, img2 = img[crop:-crop, crop:-crop], img2[crop:-crop, crop:-crop]
     if y_channel:
         img, img2 = np_to_y_channel(img), np_to_y_channel(img2)
     img, img2 = img.astype(np.float64), img2.astype(np.float64)  # after Y, as BasicSR >= 1.4
+    return img, img2
+
+
+def np_psnr(img: np.ndarray, img2: np.ndarray, crop: int, y_channel: bool) -> float:
+    img, img2 = _prepare(img, img2, crop, y_channel)
     mse = np.mean((img - img2) ** 2)
     return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 * 255.0 / mse))
 
@@ -89,12 +95,7 @@ def _np_ssim_channel(img: np.ndarray, img2: np.ndarray) -> float:
 
 
 def np_ssim(img: np.ndarray, img2: np.ndarray, crop: int, y_channel: bool) -> float:
-    img, img2 = img.astype(np.float64), img2.astype(np.float64)
-    if crop:
-        img, img2 = img[crop:-crop, crop:-crop], img2[crop:-crop, crop:-crop]
-    if y_channel:
-        img, img2 = np_to_y_channel(img), np_to_y_channel(img2)
-    img, img2 = img.astype(np.float64), img2.astype(np.float64)  # after Y, as BasicSR >= 1.4
+    img, img2 = _prepare(img, img2, crop, y_channel)
     return float(np.mean([_np_ssim_channel(img[..., i], img2[..., i]) for i in range(img.shape[2])]))
 
 

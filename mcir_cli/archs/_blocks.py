@@ -51,3 +51,12 @@ def trunk_hyperparameters(state_dict: dict[str, Tensor], block_key: str) -> dict
         num_modules += 1
     upscale, out_nc = get_scale_and_output_channels(int(state_dict["upsampler.0.weight"].shape[0]), in_nc)
     return {"in_nc": in_nc, "nf": nf, "num_modules": num_modules, "out_nc": out_nc, "upscale": upscale}
+
+
+def range_call_fn(lo: float, hi: float):
+    """spandrel `call_fn` for a network whose images live in [lo, hi]: [0, 1] in and out."""
+
+    def call(model: nn.Module, image: Tensor) -> Tensor:
+        return (model(image * (hi - lo) + lo) - lo) / (hi - lo)
+
+    return call

@@ -25,6 +25,8 @@ from spandrel.util import KeyCondition, get_seq_len, store_hyperparameters
 from torch import Tensor, nn
 from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
+from mcir_cli.archs._blocks import range_call_fn
+
 # Official variants (models/dehazeformer.py): dims, mlp ratios, depths, heads, attention
 # ratios and conv type per stage.
 _DEFAULT_DIMS = (24, 48, 96, 48, 24)
@@ -486,8 +488,7 @@ class DehazeFormerArch(Architecture[DehazeFormer]):
         tags = [f"dehazeformer-{variant}"] if variant else []
         tags.append(f"{dims[0]}dim")
 
-        def call(m: DehazeFormer, image: Tensor) -> Tensor:
-            return m(image * 2 - 1) * 0.5 + 0.5
+        call = range_call_fn(*model.io_range)  # [-1, 1]
 
         return ImageModelDescriptor(
             model,

@@ -17,7 +17,7 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, get_seq_len, store_hyperparameters
 from torch import Tensor, nn
 
-from mcir_cli.archs._blocks import conv
+from mcir_cli.archs._blocks import conv, range_call_fn
 
 # DIV2K mean used by every EDSR-PyTorch model.
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
@@ -156,10 +156,7 @@ class EDSRArch(Architecture[EDSR]):
             n_colors=n_colors,
             kernel_size=kernel_size,
         )
-        lo, hi = model.io_range
-
-        def call(m: EDSR, image: Tensor) -> Tensor:
-            return (m(image * (hi - lo) + lo) - lo) / (hi - lo)
+        call = range_call_fn(*model.io_range)
 
         return ImageModelDescriptor(
             model,

@@ -17,7 +17,7 @@ from spandrel import Architecture, ImageModelDescriptor, SizeRequirements
 from spandrel.util import KeyCondition, store_hyperparameters
 from torch import Tensor, nn
 
-from mcir_cli.archs._blocks import DistillationTrunk, conv, trunk_hyperparameters
+from mcir_cli.archs._blocks import DistillationTrunk, conv, range_call_fn, trunk_hyperparameters
 
 
 class ESA(nn.Module):
@@ -129,10 +129,7 @@ class RFDNArch(Architecture[RFDN]):
         model = RFDN(**hp)
         nf, num_modules, upscale = hp["nf"], hp["num_modules"], hp["upscale"]
         in_nc, out_nc = hp["in_nc"], hp["out_nc"]
-        lo, hi = model.io_range
-
-        def call(m: RFDN, image: Tensor) -> Tensor:
-            return (m(image * (hi - lo) + lo) - lo) / (hi - lo)
+        call = range_call_fn(*model.io_range)
 
         return ImageModelDescriptor(
             model,
