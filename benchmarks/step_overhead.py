@@ -4,14 +4,14 @@ Five measurements on the same model, batch and patch (ms/step = median over the 
 steps; on CUDA every step is bracketed by torch.cuda.synchronize()):
 
   (a) eager plain   the BasicSR way: fp32, model(lq) -> L1 -> backward -> Adam step
-  (b) mcir plain    mcir's step (Trainer.train_step without negatives): bf16 autocast on
-                    CUDA, channels_last where `channels_last_ok` says so, optional
-                    torch.compile (--compile), grad-norm + one host sync per step
+  (b) mcir plain    mcir's step (Trainer.train_step without negatives): the target in fp32
+                    (--amp bf16: bf16 autocast), channels_last where the Trainer's decision
+                    says so, optional torch.compile (--compile), one host sync per step
   (c) naive SPN     the authors' README way: N deep-copied negatives run one after another
                     in fp32, one VGG call per negative plus one for the output
   (d) mcir SPN      Trainer.train_step: NegativeBank (vmap on CUDA, loop on CPU, as the
                     Trainer's "auto"), SPNLoss (one embedding call for the output, one
-                    batched call for all N negatives), bf16 on CUDA
+                    batched call for all N negatives); negatives + VGG in bf16 on CUDA
   (e) mcir parts    the pieces of (d) timed separately and summed: target fwd+bwd+step,
                     negatives forward, embedding + SPN loss (+ its backward to the output)
 
@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss  # noqa: E402
 from mcir_cli.negatives import NegativeBank  # noqa: E402
-from mcir_cli.speed import channels_last_ok, maybe_compile  # noqa: E402
+from mcir_cli.speed import channels_last_decision, compile_training, precision_decision  # noqa: E402
 
 ISSUE_H200 = {  # the issue author's numbers, SwinIR-light x4, N=4, batch 32, patch 64
     "device": "NVIDIA H200 (issue author)",
@@ -118,9 +118,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], Any], warmup: int, steps: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
+def time_steps(
+    step: Callable[[], Any], warmup: int, steps: int, device: torch.device, first: list[float] | None = None
+) -> list[float]:
+    """ms of each timed step; the first warm-up step's ms is appended to `first` (with
+    --compile it includes the compile time)."""
+    for i in range(warmup):
+        sync(device)
+        t = time.perf_counter()
         step()
+        sync(device)
+        if i == 0 and first is not None:
+            first.append((time.perf_counter() - t) * 1000.0)
     sync(device)
     out = []
     for _ in range(steps):
@@ -197,7 +206,8 @@ def measure(
     """Build a configuration, time its step, measure its peak memory."""
     base = memory_base(device)
     step = setup()
-    times = time_steps(step, warmup, steps, device)
+    first: list[float] = []
+    times = time_steps(step, warmup, steps, device, first)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
@@ -207,7 +217,9 @@ def measure(
         peak = sampler.peak - base
     del step
     trim_memory(device)
-    return {"ms": statistics.median(times), "times_ms": [round(t, 3) for t in times], "peak_bytes": int(peak)}
+    ms = statistics.median(times)
+    return {"ms": ms, "times_ms": [round(t, 3) for t in times], "peak_bytes": int(peak),
+            "first_step_ms": first[0] if first else None}
 
 
 # ---------------------------------------------------------------- the steps
@@ -218,9 +230,12 @@ class Setting:
     lq: torch.Tensor
     gt: torch.Tensor
     num: int
-    amp_dtype: torch.dtype | None
+    amp_dtype: torch.dtype | None  # the target's autocast dtype in (b), (d), (e)
+    spn_dtype: torch.dtype | None  # negatives + embedding in (d), (e)
     channels_last: bool
-    compile_mode: str
+    channels_last_mode: str
+    compile: bool
+    compile_backend: str
     batched: bool
 
     @property
@@ -236,6 +251,7 @@ class Setting:
         return model
 
     def autocast(self):
+        """The target's autocast in mcir's steps."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -255,24 +271,27 @@ def eager_plain(s: Setting) -> Callable[[], Any]:
     return step
 
 
-def _mcir_target(s: Setting) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.Tensor]:
-    """(raw model, module to call, optimizer, input) the way mcir sets up training."""
+def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.Tensor, Any, Any]:
+    """(raw model, module to call, optimizer, input, bank, spn loss) set up the way
+    Trainer does: channels_last (model, input, embedding) per the decision, the
+    negatives stacked from the model, then torch.compile of all three parts."""
     model = s.target()
     lq = s.lq
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
         lq = lq.contiguous(memory_format=torch.channels_last)
-    call, _ = maybe_compile(model, s.device, iters=0, mode=s.compile_mode)
+    bank = loss = None
+    if spn:
+        # init "copy": the same forward cost as the paper's "mix", without building N
+        # random models first
+        bank = NegativeBank(model, s.neg_steps, init="copy", batched=s.batched).to(s.device)
+        embedding = make_embedding("vgg16", init="random")
+        if channels_last_decision(embedding, s.device, s.channels_last_mode)[0]:
+            embedding.to(memory_format=torch.channels_last)
+        loss = SPNLoss(embedding).to(s.device)
+    call = compile_training(model, bank, loss, s.compile_backend) if s.compile else model
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4, betas=(0.9, 0.99))
-    return model, call, opt, lq
-
-
-def _mcir_spn_parts(s: Setting, model: nn.Module) -> tuple[NegativeBank, SPNLoss]:
-    # init "copy": the same forward cost as the paper's "mix", without building N random
-    # models first
-    bank = NegativeBank(model, s.neg_steps, init="copy", batched=s.batched).to(s.device)
-    spn = SPNLoss(make_embedding("vgg16", init="random")).to(s.device)
-    return bank, spn
+    return model, call, opt, lq, bank, loss
 
 
 def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tuple[float, ...]:
@@ -282,8 +301,8 @@ def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tu
         out = call(lq)
         l_rec = rec_loss(out.float(), gt)
     if bank is not None:
-        neg = bank(lq, s.amp_dtype)
-        l_neg = spn(out.float(), neg.float(), s.amp_dtype)
+        neg = bank(lq, s.spn_dtype)
+        l_neg = spn(out.float(), neg.float(), s.spn_dtype)
         loss = l_rec - LAMBDA * l_neg
     else:
         l_neg = torch.zeros((), device=s.device)
@@ -296,14 +315,13 @@ def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tu
 
 
 def mcir_plain(s: Setting) -> Callable[[], Any]:
-    model, call, opt, lq = _mcir_target(s)
+    model, call, opt, lq, _, _ = _mcir_setup(s, spn=False)
     rec = make_rec_loss("l1")
     return lambda: _train_step(model, call, opt, rec, None, None, s, lq, s.gt)
 
 
 def mcir_spn(s: Setting) -> Callable[[], Any]:
-    model, call, opt, lq = _mcir_target(s)
-    bank, spn = _mcir_spn_parts(s, model)
+    model, call, opt, lq, bank, spn = _mcir_setup(s, spn=True)
     rec = make_rec_loss("l1")
     return lambda: _train_step(model, call, opt, rec, bank, spn, s, lq, s.gt)
 
@@ -332,31 +350,34 @@ def naive_spn(s: Setting) -> Callable[[], Any]:
     return step
 
 
-def mcir_parts(s: Setting, warmup: int, steps: int) -> dict[str, Any]:
-    """Time the three parts of (d) separately on one set of objects."""
-    base = memory_base(s.device)
-    model, call, opt, lq = _mcir_target(s)
-    bank, spn = _mcir_spn_parts(s, model)
+def _time_parts(s: Setting, warmup: int, steps: int) -> dict[str, float]:
+    model, call, opt, lq, bank, spn = _mcir_setup(s, spn=True)
     rec = make_rec_loss("l1")
     with torch.no_grad(), s.autocast():
         out_fixed = call(lq).float()
-    neg_fixed = bank(lq, s.amp_dtype).float()
+    neg_fixed = bank(lq, s.spn_dtype).float()
 
     def target_step() -> None:
         _train_step(model, call, opt, rec, None, None, s, lq, s.gt)
 
     def negatives() -> None:
-        bank(lq, s.amp_dtype)
+        bank(lq, s.spn_dtype)
 
     def embedding_loss() -> None:
         out = out_fixed.detach().requires_grad_(True)
-        spn(out, neg_fixed, s.amp_dtype).backward()
+        spn(out, neg_fixed, s.spn_dtype).backward()
 
     parts = {}
     for name, fn in (("target_step", target_step), ("negatives_forward", negatives), ("embedding_loss", embedding_loss)):
         parts[name] = statistics.median(time_steps(fn, warmup, steps, s.device))
+    return parts  # the objects above are freed on return
+
+
+def mcir_parts(s: Setting, warmup: int, steps: int) -> dict[str, Any]:
+    """Time the three parts of (d) separately on one set of objects."""
+    base = memory_base(s.device)
+    parts = _time_parts(s, warmup, steps)
     peak = torch.cuda.max_memory_allocated(s.device) - base if s.device.type == "cuda" else None
-    del model, call, opt, bank, spn, out_fixed, neg_fixed
     trim_memory(s.device)
     return {"ms": sum(parts.values()), "parts_ms": parts, "peak_bytes": peak}
 
@@ -413,6 +434,12 @@ def print_report(res: dict[str, Any]) -> None:
             verdict = f"({verdict} on CPU)"
         g.add_row(row["goal"], f"{row['value']:.2f}", verdict)
     console.print(g)
+    if meta["compile"]:
+        firsts = ", ".join(f"{label} {(r[k]['first_step_ms'] - r[k]['ms']) / 1000:.1f} s"
+                           for k, label in (("mcir_plain", "(b)"), ("mcir_spn", "(d)"))
+                           if r[k].get("first_step_ms") is not None)
+        console.print(f"compile time (first step minus a compiled step, {meta['compile_backend']}): {firsts}")
+    console.print(f"layout: {meta['layout']}")
     console.print(f"embedding: {meta['embedding']}")
     console.print(f"memory: {meta['memory_note']}")
     console.print(f"timing: median of {meta['steps']} steps after {meta['warmup']} warm-up; "
@@ -429,8 +456,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 CUDA, 5 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5 CUDA, 1 CPU)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the target in (b), (d), (e)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the target, the batched negatives and the embedding in (b), (d), (e)")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: trace only)")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--amp", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="mcir's precision (as retrain --amp): auto = target fp32, negatives + VGG bf16 on CUDA")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--quick", action="store_true", help="batch 2, patch 16, 3 steps, SwinIR depths [2, 2]")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
@@ -461,16 +492,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gt = torch.rand(batch, *out_shape[1:], generator=g)
     lq, gt = lq.to(device), gt.to(device)
 
-    if args.channels_last == "auto":
-        cl = cuda and channels_last_ok(base, lq[:1].cpu())
-    else:
-        cl = args.channels_last == "on"
+    cl, layout_note = channels_last_decision(base, device, args.channels_last, lq[:1].cpu())
+    amp_dtype, spn_dtype, precision_note = precision_decision(args.amp, device)
     s = Setting(
         base=base, device=device, lq=lq, gt=gt, num=args.num,
-        amp_dtype=torch.bfloat16 if cuda else None, channels_last=cl,
-        compile_mode="on" if args.compile else "off", batched=cuda,
+        amp_dtype=amp_dtype, spn_dtype=spn_dtype, channels_last=cl, channels_last_mode=args.channels_last,
+        compile=args.compile, compile_backend=args.compile_backend, batched=cuda,
     )
-    if args.compile and not cuda:
+    print(layout_note)
+    if args.compile and not cuda and args.compile_backend == "inductor":
         print("warning: --compile on CPU takes minutes per graph and measured slower than eager")
 
     torch.manual_seed(args.seed)
@@ -493,8 +523,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = {
         "meta": {
             "model": desc, "preset": args.preset, "scale": scale, "negatives": args.num, "batch": batch, "patch": patch,
-            "device": device.type, "device_name": device_name, "dtype": "bf16 autocast (b, d, e); fp32 (a, c)" if cuda else "fp32",
-            "channels_last": cl, "compile": args.compile, "negatives_batched": "vmap" if s.batched else "loop",
+            "device": device.type, "device_name": device_name, "dtype": f"(a), (c) fp32; (b), (d), (e) {precision_note}",
+            "channels_last": cl, "layout": layout_note, "compile": args.compile, "compile_backend": args.compile_backend,
+            "negatives_batched": "vmap" if s.batched else "loop",
             "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "memory_kind": memory_kind, "memory_note": memory_note,
             "embedding": "VGG16 relu1_2/relu2_2/relu3_3 with RANDOM weights (pretrained weights not available "

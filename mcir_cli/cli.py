@@ -117,7 +117,7 @@ def evaluate(
     tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images; tiles see less context, so attention models score slightly differently."),
     tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    amp: Optional[str] = typer.Option(None, help="bf16 autocast on CUDA."),
+    amp: Optional[str] = typer.Option(None, help="bf16: autocast on CUDA (scores then differ slightly from fp32); default fp32."),
     save_images: Optional[Path] = typer.Option(None, help="Write restored images to this folder."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON."),
 ) -> None:
@@ -203,7 +203,7 @@ def retrain(
     train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default)."),
     seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    amp: Optional[str] = typer.Option(None, help="bf16 autocast on CUDA."),
+    amp: Optional[str] = typer.Option(None, help="auto (default: target fp32; negatives and VGG bf16 on CUDA) | bf16 (the target too) | fp32."),
     val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end)."),
     save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C)."),
     log_every: int = typer.Option(1, help="Log every K steps."),
@@ -211,7 +211,8 @@ def retrain(
     cache: str = typer.Option("auto", help="auto | on | off: keep decoded training images in RAM."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
-    compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile (auto: CUDA runs of >= 10k steps)."),
+    compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the target, negatives and embedding (auto: CUDA runs of >= 10k steps)."),
+    channels_last: str = typer.Option("auto", "--channels-last", help="auto | on | off: NHWC memory layout (auto: CUDA, convolution-dominated networks)."),
     collapse_factor: float = typer.Option(10.0, help="Collapse guard: l_rec above this x its running median rolls back and halves λ."),
     tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory."),
 ) -> None:
@@ -249,7 +250,7 @@ def retrain(
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
-            compile=compile, collapse_factor=collapse_factor, tile=tile,
+            compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, tile=tile,
         )
         is_resume = False
     validate_config(cfg)

@@ -115,6 +115,8 @@ class NegativeBank:
         self._warned = False
         self._version = 0  # bumped whenever the stacked weights change
         self._cast_cache: tuple | None = None
+        self._batched_fn: Callable[..., Tensor] | None = None
+        self.compile_backend: str | None = None
         self.fallback_reason: str | None = None
 
         # Canonical names: named_parameters()/named_buffers() without duplicates (tied
@@ -285,15 +287,28 @@ class NegativeBank:
             self._cast_cache = (key, cast(self.params), cast(self.buffers))
         return self._cast_cache[1], self._cast_cache[2]
 
+    def compile(self, backend: str = "inductor") -> None:
+        """torch.compile the batched forward: all N negatives become one compiled graph.
+        The loop fallback stays eager (a compile failure under batched="auto" falls back
+        to it like any other vmap failure)."""
+        self.compile_backend = backend
+        self._batched_fn = None
+
+    def _batched_call(self) -> Callable[..., Tensor]:
+        if self._batched_fn is None:
+            skel = self._skeleton
+
+            def one(p: dict[str, Tensor], b: dict[str, Tensor], inp: Tensor) -> Tensor:
+                return torch.func.functional_call(skel, (p, b), (inp,))
+
+            fn = torch.vmap(one, in_dims=(0, 0, None))
+            self._batched_fn = fn if self.compile_backend is None else torch.compile(fn, backend=self.compile_backend)
+        return self._batched_fn
+
     def _vmap_forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        skel = self._skeleton
-
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], inp: Tensor) -> Tensor:
-            return torch.func.functional_call(skel, (p, b), (inp,))
-
         # x is cloned (or cast): a model that writes into its input in place (RCAN) must
         # not change the caller's tensor.
-        batched = torch.vmap(one, in_dims=(0, 0, None))
+        batched = self._batched_call()
         if dtype is None:
             return batched(self.params, self.buffers, x.clone())
         params, buffers = self._low_precision(dtype)

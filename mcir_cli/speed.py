@@ -1,15 +1,21 @@
 """Speed switches for training: when to `torch.compile`, when channels_last is worth it.
 
-Both are decisions, not guesses at run time: `maybe_compile` returns the module to call
-and a one-line note saying what was decided and why (log it / write it to log.jsonl).
+Both are decisions, not guesses at run time: `compile_decision` and
+`channels_last_decision` return (yes/no, a one-line note saying what was decided and
+why); the Trainer logs the notes and writes them to log.jsonl. `compile_training`
+compiles the three parts of an SPN step.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 COMPILE_MODES = ("auto", "on", "off")
+CHANNELS_LAST_MODES = ("auto", "on", "off")
+AMP_MODES = ("auto", "bf16", "fp32")
 
 # Break-even of torch.compile for a training run, from the speed issue's H200 numbers for
 # SwinIR-light x4 at batch 32 x LR patch 64 (bf16):
@@ -52,7 +58,8 @@ def _compiler_available(device: torch.device) -> tuple[bool, str]:
 
 
 def compile_decision(device: torch.device | str, iters: int, mode: str = "auto") -> tuple[bool, str]:
-    """(compile?, reason) without touching any module. See `maybe_compile`."""
+    """(compile?, reason). mode "off": never; "on": always (where a compiler exists);
+    "auto": only on CUDA and only for runs of at least AUTO_COMPILE_MIN_ITERS steps."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     device = torch.device(device)
@@ -80,22 +87,6 @@ def compile_decision(device: torch.device | str, iters: int, mode: str = "auto")
     if not ok:
         return False, f"torch.compile auto: eager ({why})"
     return True, f"torch.compile auto: compiling for {iters} steps (>= {AUTO_COMPILE_MIN_ITERS})"
-
-
-def maybe_compile(
-    module: nn.Module, device: torch.device | str, iters: int, mode: str = "auto"
-) -> tuple[nn.Module, str]:
-    """Return (module to call, note).
-
-    mode "off": never; "on": always (where a compiler exists); "auto": only on CUDA and
-    only for runs of at least AUTO_COMPILE_MIN_ITERS steps. The returned module shares
-    the parameters of `module`: keep the raw module for state_dict(), the optimizer
-    and the NegativeBank, and call the returned one in the training forward.
-    """
-    do, note = compile_decision(device, iters, mode)
-    if not do:
-        return module, note
-    return torch.compile(module), note
 
 
 def conv_parameter_share(module: nn.Module) -> float:
@@ -142,3 +133,63 @@ def channels_last_ok(module: nn.Module, sample: torch.Tensor | None = None, rtol
         return False
     scale = ref.abs().max().clamp_min(1e-12)
     return bool(((got - ref).abs().max() / scale).item() <= rtol)
+
+
+def channels_last_decision(
+    module: nn.Module, device: torch.device | str, mode: str = "auto", sample: torch.Tensor | None = None
+) -> tuple[bool, str]:
+    """(train in channels_last?, reason). "auto": on CUDA only, where `channels_last_ok`
+    says the network is convolution-dominated and runs correctly in NHWC; "on" forces it
+    (any device, e.g. to test it on CPU); "off" never."""
+    if mode not in CHANNELS_LAST_MODES:
+        raise ValueError(f"channels_last mode must be one of {', '.join(CHANNELS_LAST_MODES)}, got {mode!r}")
+    device = torch.device(device)
+    share = conv_parameter_share(module)
+    if mode == "off":
+        return False, "channels_last off"
+    if mode == "on":
+        return True, f"channels_last on (--channels-last on; {share:.0%} of parameters in convolutions)"
+    if device.type != "cuda":
+        return False, f"channels_last auto: NCHW on {device.type} (NHWC kernels are a CUDA speed-up)"
+    if share < CHANNELS_LAST_MIN_CONV_SHARE:
+        return False, f"channels_last auto: NCHW ({share:.0%} of parameters in convolutions)"
+    if not channels_last_ok(module, sample):
+        return False, "channels_last auto: NCHW (the network's NHWC forward fails or differs)"
+    return True, f"channels_last auto: NHWC ({share:.0%} of parameters in convolutions)"
+
+
+def compile_training(call: nn.Module, bank: Any = None, spn: Any = None, backend: str = "inductor") -> nn.Module:
+    """torch.compile the three parts of an SPN step: returns the compiled target call;
+    compiles `bank`'s batched forward (`NegativeBank.compile`) and `spn.embedding` in place.
+    Compiled wrappers share the raw modules' parameters (the optimizer, the EMA updates
+    and state_dict() keep using the raw modules)."""
+    if bank is not None:
+        bank.compile(backend)
+    if spn is not None:
+        spn.embedding = torch.compile(spn.embedding, backend=backend)
+    return torch.compile(call, backend=backend)
+
+
+def precision_decision(
+    amp: str | None, device: torch.device | str, supports_bf16: bool = True
+) -> tuple[torch.dtype | None, torch.dtype | None, str]:
+    """(target autocast dtype, negatives + embedding dtype, note); None means fp32.
+
+    "auto" (the default): the target trains in fp32 as its original recipe did (the
+    paper's gains are hundredths of a dB), while the negatives and the VGG embedding --
+    no-grad forwards and a term weighted by lambda ~ 1e-4 -- run in bf16 on CUDA.
+    "bf16": the target's forward under bf16 autocast too. "fp32": everything in fp32.
+    On CPU everything is fp32 (bf16 there is slower, not faster)."""
+    mode = "fp32" if amp == "none" else (amp or "auto")
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, None, f"fp32 on {device.type}"
+    if mode == "fp32":
+        return None, None, "fp32 (--amp fp32)"
+    if not supports_bf16:
+        return None, None, "fp32: the architecture does not support bf16 (spandrel)"
+    if mode == "bf16":
+        return torch.bfloat16, torch.bfloat16, "bf16 autocast: target, negatives and embedding (--amp bf16)"
+    return None, torch.bfloat16, "target fp32; negatives and embedding bf16 (--amp auto)"

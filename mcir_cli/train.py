@@ -77,7 +77,7 @@ class TrainConfig:
     embedding_init: str = "pretrained"
     seed: int = 0
     device: str = "auto"
-    amp: str | None = None  # bf16 on CUDA
+    amp: str | None = None  # auto (None): target fp32, negatives + embedding bf16 on CUDA (speed.py)
     train_bn: bool = False
     noise_sigma: float | None = None
     val_every: int = 0  # 0: only at the end
@@ -91,6 +91,8 @@ class TrainConfig:
     allow_random_init: bool = False
     tile: int | None = None
     compile: str = "auto"  # auto: CUDA runs long enough to repay compile time (speed.py)
+    compile_backend: str = "inductor"  # API only: "aot_eager" checks tracing without codegen
+    channels_last: str = "auto"  # auto: CUDA, convolution-dominated networks (speed.py)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,10 +135,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError("--optimizer must be adam or adamw")
     for flag, value, allowed in (
         ("--compile", cfg.compile, ("auto", "on", "off")),
+        ("--channels-last", cfg.channels_last, ("auto", "on", "off")),
         ("--batched-negatives", cfg.batched_negatives, ("auto", "on", "off")),
         ("--cache", cfg.cache, ("auto", "on", "off")),
         ("--embedding-init", cfg.embedding_init, ("pretrained", "random")),
-        ("--amp", cfg.amp, (None, "bf16", "fp32", "none")),
+        ("--amp", cfg.amp, (None, "auto", "bf16", "fp32", "none")),
     ):
         if value not in allowed:
             raise McirError(f"{flag} must be one of {', '.join(a for a in allowed if a)} (got {value!r})")
@@ -228,7 +231,7 @@ def count_batchnorm(net: nn.Module) -> int:
 class RunLog:
     """log.jsonl (one JSON object a line, flushed) and optional TensorBoard."""
 
-    def __init__(self, path: Path, tensorboard: bool = False) -> None:
+    def __init__(self, path: Path, tensorboard: bool = False, resumed_at: int | None = None) -> None:
         self.path = path
         self.fh = open(path, "a", encoding="utf-8")
         self.tb = None
@@ -236,17 +239,30 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+                # on resume, TensorBoard drops what was logged after the saved state (as
+                # truncate_log does for log.jsonl), so the curves have no doubled steps
+                purge = None if resumed_at is None else resumed_at + 1
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=purge)
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); logging to log.jsonl only")
 
     def write(self, record: dict[str, Any]) -> None:
         self.fh.write(json.dumps(record) + "\n")
         self.fh.flush()
-        if self.tb is not None and "event" not in record:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+        if self.tb is None:
+            return
+        event = record.get("event")
+        if event is None:
+            group, keys = "train", [k for k in record if k != "step"]
+        elif event == "val":
+            group, keys = "val", ["psnr", "ssim"]
+        else:
+            return
+        for k in keys:
+            v = record.get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"{group}/{k}", v, record["step"])
+        self.tb.flush()
 
     def close(self) -> None:
         self.fh.close()
@@ -350,6 +366,15 @@ class Trainer:
         if self.val is not None and self.val.scale != self.loaded.scale:  # fail now, not after training
             raise McirError(f"the model is x{self.loaded.scale}, but the validation data is x{self.val.scale}", self.val.root)
 
+        # memory layout, decided on a real patch before the negatives copy the weights
+        from mcir_cli.speed import channels_last_decision
+
+        probe = cfg.channels_last == "auto" and self.device.type == "cuda"
+        sample = self.patches[0][0].unsqueeze(0).to(self.device) if probe else None
+        self.channels_last, self.layout_note = channels_last_decision(self.model, self.device, cfg.channels_last, sample)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
         # negatives and SPN loss
         from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss
         from mcir_cli.negatives import NegativeBank
@@ -375,6 +400,9 @@ class Trainer:
                 batched={"auto": "auto" if self.device.type == "cuda" else False, "on": True, "off": False}[cfg.batched_negatives],
             ).to(self.device)
             embedding = make_embedding(cfg.embedding, cfg.embedding_weights, cfg.embedding_init, cfg.seed)
+            # the embedding is a plain convolution stack: NHWC wherever the mode allows it
+            if channels_last_decision(embedding, self.device, cfg.channels_last)[0]:
+                embedding.to(memory_format=torch.channels_last)
             self.spn = SPNLoss(embedding).to(self.device)
             self.embedding_description = embedding.description
 
@@ -384,14 +412,12 @@ class Trainer:
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg))
-        self.amp_dtype = None
-        if cfg.amp == "bf16" and self.device.type == "cuda":
-            if self.loaded.supports_bf16:
-                self.amp_dtype = torch.bfloat16
-            elif self.dist.is_main:
-                log.warning("%s does not support bf16 (spandrel): training in fp32", self.loaded.architecture)
+        from mcir_cli.speed import precision_decision
+
+        self.amp_dtype, self.spn_dtype, self.precision_note = precision_decision(cfg.amp, self.device, self.loaded.supports_bf16)
 
         self.step = 0
+        self.compiled: bool | None = None  # decided below; a resume keeps the run's decision
         self.step_base = 0  # step and sample index where this process started
         self.samples_base = 0
         self.lam = cfg.lam
@@ -406,13 +432,30 @@ class Trainer:
         elif self.dist.is_main:
             self._start_run_dir()
         self.dist.barrier()
-        from mcir_cli.speed import maybe_compile
-
-        # the compiled wrapper shares the raw module's parameters: the optimizer, the
-        # negatives and state_dict() keep using self.model
-        self.ddp_model, self.compile_note = maybe_compile(self.ddp_model, self.device, cfg.iters - self.step, cfg.compile)
+        self._compile()
         if self.dist.is_main:
-            log.info("global batch %d = %d per rank x %d rank(s); %s", cfg.batch * world, cfg.batch, world, self.compile_note)
+            log.info("global batch %d = %d per rank x %d rank(s); %s; %s; %s", cfg.batch * world, cfg.batch, world,
+                     self.precision_note, self.compile_note, self.layout_note)
+
+    def _compile(self) -> None:
+        """torch.compile the target, the batched negatives and the embedding, or none.
+
+        "auto" is decided once per run: a resume keeps the decision of the run's start (a
+        flip would change the numerics mid-run and break bit-exact resume)."""
+        from mcir_cli.speed import compile_decision, compile_training
+
+        cfg = self.cfg
+        mode = cfg.compile
+        if mode == "auto" and self.compiled is not None:
+            mode = "on" if self.compiled else "off"
+            kept = True
+        else:
+            kept = False
+        self.compiled, note = compile_decision(self.device, cfg.iters - self.step, mode)
+        self.compile_note = f"{note} (kept from the run's start)" if kept else note
+        if not self.compiled:
+            return
+        self.ddp_model = compile_training(self.ddp_model, self.bank, self.spn, cfg.compile_backend)
 
     # ------------------------------------------------------------------ run folder
     def _start_run_dir(self) -> None:
@@ -450,6 +493,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "world_size": self.dist.world_size,
             "samples_seen": self.samples_base + (self.step - self.step_base) * self.cfg.batch * self.dist.world_size,
+            "compiled": self.compiled,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -481,6 +525,7 @@ class Trainer:
         self.load_state_dict(state)
         self.step_base = self.step
         self.samples_base = int(state.get("samples_seen", self.step * self.cfg.batch * self.dist.world_size))
+        self.compiled = state.get("compiled")
         if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.info("resuming a run of %d ranks on %d: data position re-derived from the step", state.get("world_size", 1), self.dist.world_size)
         if self.cfg.iters < self.step:
@@ -529,7 +574,7 @@ class Trainer:
         if self.loaded.checkpoint is not None:
             save_like(self.loaded.checkpoint, sd, pth)
         else:
-            atomic_write(pth, lambda tmp: torch.save({k: v.detach().cpu() for k, v in sd.items()}, tmp))
+            atomic_write(pth, lambda tmp: torch.save({k: v.detach().cpu().contiguous() for k, v in sd.items()}, tmp))
         return {st.name: str(st), pth.name: str(pth)}
 
     # ------------------------------------------------------------------ loop pieces
@@ -587,13 +632,15 @@ class Trainer:
         """One optimizer step. Returns (loss, l_rec, l_neg, grad_norm) as floats."""
         lq = lq.to(self.device, non_blocking=True)
         gt = gt.to(self.device, non_blocking=True)
+        if self.channels_last:
+            lq = lq.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, "bf16" if self.amp_dtype is not None else None):
             out = self.ddp_model(lq)
             l_rec = self.rec_loss(out.float(), gt)
         if self.bank is not None and self.spn is not None:
-            neg = self.bank(lq, self.amp_dtype)
-            l_neg = self.spn(out.float(), neg.float(), self.amp_dtype)
+            neg = self.bank(lq, self.spn_dtype)
+            l_neg = self.spn(out.float(), neg.float(), self.spn_dtype)
             loss = l_rec - self.lam * l_neg
         else:
             l_neg = torch.zeros((), device=self.device)
@@ -644,14 +691,16 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         main = self.dist.is_main
-        logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard) if main else None
+        resumed_at = self.step if self.step > 0 else None
+        logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard, resumed_at) if main else None
         result = TrainResult(self.run_dir, self.step, ratio_band=tuple(cfg.ratio_band))
         ratios: list[float] = []
         if main and self.step == 0:
             logger.write({"event": "start", "step": 0, "embedding": self.embedding_description,
                           "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
                           "negatives": cfg.negative_init, "global_batch": cfg.batch * self.dist.world_size,
-                          "compile": self.compile_note, "amp": "bf16" if self.amp_dtype is not None else "fp32"})
+                          "compile": self.compile_note, "layout": self.layout_note,
+                          "amp": self.precision_note})
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -1,18 +1,20 @@
 """Shared test helpers.
 
-Real data lives in ../shared next to the repository (read-only fixtures, never copied
-into the repo). Tests that need it call `shared_path(...)`, which skips the test with a
+Real data lives in ../shared next to the repository, or where $MCIR_SHARED says
+(read-only fixtures, never copied into the repo). Tests that need it call `shared_path(...)`, which skips the test with a
 reason when the folder or file is absent (e.g. on a user's machine).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# MCIR_SHARED points elsewhere (benchmarks/gpu_check.sh carries a subset to a GPU machine)
+SHARED = Path(os.environ.get("MCIR_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 
 
 def shared_path(*parts: str) -> Path:

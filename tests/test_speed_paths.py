@@ -1,6 +1,6 @@
 """Speed paths: batched (vmap) negatives equal the loop for the paper's architectures in
 fp32 and bf16 autocast; the step-overhead benchmark runs; the compile / channels_last
-decisions (no real compile here)."""
+decisions; compiling the three parts of a step (aot_eager: traced, no code generated)."""
 
 from __future__ import annotations
 
@@ -155,32 +155,20 @@ def test_step_overhead_quick_writes_json(tmp_path):
 
 
 @pytest.fixture
-def fake_compile(monkeypatch):
-    calls = []
-
-    def fake(module, *a, **k):
-        calls.append(module)
-        return ("compiled", module)
-
-    monkeypatch.setattr(torch, "compile", fake)
+def compiler(monkeypatch):
     monkeypatch.setattr(speed, "_compiler_available", lambda device: (True, ""))
-    return calls
 
 
-def test_auto_never_compiles_on_cpu(fake_compile):
-    m = nn.Conv2d(3, 3, 3)
-    out, note = speed.maybe_compile(m, "cpu", 10**9, "auto")
-    assert out is m and not fake_compile
-    assert "eager on cpu" in note
+def test_auto_never_compiles_on_cpu(compiler):
+    do, note = speed.compile_decision("cpu", 10**9, "auto")
+    assert not do and "eager on cpu" in note
 
 
-def test_auto_on_cuda_depends_on_iters(fake_compile):
-    m = nn.Conv2d(3, 3, 3)
-    short, note = speed.maybe_compile(m, "cuda", speed.AUTO_COMPILE_MIN_ITERS - 1, "auto")
-    assert short is m and "repays" in note and not fake_compile
-    long, note = speed.maybe_compile(m, "cuda", speed.AUTO_COMPILE_MIN_ITERS, "auto")
-    assert long == ("compiled", m) and fake_compile == [m]
-    assert "compiling" in note
+def test_auto_on_cuda_depends_on_iters(compiler):
+    do, note = speed.compile_decision("cuda", speed.AUTO_COMPILE_MIN_ITERS - 1, "auto")
+    assert not do and "repays" in note
+    do, note = speed.compile_decision("cuda", speed.AUTO_COMPILE_MIN_ITERS, "auto")
+    assert do and "compiling" in note
 
 
 def test_threshold_matches_its_derivation():
@@ -188,28 +176,53 @@ def test_threshold_matches_its_derivation():
     assert abs(speed.AUTO_COMPILE_MIN_ITERS - derived) / derived < 0.01
 
 
-def test_on_and_off(fake_compile):
-    m = nn.Conv2d(3, 3, 3)
-    assert speed.maybe_compile(m, "cuda", 10**9, "off")[0] is m
-    assert not fake_compile
-    out, note = speed.maybe_compile(m, "cpu", 1, "on")
-    assert out == ("compiled", m) and "no speed-up on CPU" in note
-    out, _ = speed.maybe_compile(m, "cuda", 1, "on")
-    assert out == ("compiled", m) and len(fake_compile) == 2
+def test_on_and_off(compiler):
+    assert speed.compile_decision("cuda", 10**9, "off")[0] is False
+    do, note = speed.compile_decision("cpu", 1, "on")
+    assert do and "no speed-up on CPU" in note
+    assert speed.compile_decision("cuda", 1, "on")[0] is True
 
 
 def test_no_compiler_means_eager(monkeypatch):
     monkeypatch.setattr(speed, "_compiler_available", lambda device: (False, "Triton is not installed"))
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("must not compile"))
-    m = nn.Conv2d(3, 3, 3)
     for mode in ("auto", "on"):
-        out, note = speed.maybe_compile(m, "cuda", 10**9, mode)
-        assert out is m and "Triton" in note
+        do, note = speed.compile_decision("cuda", 10**9, mode)
+        assert not do and "Triton" in note
 
 
 def test_bad_mode():
     with pytest.raises(ValueError, match="compile mode"):
-        speed.maybe_compile(nn.Conv2d(1, 1, 1), "cpu", 1, "yes")
+        speed.compile_decision("cpu", 1, "yes")
+    with pytest.raises(ValueError, match="channels_last mode"):
+        speed.channels_last_decision(nn.Conv2d(1, 1, 1), "cpu", "yes")
+
+
+def test_compile_training_compiles_all_three_parts():
+    """aot_eager traces with dynamo and AOT autograd like inductor, without generating
+    code: the compiled target, the compiled vmap over N negatives and the compiled
+    embedding give the eager results."""
+    from mcir_cli.losses import SPNLoss, make_embedding
+
+    from mcir_cli.imageio import read_image
+
+    target = _edsr_light().eval()
+    bank_e, bank_c = (NegativeBank(target, (1, 2, 3), seed=0, batched=True) for _ in range(2))
+    spn_e = SPNLoss(make_embedding("vgg16", init="random"))
+    spn_c = SPNLoss(make_embedding("vgg16", init="random"))
+    call = speed.compile_training(target, bank_c, spn_c, backend="aot_eager")
+    assert isinstance(call, torch._dynamo.eval_frame.OptimizedModule) and call._orig_mod is target
+    assert isinstance(spn_c.embedding, torch._dynamo.eval_frame.OptimizedModule)
+    assert bank_c.compile_backend == "aot_eager"
+    lr = read_image(shared_path("data", "sr", "Set5", "LR_bicubic", "X4", "babyx4.png"))
+    x = torch.stack([lr[:, :16, :16], lr[:, 40:56, 40:56]])
+    with torch.no_grad():
+        assert torch.allclose(call(x), target(x), rtol=1e-5, atol=1e-4)
+    n_e, n_c = bank_e(x), bank_c(x)
+    assert bank_c._batched is True and _rel(n_c, n_e) < 1e-5
+    out = target(x).detach()
+    l_e = spn_e(out.clone().requires_grad_(True), n_e)
+    l_c = spn_c(out.clone().requires_grad_(True), n_c)
+    assert l_c.item() == pytest.approx(l_e.item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------ channels_last
@@ -238,9 +251,37 @@ class _ViewsConvOutput(nn.Module):
         return y.view(y.shape[0], -1).view_as(y)
 
 
+def test_channels_last_decision_modes():
+    edsr, swin = _edsr_light(), _swinir_light(depths=(6, 6, 6, 6))
+    x = torch.rand(1, 3, 16, 16)
+    assert speed.channels_last_decision(edsr, "cpu", "auto", x)[0] is False  # a CUDA speed-up only
+    assert speed.channels_last_decision(edsr, "cuda", "auto", x)[0] is True
+    do, note = speed.channels_last_decision(swin, "cuda", "auto", x)
+    assert not do and "in convolutions" in note
+    assert speed.channels_last_decision(_ViewsConvOutput(), "cuda", "auto", torch.rand(1, 3, 8, 8))[0] is False
+    assert speed.channels_last_decision(swin, "cpu", "on")[0] is True
+    assert speed.channels_last_decision(edsr, "cuda", "off")[0] is False
+
+
 def test_channels_last_rejected_when_forward_breaks():
     m = _ViewsConvOutput().train()
     assert speed.channels_last_ok(m)  # by parameter share alone
     assert not speed.channels_last_ok(m, torch.rand(1, 3, 8, 8))
     assert m.training  # the module itself is untouched
     assert m.conv.weight.is_contiguous()
+
+
+def test_precision_decision():
+    bf16 = torch.bfloat16
+    assert speed.precision_decision(None, "cuda")[:2] == (None, bf16)  # the issue: SPN parts in bf16
+    assert speed.precision_decision("auto", "cuda")[:2] == (None, bf16)
+    assert speed.precision_decision("bf16", "cuda")[:2] == (bf16, bf16)
+    for amp in ("fp32", "none"):
+        assert speed.precision_decision(amp, "cuda")[:2] == (None, None)
+    for amp in (None, "bf16"):
+        target, spn, note = speed.precision_decision(amp, "cpu")
+        assert (target, spn) == (None, None) and "cpu" in note
+    target, spn, note = speed.precision_decision("bf16", "cuda", supports_bf16=False)
+    assert (target, spn) == (None, None) and "does not support bf16" in note
+    with pytest.raises(ValueError, match="amp"):
+        speed.precision_decision("fp16", "cuda")

@@ -334,3 +334,85 @@ def test_non_finite_gradient_counts_as_a_collapse(ckpt, train_dir, tmp_path):
     trainer = Trainer(config(ckpt, train_dir, tmp_path / "run", iters=4))
     assert trainer._is_collapse(0.1, 0.1, float("inf")) == "non-finite gradient"
     assert trainer._is_collapse(0.1, 0.1, 1.0) is None
+
+
+def _step_losses(run: Path) -> list[tuple[float, float]]:
+    return [(r["l_rec"], r["l_neg"]) for r in read_log(run) if "event" not in r]
+
+
+def _close_runs(a: Path, b: Path, rel: float) -> None:
+    la, lb = _step_losses(a), _step_losses(b)
+    assert len(la) == len(lb) > 0
+    for (ra, na), (rb, nb) in zip(la, lb):
+        assert rb == pytest.approx(ra, rel=rel) and nb == pytest.approx(na, rel=rel)
+    wa = torch.load(a / "model.pth", weights_only=True)
+    wb = torch.load(b / "model.pth", weights_only=True)
+    for k, v in wa.items():
+        assert wb[k].is_contiguous(), k
+        assert torch.allclose(wb[k].float(), v.float(), rtol=rel, atol=1e-6), k
+
+
+def test_compiled_training_matches_eager(ckpt, train_dir, tmp_path):
+    """--compile on compiles the target, the vmap'd negatives and the embedding; the
+    aot_eager backend traces all three like inductor would, without generating code."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")  # traces faster than DCTLSA
+    kw = dict(iters=3, embedding="vgg16", embedding_init="random", batched_negatives="on")
+    retrain(config(imdn, train_dir, tmp_path / "eager", **kw))
+    retrain(config(imdn, train_dir, tmp_path / "compiled", compile="on", compile_backend="aot_eager", **kw))
+    start = next(r for r in read_log(tmp_path / "compiled") if r.get("event") == "start")
+    assert start["compile"].startswith("torch.compile on")
+    _close_runs(tmp_path / "eager", tmp_path / "compiled", rel=1e-4)
+
+
+def test_resume_keeps_the_runs_compile_decision(ckpt, train_dir, tmp_path):
+    """--compile auto is decided once per run: a resume with fewer steps left (or on
+    another machine) must not flip it, or the numerics change mid-run."""
+    run = tmp_path / "run"
+    retrain(config(ckpt, train_dir, run, iters=2, compile_backend="aot_eager"))
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["compiled"] is False  # auto on CPU: eager
+    state["compiled"] = True  # as if the run had started on a GPU for >= 10k steps
+    torch.save(state, run / "state.pt")
+    trainer = Trainer(load_run_config(run, iters=3), resume=True)
+    assert trainer.compiled is True and "kept from the run's start" in trainer.compile_note
+    assert isinstance(trainer.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.run().steps == 3
+
+
+def test_channels_last_training_matches_nchw(ckpt, train_dir, tmp_path):
+    kw = dict(iters=3, embedding="vgg16", embedding_init="random")
+    retrain(config(ckpt, train_dir, tmp_path / "nchw", channels_last="off", **kw))
+    retrain(config(ckpt, train_dir, tmp_path / "nhwc", channels_last="on", **kw))
+    start = next(r for r in read_log(tmp_path / "nhwc") if r.get("event") == "start")
+    assert start["layout"].startswith("channels_last on")
+    _close_runs(tmp_path / "nchw", tmp_path / "nhwc", rel=1e-4)
+
+
+def test_tensorboard_curves_match_the_log_and_survive_a_resume(ckpt, train_dir, small_val, tmp_path):
+    """--tensorboard writes train/* and val/* scalars; a resume from an older state drops
+    the steps logged after it (purge_step), as log.jsonl is truncated."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    backup = tmp_path / "state_at_2.pt"
+
+    def crash_point(stats) -> None:  # keep the state saved at step 2, as if killed at step 3
+        if stats.step == 3:
+            shutil.copy(run / "state.pt", backup)
+
+    retrain(config(ckpt, train_dir, run, iters=3, save_every=2, val=str(small_val), val_every=2,
+                   tensorboard=True), on_step=crash_point)
+    shutil.copy(backup, run / "state.pt")
+    retrain(load_run_config(run, iters=4), resume=True)
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("train/l_rec")]
+    log = [(r["step"], r["l_rec"]) for r in read_log(run) if "event" not in r]
+    assert [s for s, _ in tb] == [s for s, _ in log] == [1, 2, 3, 4]  # step 3 once: the resumed one
+    assert [v for _, v in tb] == pytest.approx([v for _, v in log], rel=1e-6)
+    assert {"train/l_neg", "train/ratio", "train/lam", "train/lr", "val/psnr", "val/ssim"} <= set(acc.Tags()["scalars"])
+    val = {r["step"]: r["psnr"] for r in read_log(run) if r.get("event") == "val"}
+    assert {e.step: pytest.approx(e.value, rel=1e-6) for e in acc.Scalars("val/psnr")} == val
