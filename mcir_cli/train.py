@@ -418,6 +418,7 @@ class Trainer:
 
         self.step = 0
         self.compiled: bool | None = None  # decided below; a resume keeps the run's decision
+        self.rollback: dict[str, Any] | None = None  # the collapse guard's last good state
         self.step_base = 0  # step and sample index where this process started
         self.samples_base = 0
         self.lam = cfg.lam
@@ -526,6 +527,9 @@ class Trainer:
         self.step_base = self.step
         self.samples_base = int(state.get("samples_seen", self.step * self.cfg.batch * self.dist.world_size))
         self.compiled = state.get("compiled")
+        # the rollback point of the interrupted run, so a collapse soon after a resume
+        # rolls back exactly where the uninterrupted run would have
+        self.rollback = self._cpu_copy(state["rollback"]) if "rollback" in state else None
         if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
             log.info("resuming a run of %d ranks on %d: data position re-derived from the step", state.get("world_size", 1), self.dist.world_size)
         if self.cfg.iters < self.step:
@@ -547,6 +551,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = self.state_dict()
+        if self.rollback is not None and self.rollback["step"] != self.step:
+            state["rollback"] = self.rollback  # only between snapshot steps (a stop, an odd --save-every)
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def write_weights(self, stem: str = "model") -> dict[str, str]:
@@ -597,18 +603,19 @@ class Trainer:
         )
         yield from loader
 
+    @staticmethod
+    def _cpu_copy(obj: Any) -> Any:
+        if isinstance(obj, Tensor):
+            return obj.detach().to("cpu", copy=True)
+        if isinstance(obj, dict):
+            return {k: Trainer._cpu_copy(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(Trainer._cpu_copy(v) for v in obj)
+        return obj
+
     def _snapshot(self) -> dict[str, Any]:
         """The last good in-memory state, for the collapse guard (CPU copies)."""
-        def cpu(obj: Any) -> Any:
-            if isinstance(obj, Tensor):
-                return obj.detach().to("cpu", copy=True)
-            if isinstance(obj, dict):
-                return {k: cpu(v) for k, v in obj.items()}
-            if isinstance(obj, (list, tuple)):
-                return type(obj)(cpu(v) for v in obj)
-            return obj
-
-        return cpu(self.state_dict())
+        return self._cpu_copy(self.state_dict())
 
     def _restore_snapshot(self, snap: dict[str, Any]) -> None:
         lam, collapses = self.lam, self.collapses
@@ -707,7 +714,8 @@ class Trainer:
                 previous[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread
                 pass
-        snapshot = self._snapshot()
+        if self.rollback is None:
+            self.rollback = self._snapshot()
         snapshot_every = max(1, min(100, cfg.iters // 20 or 1))
         t_last, steps_since = time.perf_counter(), 0
         try:
@@ -724,7 +732,7 @@ class Trainer:
                 if reason is not None:
                     self.collapses += 1
                     bad_step = self.step + 1
-                    self._restore_snapshot(snapshot)
+                    self._restore_snapshot(self.rollback)
                     self.lam /= 2
                     event = {"event": "collapse", "step": bad_step, "reason": reason, "rolled_back_to": self.step,
                              "lambda": self.lam, "count": self.collapses}
@@ -753,7 +761,7 @@ class Trainer:
                     if cfg.lam_auto:
                         self._adapt_lambda(ratio)
                 if self.step % snapshot_every == 0:
-                    snapshot = self._snapshot()
+                    self.rollback = self._snapshot()
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.iters):
                     now = time.perf_counter()
                     it_s = steps_since / max(now - t_last, 1e-9)

@@ -416,3 +416,40 @@ def test_tensorboard_curves_match_the_log_and_survive_a_resume(ckpt, train_dir, 
     assert {"train/l_neg", "train/ratio", "train/lam", "train/lr", "val/psnr", "val/ssim"} <= set(acc.Tags()["scalars"])
     val = {r["step"]: r["psnr"] for r in read_log(run) if r.get("event") == "val"}
     assert {e.step: pytest.approx(e.value, rel=1e-6) for e in acc.Scalars("val/psnr")} == val
+
+
+def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(train_dir, tmp_path):
+    """40 steps snapshot every 2: a run stopped at step 5 saves its rollback point (step
+    4) with its state, so a collapse at step 6 rolls back to step 4 after a resume too."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")  # a faster step than DCTLSA
+    kw = dict(iters=40, negative_steps=(3, 7), lam=1e-3)
+    straight = Trainer(config(imdn, train_dir, tmp_path / "a", **kw))
+    straight.rec_loss = NaNAt(straight.rec_loss, {6})  # call 6 = step 6
+    straight.run()
+
+    first = Trainer(config(imdn, train_dir, tmp_path / "b", **kw))
+
+    def stop_at_5(stats) -> None:
+        if stats.step == 5:
+            first._stop_signal = "test stop"
+
+    first.on_step = stop_at_5
+    assert first.run().steps == 5
+    saved = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert saved["step"] == 5 and saved["rollback"]["step"] == 4
+    resumed = Trainer(load_run_config(tmp_path / "b"), resume=True)
+    resumed.rec_loss = NaNAt(resumed.rec_loss, {1})  # this process's first call = step 6
+    assert resumed.run().steps == 40
+
+    for run in ("a", "b"):
+        event = next(r for r in read_log(tmp_path / run) if r.get("event") == "collapse")
+        assert event["step"] == 6 and event["rolled_back_to"] == 4, run
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert "rollback" not in b  # 40 is a snapshot step: nothing extra is stored
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["negatives"]["params"].items():
+        assert torch.equal(v, b["negatives"]["params"][k]), k
+    assert [r["l_rec"] for r in read_log(tmp_path / "a") if "event" not in r] == \
+        [r["l_rec"] for r in read_log(tmp_path / "b") if "event" not in r]
