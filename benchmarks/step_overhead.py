@@ -236,6 +236,7 @@ class Setting:
     channels_last_mode: str
     compile: bool
     compile_backend: str
+    compile_mode: str | None
     batched: bool
 
     @property
@@ -289,7 +290,7 @@ def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.opti
         if channels_last_decision(embedding, s.device, s.channels_last_mode)[0]:
             embedding.to(memory_format=torch.channels_last)
         loss = SPNLoss(embedding).to(s.device)
-    call = compile_training(model, bank, loss, s.compile_backend) if s.compile else model
+    call = compile_training(model, bank, loss, s.compile_backend, s.compile_mode) if s.compile else model
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-4, betas=(0.9, 0.99))
     return model, call, opt, lq, bank, loss
 
@@ -459,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the target, the batched negatives and the embedding in (b), (d), (e)")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: trace only)")
+    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode (reduce-overhead: CUDA graphs)")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--amp", choices=["auto", "bf16", "fp32"], default="auto",
                     help="mcir's precision (as retrain --amp): auto = target fp32, negatives + VGG bf16 on CUDA")
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s = Setting(
         base=base, device=device, lq=lq, gt=gt, num=args.num,
         amp_dtype=amp_dtype, spn_dtype=spn_dtype, channels_last=cl, channels_last_mode=args.channels_last,
-        compile=args.compile, compile_backend=args.compile_backend, batched=cuda,
+        compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode, batched=cuda,
     )
     print(layout_note)
     if args.compile and not cuda and args.compile_backend == "inductor":
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "meta": {
             "model": desc, "preset": args.preset, "scale": scale, "negatives": args.num, "batch": batch, "patch": patch,
             "device": device.type, "device_name": device_name, "dtype": f"(a), (c) fp32; (b), (d), (e) {precision_note}",
-            "channels_last": cl, "layout": layout_note, "compile": args.compile, "compile_backend": args.compile_backend,
+            "channels_last": cl, "layout": layout_note, "compile": args.compile, "compile_backend": args.compile_backend, "compile_mode": args.compile_mode,
             "negatives_batched": "vmap" if s.batched else "loop",
             "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "memory_kind": memory_kind, "memory_note": memory_note,

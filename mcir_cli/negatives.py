@@ -117,6 +117,7 @@ class NegativeBank:
         self._cast_cache: tuple | None = None
         self._batched_fn: Callable[..., Tensor] | None = None
         self.compile_backend: str | None = None
+        self._compile_mode: str | None = None
         self.fallback_reason: str | None = None
 
         # Canonical names: named_parameters()/named_buffers() without duplicates (tied
@@ -287,11 +288,11 @@ class NegativeBank:
             self._cast_cache = (key, cast(self.params), cast(self.buffers))
         return self._cast_cache[1], self._cast_cache[2]
 
-    def compile(self, backend: str = "inductor") -> None:
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
         """torch.compile the batched forward: all N negatives become one compiled graph.
         The loop fallback stays eager (a compile failure under batched="auto" falls back
         to it like any other vmap failure)."""
-        self.compile_backend = backend
+        self.compile_backend, self._compile_mode = backend, mode
         self._batched_fn = None
 
     def _batched_call(self) -> Callable[..., Tensor]:
@@ -302,7 +303,9 @@ class NegativeBank:
                 return torch.func.functional_call(skel, (p, b), (inp,))
 
             fn = torch.vmap(one, in_dims=(0, 0, None))
-            self._batched_fn = fn if self.compile_backend is None else torch.compile(fn, backend=self.compile_backend)
+            if self.compile_backend is not None:
+                fn = torch.compile(fn, backend=self.compile_backend, mode=self._compile_mode)
+            self._batched_fn = fn
         return self._batched_fn
 
     def _vmap_forward(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:

@@ -158,16 +158,21 @@ def channels_last_decision(
     return True, f"channels_last auto: NHWC ({share:.0%} of parameters in convolutions)"
 
 
-def compile_training(call: nn.Module, bank: Any = None, spn: Any = None, backend: str = "inductor") -> nn.Module:
+def compile_training(
+    call: nn.Module, bank: Any = None, spn: Any = None, backend: str = "inductor", mode: str | None = None
+) -> nn.Module:
     """torch.compile the three parts of an SPN step: returns the compiled target call;
     compiles `bank`'s batched forward (`NegativeBank.compile`) and `spn.embedding` in place.
     Compiled wrappers share the raw modules' parameters (the optimizer, the EMA updates
-    and state_dict() keep using the raw modules)."""
+    and state_dict() keep using the raw modules). `mode` is torch.compile's (e.g.
+    "reduce-overhead" for CUDA graphs: training shapes are static); the Trainer uses the
+    default until a GPU measurement shows CUDA graphs pay (benchmarks/step_overhead.py
+    --compile-mode)."""
     if bank is not None:
-        bank.compile(backend)
+        bank.compile(backend, mode)
     if spn is not None:
-        spn.embedding = torch.compile(spn.embedding, backend=backend)
-    return torch.compile(call, backend=backend)
+        spn.embedding = torch.compile(spn.embedding, backend=backend, mode=mode)
+    return torch.compile(call, backend=backend, mode=mode)
 
 
 def precision_decision(
