@@ -76,6 +76,12 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (PK..), older torch a pickle (protocol byte 0x80)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        kind = "a text file" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else f"bytes {head!r}"
+        raise McirError(f"not a torch checkpoint (it starts like {kind}, not a torch zip archive or pickle)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -93,9 +99,10 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise McirError(f"truncated or corrupt checkpoint ({type(exc).__name__})", path) from None
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise McirError(f"not a readable torch checkpoint ({first})", path) from None
+    except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        # a damaged file: the legacy unpickler fails in many ways on garbage bytes
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise McirError(f"not a readable torch checkpoint ({type(exc).__name__}: {first[:120]})", path) from None
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...], dict, tuple]:

@@ -1,7 +1,9 @@
 """The `mcir` command line: a thin Typer layer over the Python API.
 
 Each command parses flags, calls one API function, and renders the result with Rich.
-User errors (`McirError`) print one red line and exit with code 2.
+User errors (`McirError`, and OS errors such as an unwritable folder) print one red line
+and exit with code 2; anything else is a bug: one line, exit 1, the traceback with
+MCIR_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mcir_cli.errors import McirError
+from mcir_cli.fsutil import writable_target
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,12 +40,34 @@ models_app = typer.Typer(help="List presets and supported architectures; inspect
 app.add_typer(models_app, name="models")
 
 
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from mcir_cli import __version__
+
+        console.print(f"mcir {__version__} (torch {torch.__version__})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Retrain image-restoration models with model contrastive learning (MCIR) and prove the gain."""
+
+
 def _setup_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("mcir")
     if not logger.handlers:
         handler = RichHandler(console=err_console, show_path=False, show_time=False)
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,11 +79,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except McirError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except OSError as exc:  # a folder that cannot be written, a full disk, ...
+            if os.environ.get("MCIR_DEBUG"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or type(exc).__name__}", 2)
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
+            if os.environ.get("MCIR_DEBUG"):
+                raise
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            _fail(f"unexpected {text} (MCIR_DEBUG=1 shows the traceback; please report it)", 1)
 
     return wrapper
 
@@ -110,8 +148,8 @@ def evaluate(
     restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method instead of a model."),
     scale: Optional[int] = typer.Option(None, help="SR scale (defaults to the model's)."),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout)."),
-    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB [default: Y for SR, RGB otherwise]."),
-    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge [default: scale for SR, 0 otherwise]."),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise)."),
+    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge (default: scale for SR, 0 otherwise)."),
     noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ on the 0–255 scale added to clean images."),
     noise_seed: int = typer.Option(0, help="Seed of the added noise."),
     tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images; tiles see less context, so attention models score slightly differently."),
@@ -125,10 +163,19 @@ def evaluate(
     from mcir_cli.evaluate import evaluate_model, evaluate_restored
     from mcir_cli.models import load_model
 
-    if save_images is not None and save_images.exists() and any(save_images.iterdir()):
-        raise McirError("--save-images folder exists and is not empty; choose a new one", save_images)
-    if output is not None and output.exists():
-        raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
+    _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
+    if amp not in (None, "bf16", "fp32", "none"):
+        raise McirError(f"--amp must be bf16 or fp32 (got {amp!r})")
+    if save_images is not None:
+        if save_images.exists() and not save_images.is_dir():
+            raise McirError("--save-images must be a folder, this is a file", save_images)
+        if save_images.exists() and any(save_images.iterdir()):
+            raise McirError("--save-images folder exists and is not empty; choose a new one", save_images)
+        writable_target(save_images, "--save-images folder")
+    if output is not None:
+        if output.exists():
+            raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
+        writable_target(output, "results")
     with _progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -158,6 +205,37 @@ def evaluate(
         console.print(f"results written to {output}")
 
 
+def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
+                         tile: int | None = None, tile_overlap: int = 0) -> None:
+    """Flags of evaluate/compare, refused in one line before any work."""
+    import math
+
+    from mcir_cli.models import TASKS
+
+    if task is not None and task not in TASKS:
+        raise McirError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    if crop_border is not None and crop_border < 0:
+        raise McirError(f"--crop-border must be >= 0 (got {crop_border})")
+    if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma >= 0):
+        raise McirError(f"--noise-sigma must be a number >= 0 on the 0-255 scale (got {noise_sigma})")
+    if tile is not None and tile < 8:
+        raise McirError(f"--tile must be at least 8 pixels (got {tile})")
+    if tile_overlap < 0:
+        raise McirError(f"--tile-overlap must be >= 0 (got {tile_overlap})")
+    if tile is not None and tile_overlap >= tile:
+        raise McirError(f"--tile-overlap {tile_overlap} must be smaller than --tile {tile}")
+
+
+def _ratio_band(text: str) -> tuple[float, float]:
+    try:
+        band = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        band = ()
+    if len(band) != 2:
+        raise McirError(f"--ratio-band must be two numbers low,high such as 0.01,0.10 (got {text!r})")
+    return band  # type: ignore[return-value]
+
+
 # -------------------------------------------------------------------------- retrain
 
 
@@ -173,6 +251,7 @@ def _lambda(value: str) -> tuple[float, bool]:
 @app.command()
 @handle_errors
 def retrain(
+    ctx: typer.Context,
     data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts."),
     checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written)."),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`."),
@@ -181,20 +260,20 @@ def retrain(
     val: Optional[Path] = typer.Option(None, help="Validation folder; best-PSNR weights are kept as best.*"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact)."),
-    iters: Optional[int] = typer.Option(None, help="Total optimizer steps [preset or 1000]."),
-    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) [preset or 16]."),
-    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) [preset or 48/128]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate [preset or 1e-5 for a bare checkpoint]."),
-    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine [preset or constant]."),
-    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps [preset or 0]."),
+    iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's)."),
+    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16)."),
+    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) (default: preset or 48/128)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: a preset's: where its schedule ends (from scratch: its start); bare checkpoint: 1e-5)."),
+    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine (default: constant; from scratch: the preset's)."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps (default: preset or 0)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim [preset or l1]."),
-    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ [preset or the paper's 1e-4], or 'auto' to hold the contrast ratio in band."),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1)."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto' to hold the contrast ratio in band."),
     ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto."),
-    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative [preset or the paper's 100,500,1000,2000]."),
-    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative [preset or the paper's 0.1]."),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative (default: preset or the paper's 100,500,1000,2000)."),
+    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1)."),
     negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default) | copy | random | frozen | none (plain fine-tuning)."),
-    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ [preset or 0.1]."),
+    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1)."),
     batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
     embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel."),
     embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty."),
@@ -223,8 +302,14 @@ def retrain(
 
     dist = DistContext.from_env(device)
     if resume is not None:
-        given = [flag for flag, value in (("--data", data), ("--checkpoint", checkpoint), ("--model", model),
-                                          ("--output", output), ("--val", val)) if value]
+        # every flag on the command line besides --resume and --iters would be silently
+        # ignored (the run continues as its config.json says): refuse them by name
+        given = [
+            next((o for o in p.opts if o.startswith("--")), p.name)
+            for p in ctx.command.params
+            if p.name not in ("resume", "iters")
+            and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        ]
         if given:
             raise McirError(f"--resume continues the run as configured in its config.json; only --iters "
                             f"may change (remove {', '.join(given)})")
@@ -242,7 +327,7 @@ def retrain(
             data, output, checkpoint=checkpoint, model=model, scale=scale,
             task=task, val=str(val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, loss=loss,
-            lam=lam_value, lam_auto=lam_auto, ratio_band=tuple(float(x) for x in ratio_band.split(",")),
+            lam=lam_value, lam_auto=lam_auto, ratio_band=_ratio_band(ratio_band),
             negative_steps=parse_steps(negative_steps) if negative_steps is not None else None,
             negative_weight=negative_weight, negative_init=negative_init, negative_mix=negative_mix,
             batched_negatives=batched_negatives, embedding=embedding,
@@ -255,38 +340,55 @@ def retrain(
         is_resume = False
     validate_config(cfg)
 
-    with Progress(
+    # the bar starts with the first step (errors before it print no empty bar); in pipes
+    # and logs a plain line every tenth of the run instead
+    bar = Progress(
         TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=err_console, disable=not dist.is_main,
-    ) as bar:
-        job = bar.add_task("retrain", total=cfg.iters, info="")
+        TextColumn("{task.fields[info]}"), console=err_console,
+    )
+    live = dist.is_main and err_console.is_terminal
+    job = None
+    every = max(1, cfg.iters // 10)
 
-        def on_step(s) -> None:
-            info = f"l_rec {s.l_rec:.4f}  ratio {s.ratio:.1%}  λ {s.lam:.2g}  {s.it_s:.2f} it/s"
+    def on_step(s) -> None:
+        nonlocal job
+        info = f"l_rec {s.l_rec:.4f}  ratio {s.ratio:.1%}  λ {s.lam:.2g}  {s.it_s:.2f} it/s"
+        if live:
+            if job is None:
+                bar.start()
+                job = bar.add_task("retrain", total=cfg.iters, info="")
             bar.update(job, completed=s.step, info=info)
+        elif dist.is_main and (s.step % every == 0 or s.step == cfg.iters):
+            err_console.print(f"retrain {s.step}/{cfg.iters}  {info}", highlight=False)
 
-        try:
-            result = run_retrain(cfg, on_step=on_step, resume=is_resume, dist=dist)
-        finally:
-            dist.close()
+    try:
+        result = run_retrain(cfg, on_step=on_step, resume=is_resume, dist=dist)
+    finally:
+        if job is not None:
+            bar.stop()
+        dist.close()
     if not dist.is_main:
         return
     if result.stopped_early:
-        err_console.print(f"[yellow]{result.stopped_early}[/]")
-    console.print(f"[bold green]retrained[/] {result.steps} steps -> {result.run_dir}")
+        err_console.print(f"[yellow]{escape(result.stopped_early)}[/]")
+    done = "retrained" if not result.stopped_early else "stopped"
+    console.print(f"[bold green]{done}[/] {result.steps} steps -> {result.run_dir}")
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name}: {path}")
     if result.best_psnr is not None:
-        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB")
+        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB ({result.val_conventions})", highlight=False)
     if result.mean_ratio is not None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
         colour = "green" if inside else "yellow"
-        advice = "" if inside else " — outside the band the authors advise; try another --lambda or --lambda auto"
+        retry = "try another --lambda" if cfg.lam_auto else "try another --lambda or --lambda auto"
+        advice = "" if inside else f" — outside the band the authors advise; {retry}"
         console.print(
             f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
             f"(band {lo:.0%}–{hi:.0%}){advice}", highlight=False,
         )
+    if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
+        raise typer.Exit(130 if result.stop_kind == "signal" else 1)
 
 
 # ------------------------------------------------------------------------- compare
@@ -329,6 +431,7 @@ def compare(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores and deltas as CSV (new file)."),
     latex: Optional[Path] = typer.Option(None, "--latex", help="Write a booktabs LaTeX table (new file)."),
     visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: from the file names)."),
     top_k: int = typer.Option(3, help="Strips for the k images per dataset with the largest |Δ PSNR|."),
     resamples: int = typer.Option(10_000, help="Bootstrap / permutation resamples."),
     seed: int = typer.Option(0, help="Seed of the resampling."),
@@ -340,6 +443,7 @@ def compare(
         "--data": data, "--scale": scale is not None, "--task": task is not None,
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
     })
+    _check_scoring_flags(task, crop_border, None, tile)
     if resamples < 1:
         raise McirError(f"--resamples must be at least 1 (got {resamples})")
     if top_k < 1:
@@ -350,6 +454,8 @@ def compare(
             raise McirError("--visuals must be a folder, this is a file", visuals)
         if any(visuals.iterdir()):
             raise McirError("--visuals folder exists and is not empty; choose a new one", visuals)
+    if visuals is not None:
+        writable_target(visuals, "--visuals folder")
 
     loaded: list[Any] = []
     datasets: dict[str, Any] | None = None
@@ -371,6 +477,11 @@ def compare(
                 list(checkpoint or []), list(data or []), scale=scale, task=task, y_channel=y_channel,
                 crop_border=crop_border, device=device, tile=tile, progress=progress,
             )
+    if label:
+        if len(label) != len(result_dicts):
+            raise McirError(f"--label given {len(label)} time(s) for {len(result_dicts)} models; name every model, in order")
+        for res, name in zip(result_dicts, label):
+            res["model"]["label"] = name
     comparison = cmp.compare_results(result_dicts, n_resamples=resamples, seed=seed)
     console.print(cmp.render_table(comparison))
     for msg in comparison.dropped.messages():
@@ -395,9 +506,8 @@ def compare(
                     noise=result_dicts[0].get("noise"),
                     progress=lambda done, total: bar.update(job, completed=done, total=total),
                 )
-        except VisualsUnavailable as exc:
-            err_console.print(f"[yellow]visuals skipped: {exc}[/]", highlight=False, soft_wrap=True)
-            return
+        except VisualsUnavailable as exc:  # asked for and not made: the exit code says so
+            raise McirError(f"--visuals could not be made ({exc}); the table and exports above are complete") from None
         for msg in out["skipped"]:
             err_console.print(f"[yellow]{msg}[/]", highlight=False)
         console.print(f"visuals: {len(out['strips'])} strips and {len(out['charts'])} charts in {visuals}",

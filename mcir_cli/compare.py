@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mcir_cli.errors import McirError
+from mcir_cli.fsutil import writable_target
 
 AVERAGE = "Average"
 METRICS = ("psnr", "ssim")
@@ -178,7 +179,7 @@ def check_conventions(results: list[dict]) -> dict:
 
 
 _IGNORED_CONVENTION_KEYS = {"description"}  # derived text, not a setting
-_SETTING_KEYS = ("task", "noise")
+_SETTING_KEYS = ("task", "noise", "inference")  # "inference": tile, overlap, amp
 
 
 def _show(value: Any) -> str:
@@ -417,11 +418,18 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
         kind = "improvement" if stats.mean_delta > 0 else "regression"
         text += f" — a real {kind} (CI excludes 0, p < 0.05)."
     else:
-        text += " — not distinguishable from noise at 5 %"
+        excludes = stats.ci_low > 0 or stats.ci_high < 0
         min_p = 2 / 2**stats.n
         if min_p >= 0.05:
-            text += (f" (with {stats.n} images no difference can reach p < 0.05: the "
-                     f"smallest possible p is {min_p:.3g})")
+            text += (f" — too few images to call: with {stats.n} images no difference can reach "
+                     f"p < 0.05 (the smallest possible p is {min_p:.3g})")
+            if excludes:
+                text += "; the CI excludes 0, but a bootstrap over so few images is optimistic"
+        elif excludes:
+            text += (" — not established at 5 %: the bootstrap CI excludes 0 but the permutation "
+                     "test does not (p ≥ 0.05)")
+        else:
+            text += " — not distinguishable from noise at 5 %"
         text += "."
     return text + note
 
@@ -717,7 +725,8 @@ def _csv_num(x: float) -> str:
 
 def to_csv(comparison: Comparison) -> str:
     """One row per (dataset, image): psnr_<label> and ssim_<label> for every model, then
-    delta_psnr_<label> and delta_ssim_<label> (label - baseline) for every later model."""
+    delta_psnr_<label> and delta_ssim_<label> (label - baseline) for every later model,
+    and a last column `conventions` saying how every number was measured."""
     comp = comparison
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -725,7 +734,8 @@ def to_csv(comparison: Comparison) -> str:
     header += [f"psnr_{lab}" for lab in comp.models] + [f"ssim_{lab}" for lab in comp.models]
     for lab in comp.models[1:]:
         header += [f"delta_psnr_{lab}", f"delta_ssim_{lab}"]
-    w.writerow(header)
+    w.writerow(header + ["conventions"])
+    conv = conventions_text(comp.conventions)
     for ds in comp.datasets:
         sc = comp.image_scores[ds]
         for i, name in enumerate(comp.images[ds]):
@@ -735,7 +745,7 @@ def to_csv(comparison: Comparison) -> str:
             for lab in comp.models[1:]:
                 row += [_csv_num(_delta(sc[comp.baseline]["psnr"][i], sc[lab]["psnr"][i])),
                         _csv_num(_delta(sc[comp.baseline]["ssim"][i], sc[lab]["ssim"][i]))]
-            w.writerow(row)
+            w.writerow(row + [conv])
     return buf.getvalue()
 
 
@@ -814,6 +824,7 @@ def check_export_paths(paths: dict[str, str | Path | None]) -> dict[str, Path]:
         if path.exists():
             raise McirError(f"--{kind} file exists; choose a new name (mcir never overwrites "
                             "results)", path)
+        writable_target(path, f"--{kind} file")
     seen: dict[Path, str] = {}
     for kind, path in out.items():
         key = path.resolve()
@@ -864,9 +875,15 @@ def evaluate_checkpoints(
     from mcir_cli.evaluate import evaluate_model
     from mcir_cli.models import load_model
 
-    results, models = [], []
-    for path in checkpoints:
-        model = load_model(path, None, scale)
+    # all models first: checkpoints that cannot be compared are refused before any scoring
+    models = [load_model(path, None, scale) for path in checkpoints]
+    scales = {m.scale for m in models}
+    if len(scales) > 1:
+        found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
+        raise McirError(f"the checkpoints restore at different scales ({found}); compare models of one "
+                        "scale, on the same benchmark")
+    results = []
+    for path, model in zip(checkpoints, models):
         label = checkpoint_label(path)
 
         def per_image(name: str, done: int, total: int, label: str = label) -> None:
@@ -877,7 +894,6 @@ def evaluate_checkpoints(
                              device=device, tile=tile, progress=per_image)
         res["model"]["label"] = label
         results.append(res)
-        models.append(model)
     first = models[0]
     datasets = {d.name: d for d in discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))}
     return results, models, datasets

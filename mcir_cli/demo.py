@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mcir_cli.errors import McirError
+from mcir_cli.fsutil import writable_target
 
 SCALE = 4
 # Disjoint sets of scikit-image's bundled photos (grey ones are stored as RGB).
@@ -227,6 +228,7 @@ def run_demo(
     out = Path(output)
     if out.exists():
         raise McirError("demo folder exists; choose a new --output (mcir never overwrites)", out)
+    writable_target(out, "demo folder")
     if iters < 1:
         raise McirError(f"--iters must be at least 1 (got {iters})")
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mcir_cli import __version__
 from mcir_cli.data import Dataset, discover_all, iter_pairs, list_images
@@ -27,6 +27,15 @@ from mcir_cli.metrics import Conventions, psnr, ssim
 from mcir_cli.models import LoadedModel
 
 Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
+
+
+def _score(out: Tensor, gt: Tensor, conv: Conventions, path: Path) -> dict[str, float]:
+    """PSNR and SSIM of one image; a convention the image cannot take (a border crop
+    larger than the image) is a one-line error naming the file."""
+    try:
+        return {"psnr": float(psnr(out, gt, conv)), "ssim": float(ssim(out, gt, conv))}
+    except ValueError as exc:
+        raise McirError(f"cannot score with {conv.describe()}: {exc}", path) from None
 
 
 def conventions_for(
@@ -112,13 +121,7 @@ def score_dataset(
                     f"model output {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}",
                     pair.gt,
                 )
-            images.append(
-                {
-                    "name": pair.name,
-                    "psnr": float(psnr(out, gt, conventions)),
-                    "ssim": float(ssim(out, gt, conventions)),
-                }
-            )
+            images.append({"name": pair.name, **_score(out, gt, conventions, pair.gt)})
             if save_dir is not None:
                 write_image(save_dir / dataset.name / f"{pair.name}.png", out)
             if progress:
@@ -132,7 +135,7 @@ def model_info(model: LoadedModel) -> dict[str, Any]:
     ckpt = model.checkpoint
     path = ckpt.path if ckpt is not None else None
     return {
-        "checkpoint": str(path) if path else None,
+        "checkpoint": str(path.absolute()) if path else None,  # found again from any folder
         "sha256": sha256_file(path) if path else None,
         "architecture": model.architecture,
         "scale": model.scale,
@@ -180,6 +183,9 @@ def evaluate_model(
     result["model"] = model_info(model)
     if noise_sigma is not None:
         result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
+    # tiling and precision change the numbers slightly: recorded, and compare checks them
+    result["inference"] = {"tile": tile, "tile_overlap": overlap if tile else None,
+                           "amp": "bf16" if amp == "bf16" and dev.type == "cuda" else "fp32"}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
     save_dir = Path(save_images) if save_images else None
     staging = _staging_dir(save_dir) if save_dir is not None else None
@@ -280,9 +286,7 @@ def evaluate_restored(
                 gt = gt.expand(3, -1, -1)
             if out.shape != gt.shape:
                 raise McirError(f"size {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}", path)
-            images.append(
-                {"name": pair.name, "psnr": float(psnr(out, gt, conv)), "ssim": float(ssim(out, gt, conv))}
-            )
+            images.append({"name": pair.name, **_score(out, gt, conv, path)})
             if progress:
                 progress(d.name, i + 1, len(d))
         result["datasets"][d.name] = _summary(images)

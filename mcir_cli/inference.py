@@ -16,13 +16,21 @@ from torch import Tensor, nn
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    from mcir_cli.errors import McirError
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from mcir_cli.errors import McirError
-
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise McirError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise McirError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise McirError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise McirError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def autocast(device: torch.device, amp: str | None):

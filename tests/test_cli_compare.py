@@ -154,7 +154,7 @@ def test_mixing_jsons_and_checkpoints_is_refused(evaluated):
     assert r.exit_code == 2 and "--data" in r.stderr
 
 
-def test_missing_checkpoint_skips_visuals(evaluated, tmp_path):
+def test_missing_checkpoint_fails_visuals_but_keeps_exports(evaluated, tmp_path):
     moved = json.loads(evaluated["dctlsa"].read_text())
     moved["model"]["checkpoint"] = str(tmp_path / "gone.pt")
     path = tmp_path / "moved.json"
@@ -163,6 +163,15 @@ def test_missing_checkpoint_skips_visuals(evaluated, tmp_path):
     out = tmp_path / "cmp.csv"
     r = runner.invoke(app, ["compare", str(evaluated["imdn"]), str(path), "--visuals", str(vis),
                             "--csv", str(out), "--resamples", "100"])
+    assert r.exit_code == 2, r.output + r.stderr  # asked-for visuals that were not made
+    assert "--visuals could not be made" in r.stderr and "gone.pt" in r.stderr
+    assert out.read_text().startswith("dataset,image,")  # the exports are still written
+
+
+def test_labels_name_the_models(evaluated, tmp_path):
+    r = runner.invoke(app, ["compare", str(evaluated["imdn"]), str(evaluated["dctlsa"]),
+                            "--label", "IMDN (paper)", "--label", "DCTLSA", "--resamples", "100"])
     assert r.exit_code == 0, r.output + r.stderr
-    assert "visuals skipped" in r.stderr and "gone.pt" in r.stderr
-    assert out.read_text().startswith("dataset,image,")
+    assert "IMDN (paper)" in r.output and "DCTLSA" in r.output
+    r = runner.invoke(app, ["compare", str(evaluated["imdn"]), str(evaluated["dctlsa"]), "--label", "one"])
+    assert r.exit_code == 2 and "--label given 1 time(s) for 2 models" in r.stderr

@@ -153,8 +153,15 @@ def test_verdict_sentences():
     s = PairedStats(n=5, mean_delta=0.08, ci_low=0.02, ci_high=0.14, win_rate=0.8, wins=4,
                     p_value=0.06, exact=True, n_resamples=10_000, seed=0, dataset="Set5")
     assert verdict(s).startswith("Set5: +0.08 dB [95 % CI +0.02, +0.14], better on 4 of 5 "
-                                 "images, p = 0.060 — not distinguishable from noise at 5 %")
-    assert "smallest possible p is 0.0625" in verdict(s)
+                                 "images, p = 0.060 — too few images to call")
+    # a CI that excludes 0 beside p >= 0.05 is explained, not left to confuse
+    assert "smallest possible p is 0.0625" in verdict(s) and "the CI excludes 0, but" in verdict(s)
+    eight = PairedStats(n=8, mean_delta=0.05, ci_low=0.01, ci_high=0.09, win_rate=0.75, wins=6,
+                        p_value=0.08, exact=True, n_resamples=10_000, seed=0, dataset="Set14")
+    assert "not established at 5 %: the bootstrap CI excludes 0" in verdict(eight)
+    noise = PairedStats(n=8, mean_delta=0.01, ci_low=-0.03, ci_high=0.05, win_rate=0.5, wins=4,
+                        p_value=0.6, exact=True, n_resamples=10_000, seed=0, dataset="Set14")
+    assert verdict(noise).endswith("— not distinguishable from noise at 5 %.")
     good = stats_of([0.1, 0.2, 0.15, 0.12, 0.18, 0.11, 0.09], dataset="Set14")
     # 7 positive deltas: exact p = 2/128 < 0.05 and every bootstrap mean is > 0
     assert good.p_value == pytest.approx(2 / 128)
@@ -227,6 +234,12 @@ def test_evaluate_extras_description_task_noise():
         check_conventions([a, d])
     comp = compare_results([a, b], n_resamples=10)
     assert comp.conventions == CONV
+    # tiles and precision change the numbers slightly: a tiled result is not compared
+    # with an untiled one
+    t0 = {**b, "inference": {"tile": None, "tile_overlap": None, "amp": "fp32"}}
+    t1 = {**a, "inference": {"tile": 128, "tile_overlap": 32, "amp": "fp32"}}
+    with pytest.raises(McirError, match="inference: {tile=128"):
+        check_conventions([t1, t0])
 
 
 def test_align_intersection_and_dropped():
@@ -343,7 +356,9 @@ def test_csv_export(comparison):
     assert len(rows) == 6
     assert list(rows[0]) == ["dataset", "image", "psnr_base_model", "psnr_new & 100%",
                              "ssim_base_model", "ssim_new & 100%", "delta_psnr_new & 100%",
-                             "delta_ssim_new & 100%"]
+                             "delta_ssim_new & 100%", "conventions"]
+    assert rows[0]["conventions"] == conventions_text(comparison.conventions)
+    assert "border" in rows[0]["conventions"]
     q = [r for r in rows if r["image"] == "q"][0]
     assert q["dataset"] == "Set14"
     assert float(q["psnr_base_model"]) == 27.0 and float(q["psnr_new & 100%"]) == 26.0

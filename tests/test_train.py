@@ -204,7 +204,19 @@ def test_lambda_auto_moves_ratio_toward_band(ckpt, train_dir, tmp_path):
     "args, message",
     [
         (["--iters", "0"], "--iters must be at least 1"),
-        (["--lambda", "-1"], "--lambda must be >= 0"),
+        (["--lambda", "-1"], "--lambda must be a number >= 0"),
+        (["--lambda", "nan"], "--lambda must be a number >= 0"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--grad-clip", "-1"], "--grad-clip must be a positive number"),  # would flip the gradient
+        (["--negative-mix", "5"], "--negative-mix must be in [0, 1]"),
+        (["--noise-sigma", "-25"], "--noise-sigma must be a number >= 0"),
+        (["--task", "foo"], "--task must be one of sr, dehaze"),
+        (["--patch", "2", "--embedding-init", "random"], "too small for the VGG embedding"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["--ratio-band", "abc"], "--ratio-band must be two numbers"),
+        (["--channels-last", "maybe"], "--channels-last must be one of auto, on, off"),
+        (["--amp", "fp16"], "--amp must be one of"),
         (["--negative-steps", "0,5"], "--negative-steps must be"),
         (["--negative-steps", "a,b"], "--negative-steps must be"),
         (["--patch", "100000"], "no training image is large enough"),
@@ -261,6 +273,10 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
     res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run"), "--data", str(train_dir)])
     assert res.exit_code == 2 and "only --iters" in res.output
+    # flags that would be silently ignored are refused by name, whatever their kind
+    res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run"), "--lr", "1e-3", "--lambda", "0.1",
+                              "--seed", "0", "--iters", "6"])
+    assert res.exit_code == 2 and "(remove --lr, --lambda, --seed)" in res.output
     res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 6
@@ -294,11 +310,20 @@ def test_make_config_defaults_come_from_the_preset_or_the_paper():
     assert (bare.lr, bare.schedule, bare.loss, bare.batch, bare.patch) == (1e-5, "constant", "l1", 16, 48)
     assert (bare.lam, bare.negative_weight, bare.negative_steps) == (1e-4, 0.1, (100, 500, 1000, 2000))
     assert (bare.negative_init, bare.negative_mix, bare.embedding) == ("mix", 0.1, "vgg16")
+    # from pretrained weights: the recipe's optimizer, batch, patch and loss, at the lr
+    # where its from-scratch schedule ends (2e-4 halved at 250k/400k/450k/475k), constant
     swin = make_config(["d"], "o", model="swinir-light", scale=4)
-    assert (swin.lr, swin.batch, swin.patch, swin.schedule) == (2e-4, 64, 64, "multistep")
-    assert swin.milestones == (250_000, 400_000, 450_000, 475_000) and swin.task == "sr"
+    assert (swin.batch, swin.patch, swin.schedule, swin.iters, swin.task) == (64, 64, "constant", 1000, "sr")
+    assert swin.lr == pytest.approx(2e-4 / 16) and swin.milestones == ()
+    assert "where its multistep schedule ends" in swin.recipe_note
+    scratch = make_config(["d"], "o", model="swinir-light", scale=4, allow_random_init=True)
+    assert (scratch.lr, scratch.schedule, scratch.iters) == (2e-4, "multistep", 500_000)
+    assert scratch.milestones == (250_000, 400_000, 450_000, 475_000)
     nafnet = make_config(["d"], "o", model="nafnet-gopro-w32", lr=5e-5, iters=10)
     assert (nafnet.optimizer, nafnet.loss, nafnet.lr, nafnet.iters) == ("adamw", "psnr", 5e-5, 10)
+    assert nafnet.recipe_note.endswith("as given")
+    cosine = make_config(["d"], "o", model="nafnet-gopro-w32")
+    assert cosine.lr == pytest.approx(1e-3 * 0.01)  # its cosine decays to 1e-7: 1 % of the peak instead
 
 
 def test_resume_records_new_iters_and_refuses_going_back(ckpt, train_dir, tmp_path):
@@ -453,3 +478,18 @@ def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(train_dir
         assert torch.equal(v, b["negatives"]["params"][k]), k
     assert [r["l_rec"] for r in read_log(tmp_path / "a") if "event" not in r] == \
         [r["l_rec"] for r in read_log(tmp_path / "b") if "event" not in r]
+
+
+def test_cli_exit_code_says_the_run_stopped_early(train_dir, tmp_path):
+    """A run stopped by the collapse guard is not a finished run: exit 1, so that
+    `mcir retrain ... && mcir evaluate ...` does not carry on (a signal stop exits 130)."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    run = tmp_path / "run"
+    res = runner.invoke(app, [
+        "retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(run),
+        "--iters", "20", "--batch", "1", "--patch", "16", "--embedding", "pixel",
+        "--negative-steps", "1,2", "--lambda", "1e30", "--device", "cpu",
+    ])
+    assert res.exit_code == 1, res.output
+    assert "stopped after 3 collapses" in res.output and "retrained" not in res.output
+    assert (run / "model.safetensors").exists()  # the last good weights are still written

@@ -1,0 +1,100 @@
+"""The CLI's promises that cut across commands: one-line errors (never a traceback), checks
+of output locations before any work, readable defaults in --help, --version."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import shared_path
+from mcir_cli import __version__
+from mcir_cli.cli import app
+
+runner = CliRunner()
+
+
+def _one_line_error(res, code: int = 2) -> str:
+    assert res.exit_code == code, res.output
+    out = res.output.strip()
+    assert out.startswith("error: ") and "\n" not in out and "Traceback" not in out, out
+    return out
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and f"mcir {__version__}" in res.output
+
+
+def test_help_shows_the_defaults():
+    """Rich used to eat '[default]' as markup: every default must be visible."""
+    res = runner.invoke(app, ["retrain", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "(default: 1000; from scratch: the preset's)" in res.output
+    assert "(default: preset or the paper's 1e-4)" in res.output
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"this is not a checkpoint\n", b"\x80\x02garbage"])
+def test_garbage_checkpoint_is_one_line(tmp_path, content):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(content)
+    out = _one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]))
+    assert str(bad) in out and "not a torch checkpoint" in out
+
+
+def _set5():
+    return shared_path("data", "sr", "Set5")
+
+
+def _imdn():
+    return shared_path("weights", "IMDN", "IMDN_x4.pth")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--crop-border", "-1"], "--crop-border must be >= 0"),
+    (["--crop-border", "5000"], "cannot score with"),
+    (["--tile", "64", "--tile-overlap", "-1"], "--tile-overlap must be >= 0"),
+    (["--tile", "0"], "--tile must be at least 8"),
+    (["--task", "foo"], "--task must be one of"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--amp", "xyz"], "--amp must be bf16 or fp32"),
+    (["--noise-sigma", "nan"], "--noise-sigma must be a number >= 0"),
+])
+def test_evaluate_bad_flags_are_one_line(args, message):
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--device", "cpu", *args])
+    assert message in _one_line_error(res)
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--device", "cpu"]
+    out = _one_line_error(runner.invoke(app, [*base, "-o", str(a_file / "r.json")]))
+    assert "is not a folder" in out
+    out = _one_line_error(runner.invoke(app, [*base, "--save-images", str(a_file)]))
+    assert "must be a folder" in out
+    if os.geteuid() != 0:  # root writes anywhere; the probe is exercised on /proc below
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        _one_line_error(runner.invoke(app, [*base, "-o", str(locked / "r.json")]))
+    if os.path.isdir("/proc"):
+        out = _one_line_error(runner.invoke(app, [*base, "-o", "/proc/mcir-results.json"]))
+        assert "cannot write the results" in out
+    out = _one_line_error(runner.invoke(app, ["compare", "--checkpoint", str(_imdn()), "--checkpoint", str(_imdn()),
+                                              "--data", str(_set5()), "--csv", str(a_file / "x.csv")]))
+    assert "--csv file" in out
+
+
+def test_new_files_are_readable_by_others(tmp_path):
+    """mkstemp makes 0600 files: results and weights must get the umask's mode."""
+    from mcir_cli.fsutil import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
