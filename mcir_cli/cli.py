@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,9 @@ from rich.table import Table
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
-console = Console()
+# tables stay readable in pipes and logs, where Rich would otherwise wrap at 80 columns
+_PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_PIPE_WIDTH)
 err_console = Console(stderr=True)
 
 app = typer.Typer(
@@ -200,6 +203,8 @@ def evaluate(
     info = result["model"]
     title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
     console.print(results_table(result, title))
+    for note in result.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if output is not None:
         _write_json(output, result)
         console.print(f"results written to {output}")
@@ -376,7 +381,8 @@ def retrain(
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name}: {path}")
     if result.best_psnr is not None:
-        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB ({result.val_conventions})", highlight=False)
+        at = ("the starting weights: no step beat them" if result.best_step == 0 else f"step {result.best_step}")
+        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB at {at} ({result.val_conventions})", highlight=False)
     if result.mean_ratio is not None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
@@ -574,7 +580,9 @@ def _weights_cell(preset) -> str:
 
     if not preset.weights_file:
         return "-"
-    return f"[green]{preset.weights_file}[/]" if resolve_weights(preset) else f"[dim]{preset.weights_file}[/]"
+    if resolve_weights(preset):  # said in words too: colour is lost in pipes and logs
+        return f"[green]{preset.weights_file} (found)[/]"
+    return f"[dim]{preset.weights_file} (not found)[/]"
 
 
 def _short_source(source: str) -> str:
@@ -596,7 +604,7 @@ def models_list(ctx: typer.Context) -> None:
     from mcir_cli import archs
     from mcir_cli.models import list_presets
 
-    table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS (green: found)")
+    table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS")
     for col in ("name", "task", "scale", "architecture", "params", "weights", "recipe source"):
         table.add_column(
             col,
@@ -642,7 +650,7 @@ def models_inspect(file: Path = typer.Argument(..., help="A checkpoint file.")) 
         ("size requirement", f"min {loaded.min_size}, multiple of {loaded.multiple_of}"),
     ]
     if ckpt.metadata:
-        rows.append(("metadata", ", ".join(f"{k}={v[:40]}" for k, v in ckpt.metadata.items())))
+        rows.append(("metadata", "\n".join(f"{k} = {v[:100]}" for k, v in ckpt.metadata.items())))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

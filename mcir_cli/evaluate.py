@@ -275,6 +275,9 @@ def evaluate_restored(
         "label": restored.name,
     }
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}
+    if scale is None and s > 1:  # restored images do not say their scale; the folder did
+        result["notes"] = [f"scale x{s} taken from the LR images of {datasets[0].root.name} (no --scale "
+                           f"given); it sets the border crop of the SR convention"]
     result["datasets"] = {}
     for d in datasets:
         images = []

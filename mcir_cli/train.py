@@ -8,6 +8,7 @@ wrapper and key layout). The input checkpoint is only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -372,6 +373,7 @@ class TrainResult:
     steps: int
     stopped_early: str | None = None
     best_psnr: float | None = None
+    best_step: int | None = None  # 0: no step beat the starting weights
     final_psnr: float | None = None
     collapses: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
@@ -399,7 +401,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         # model (the input checkpoint is only read)
-        self.loaded: LoadedModel = load_model(cfg.checkpoint, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed)
+        start = self._resume_source() if resume else cfg.checkpoint
+        self.loaded: LoadedModel = load_model(start, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed)
         self.task = cfg.task or self.loaded.task or None
         out_patch = cfg.patch * self.loaded.scale
         if cfg.negative_init != "none" and cfg.embedding in ("vgg16", "vgg19") and out_patch < 16:
@@ -483,6 +486,7 @@ class Trainer:
         self.collapses = 0
         self.rec_history: deque[float] = deque(maxlen=100)
         self.best_psnr: float | None = None
+        self.best_step: int | None = None
         self.out_of_band = 0
         self._stop_signal: str | None = None
 
@@ -536,6 +540,26 @@ class Trainer:
         self.ddp_model = compile_training(self.ddp_model, self.bank, self.spn, cfg.compile_backend)
 
     # ------------------------------------------------------------------ run folder
+    def _resume_source(self) -> str | None:
+        """The file that tells a resumed run its architecture (its weights come from
+        state.pt): the starting checkpoint if it is still there -- also one a preset found
+        through $MCIR_WEIGHTS, recorded in config.json -- else the run's own model.pth,
+        written in the same layout."""
+        info = {}
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((self.run_dir / "config.json").read_text())
+        recorded = (info.get("model") or {}).get("checkpoint_path")
+        for candidate in (self.cfg.checkpoint, recorded):
+            if candidate and Path(candidate).is_file():
+                return str(candidate)
+        own = self.run_dir / "model.pth"
+        if own.is_file():
+            if self.dist.is_main:
+                log.info("the starting checkpoint %s is gone: the architecture comes from %s, the weights "
+                         "from state.pt", self.cfg.checkpoint or recorded, own)
+            return str(own)
+        return self.cfg.checkpoint
+
     def _start_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=False)
         source = self.loaded.checkpoint.path if self.loaded.checkpoint is not None else None
@@ -570,6 +594,7 @@ class Trainer:
             "collapses": self.collapses,
             "rec_history": list(self.rec_history),
             "best_psnr": self.best_psnr,
+            "best_step": self.best_step,
             "out_of_band": self.out_of_band,
             "rng_cpu": torch.get_rng_state(),
             "world_size": self.dist.world_size,
@@ -591,6 +616,7 @@ class Trainer:
         self.collapses = int(state["collapses"])
         self.rec_history = deque(state["rec_history"], maxlen=100)
         self.best_psnr = state["best_psnr"]
+        self.best_step = state.get("best_step")
         self.out_of_band = int(state.get("out_of_band", 0))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
@@ -602,7 +628,11 @@ class Trainer:
         path = self.run_dir / STATE_FILE
         if not path.exists():
             raise McirError(f"no {STATE_FILE} to resume from", self.run_dir)
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated (killed while copying), not a torch file
+            raise McirError(f"{STATE_FILE} is damaged ({type(exc).__name__}); resume needs the last "
+                            "saved state, or start a new run from model.pth", path) from None
         self.load_state_dict(state)
         self.step_base = self.step
         self.samples_base = int(state.get("samples_seen", self.step * self.cfg.batch * self.dist.world_size))
@@ -796,6 +826,10 @@ class Trainer:
                 pass
         if self.rollback is None:
             self.rollback = self._snapshot()
+        if self.step == 0 and cfg.val:
+            # the starting weights are the first candidate: best.* is never worse than
+            # the checkpoint the run began with, and val.json starts with its score
+            self._validate_and_log(logger, result)
         snapshot_every = max(1, min(100, cfg.iters // 20 or 1))
         t_last, steps_since = time.perf_counter(), 0
         try:
@@ -872,6 +906,7 @@ class Trainer:
             result.final_psnr = self._validate_and_log(logger, result)
             result.steps = self.step
             result.best_psnr = self.best_psnr
+            result.best_step = self.best_step
             result.collapses = self.collapses
             result.mean_ratio = sum(ratios) / len(ratios) if ratios else None
             if main:
@@ -894,7 +929,7 @@ class Trainer:
         if logger:
             logger.write({"event": "val", "step": self.step, "psnr": p, "ssim": s, "conventions": conv.describe()})
         if self.best_psnr is None or p > self.best_psnr:
-            self.best_psnr = p
+            self.best_psnr, self.best_step = p, self.step
             result.outputs.update(self.write_weights("best"))
         val_path = self.run_dir / "val.json"
         if val_path.exists():
@@ -953,7 +988,11 @@ def load_run_config(run_dir: str | Path, iters: int | None = None) -> TrainConfi
     path = run_dir / "config.json"
     if not path.exists():
         raise McirError("not a run folder (no config.json)", run_dir)
-    cfg = TrainConfig.from_json(json.loads(path.read_text())["config"])
+    try:
+        cfg = TrainConfig.from_json(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise McirError(f"config.json is damaged ({type(exc).__name__}: {str(exc)[:100]}); "
+                        "the run cannot be resumed from it", path) from None
     cfg.output = str(run_dir)
     if iters is not None:
         cfg.iters = iters

@@ -125,6 +125,20 @@ def test_restored_folder_scores_identically(set5_x4):
     assert again["datasets"]["Set5"] == model_run["datasets"]["Set5"]  # exactly the same numbers
 
 
+def test_restored_folder_says_where_its_scale_came_from(crops, tmp_path):
+    """Restored images do not carry their scale: a folder with one LR scale gives it (and
+    with it the border crop), and the run says so."""
+    data = sr_folder(tmp_path / "Mini", crops, s=4)
+    restored = tmp_path / "restored"
+    for n, img in crops.items():  # the HR crops themselves as "restored" output
+        write_image(restored / f"{n}.png", img)
+    result = evaluate("--restored", restored, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "note: scale x4 taken from the LR images of Mini" in " ".join(result.output.split())
+    given = evaluate("--restored", restored, "--data", data, "--scale", "4")
+    assert given.exit_code == 0 and "note:" not in given.output
+
+
 def test_restored_folder_with_convention_overrides(set5_x4):
     out = set5_x4["out"]
     result = evaluate("--restored", out / "restored", "--data", set5_x4["data"], "--scale", "4",

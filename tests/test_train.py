@@ -15,7 +15,7 @@ from mcir_cli.errors import McirError
 from mcir_cli.fsutil import sha256_file
 from mcir_cli.imageio import read_image, write_image
 from mcir_cli.resize import imresize
-from mcir_cli.train import Trainer, TrainConfig, load_run_config, retrain
+from mcir_cli.train import Trainer, TrainConfig, load_run_config, make_config, retrain
 from tests.conftest import shared_path
 
 runner = CliRunner()
@@ -88,7 +88,17 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     assert meta["architecture"] == "DCTLSA" and json.loads(meta["training"])["steps"] == 8
     val = json.loads((run / "val.json").read_text())
     assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
+    # step 0 is the starting checkpoint, scored exactly as `mcir evaluate` scores it
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    start = evaluate_model(load_model(ckpt), [small_val], device="cpu")["datasets"][small_val.name]
+    assert [h["step"] for h in val["history"]] == [0, 8]
+    assert val["history"][0]["psnr"] == pytest.approx(start["psnr"], abs=1e-9)
     assert (run / "best.safetensors").exists()
+    best = val["best"]["step"]
+    said = "the starting weights: no step beat them" if best == 0 else f"step {best}"
+    assert f"dB at {said}" in " ".join(res.output.split())
     assert "best.safetensors" in res.output and "model.pth" in res.output
     mean_ratio = sum(r["ratio"] for r in steps) / len(steps)
     assert log[-1]["event"] == "end" and log[-1]["mean_ratio"] == pytest.approx(mean_ratio)
@@ -493,3 +503,36 @@ def test_cli_exit_code_says_the_run_stopped_early(train_dir, tmp_path):
     assert res.exit_code == 1, res.output
     assert "stopped after 3 collapses" in res.output and "retrained" not in res.output
     assert (run / "model.safetensors").exists()  # the last good weights are still written
+
+
+def test_resume_from_another_folder_after_the_start_checkpoint_moved(train_dir, tmp_path, monkeypatch):
+    """config.json holds absolute paths; a start checkpoint that is gone is replaced by the
+    run's own model.pth for the architecture (the weights come from state.pt)."""
+    import shutil
+
+    start = tmp_path / "IMDN_x4.pth"
+    shutil.copy(shared_path("weights", "IMDN", "IMDN_x4.pth"), start)
+    monkeypatch.chdir(tmp_path)
+    retrain(make_config([train_dir], "run", checkpoint="IMDN_x4.pth", iters=2, batch=1, patch=16,
+                        negative_steps=(1, 2), embedding="pixel", device="cpu"))
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["config"]["checkpoint"] == str(start) and info["config"]["output"] == str(tmp_path / "run")
+    assert info["model"]["checkpoint_path"] == str(start) and len(info["model"]["checkpoint_sha256"]) == 64
+    start.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert retrain(load_run_config(tmp_path / "run", iters=3), resume=True).steps == 3
+
+
+def test_damaged_run_files_are_one_line(train_dir, tmp_path):
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    run = tmp_path / "run"
+    retrain(config(imdn, train_dir, run, iters=1))
+    data = (run / "state.pt").read_bytes()
+    (run / "state.pt").write_bytes(data[: len(data) // 2])
+    res = runner.invoke(app, ["retrain", "--resume", str(run), "--iters", "2"])
+    assert res.exit_code == 2 and "state.pt is damaged" in res.output and "Traceback" not in res.output
+    (run / "config.json").write_text("{broken")
+    res = runner.invoke(app, ["retrain", "--resume", str(run), "--iters", "2"])
+    assert res.exit_code == 2 and "config.json is damaged" in res.output
