@@ -56,6 +56,7 @@ class Recipe:
     warmup: int = 0
     loss: str = "l1"
     grad_clip: float | None = None
+    ema_decay: float = 0.0  # EMA of the weights (KAIR's E_decay, BasicSR's ema_decay); 0: none
 
 
 @dataclass(frozen=True)

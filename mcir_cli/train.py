@@ -64,6 +64,7 @@ class TrainConfig:
     eta_min: float = 0.0
     warmup: int = 0
     grad_clip: float | None = None
+    ema_decay: float = 0.0  # > 0: an EMA of the weights is validated and written (KAIR E_decay)
     loss: str = "l1"
     lam: float = 1e-4
     lam_auto: bool = False
@@ -118,6 +119,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError(f"--lr must be a positive number (got {cfg.lr})")
     if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):
         raise McirError(f"--grad-clip must be a positive number (got {cfg.grad_clip}); leave it out for no clipping")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise McirError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay}); 0 turns the EMA off")
     if not 0.0 <= cfg.negative_mix <= 1.0:
         raise McirError(f"--negative-mix must be in [0, 1] (got {cfg.negative_mix})")
     if cfg.noise_sigma is not None and not (math.isfinite(cfg.noise_sigma) and cfg.noise_sigma >= 0):
@@ -189,7 +192,7 @@ def make_config(
         "optimizer": recipe.optimizer, "lr": recipe.lr, "betas": tuple(recipe.betas),
         "weight_decay": recipe.weight_decay, "schedule": recipe.schedule,
         "milestones": tuple(recipe.milestones), "gamma": recipe.gamma, "eta_min": recipe.eta_min,
-        "warmup": recipe.warmup, "grad_clip": recipe.grad_clip, "loss": recipe.loss,
+        "warmup": recipe.warmup, "grad_clip": recipe.grad_clip, "loss": recipe.loss, "ema_decay": recipe.ema_decay,
         "lam": spn.lam, "negative_steps": tuple(spn.steps), "negative_weight": spn.weight,
         "negative_init": spn.negative_init, "negative_mix": spn.negative_mix, "embedding": spn.embedding,
     }
@@ -328,14 +331,16 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a killed process
             continue
         if record.get("step", 0) <= step:
             keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    if len(keep) < len(lines):  # only rewritten when something is dropped
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class RankIndices(torch.utils.data.Sampler):
@@ -477,6 +482,11 @@ class Trainer:
 
         self.amp_dtype, self.spn_dtype, self.precision_note = precision_decision(cfg.amp, self.device, self.loaded.supports_bf16)
 
+        # the EMA of the weights that is validated and written (the original recipe's, e.g.
+        # SwinIR's 0.999); the negatives follow the raw weights, as in the paper
+        self.ema: dict[str, Tensor] | None = None
+        if cfg.ema_decay > 0:
+            self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters() if p.is_floating_point()}
         self.step = 0
         self.compiled: bool | None = None  # decided below; a resume keeps the run's decision
         self.rollback: dict[str, Any] | None = None  # the collapse guard's last good state
@@ -605,6 +615,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.bank is not None:
             state["negatives"] = self.bank.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -623,6 +635,10 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if self.bank is not None:
             self.bank.load_state_dict(state["negatives"])
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.ema.items():
+                    v.copy_(state["ema"][k])
 
     def _load_state(self) -> None:
         path = self.run_dir / STATE_FILE
@@ -666,10 +682,12 @@ class Trainer:
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def write_weights(self, stem: str = "model") -> dict[str, str]:
-        """model.safetensors (+metadata) and model.pth in the input's own layout."""
+        """model.safetensors (+metadata) and model.pth in the input's own layout (the EMA
+        weights when the run keeps an EMA)."""
         if not self.dist.is_main:
             return {}
-        sd = self.loaded.file_state_dict()
+        with self._evaluated_weights():
+            sd = {k: v.detach().clone() for k, v in self.loaded.file_state_dict().items()}
         meta = {
             "architecture": self.loaded.architecture,
             "scale": str(self.loaded.scale),
@@ -683,6 +701,7 @@ class Trainer:
                 "embedding": self.embedding_description,
                 "source_checkpoint": self.cfg.checkpoint,
                 "best_val_psnr": self.best_psnr,
+                "weights": f"EMA (decay {self.cfg.ema_decay:g})" if self.ema is not None else "trained",
             },
         }
         st, pth = self.run_dir / f"{stem}.safetensors", self.run_dir / f"{stem}.pth"
@@ -769,6 +788,8 @@ class Trainer:
         if math.isfinite(values[0]) and math.isfinite(values[3]):
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self._update_ema()
         return values[0], values[1], values[2], values[3]
 
     def _adapt_lambda(self, ratio: float) -> None:
@@ -790,9 +811,38 @@ class Trainer:
             if logger:
                 logger.write({"event": "ratio_warning", "step": self.step, "ratio": ratio, "message": msg})
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        params = dict(self.model.named_parameters())
+        keys = list(self.ema)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [params[k].detach() for k in keys], 1.0 - self.cfg.ema_decay)
+
+    @contextlib.contextmanager
+    def _evaluated_weights(self) -> Iterator[None]:
+        """The weights that are validated and written: the EMA when there is one (put in
+        place for the duration, the raw weights restored after)."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        raw = {k: params[k].detach().clone() for k in self.ema}
+        with torch.no_grad():
+            for k, v in self.ema.items():
+                params[k].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in raw.items():
+                    params[k].copy_(v)
+
     def validate(self) -> tuple[float, float, Any] | None:
         if self.val is None or not self.dist.is_main:
             return None
+        with self._evaluated_weights():
+            return self._validate()
+
+    def _validate(self) -> tuple[float, float, Any]:
         from mcir_cli.evaluate import conventions_for, score_dataset
 
         conv = conventions_for(self.task, self.loaded.scale)
@@ -812,6 +862,13 @@ class Trainer:
         logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard, resumed_at) if main else None
         result = TrainResult(self.run_dir, self.step, ratio_band=tuple(cfg.ratio_band))
         ratios: list[float] = []
+        if self.step >= cfg.iters:  # a resume of a finished run: say so, change nothing
+            if main:
+                log.info("the run is already at step %d of %d: nothing to train (--iters N goes further)",
+                         self.step, cfg.iters)
+                logger.close()
+            result.steps, result.best_psnr, result.best_step = self.step, self.best_psnr, self.best_step
+            return result
         if main and self.step == 0:
             logger.write({"event": "start", "step": 0, "embedding": self.embedding_description,
                           "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
@@ -826,13 +883,13 @@ class Trainer:
                 pass
         if self.rollback is None:
             self.rollback = self._snapshot()
-        if self.step == 0 and cfg.val:
-            # the starting weights are the first candidate: best.* is never worse than
-            # the checkpoint the run began with, and val.json starts with its score
-            self._validate_and_log(logger, result)
         snapshot_every = max(1, min(100, cfg.iters // 20 or 1))
         t_last, steps_since = time.perf_counter(), 0
         try:
+            if self.step == 0 and cfg.val:
+                # the starting weights are the first candidate: best.* is never worse than
+                # the checkpoint the run began with, and val.json starts with its score
+                self._validate_and_log(logger, result)
             data = self.batches(self.step)
             while self.step < cfg.iters:
                 try:

@@ -290,6 +290,10 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 6
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run")])  # finished: says so
+    assert res.exit_code == 0 and "already at step 6 of 6" in " ".join(res.output.split())
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
 
 
 def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
@@ -536,3 +540,42 @@ def test_damaged_run_files_are_one_line(train_dir, tmp_path):
     (run / "config.json").write_text("{broken")
     res = runner.invoke(app, ["retrain", "--resume", str(run), "--iters", "2"])
     assert res.exit_code == 2 and "config.json is damaged" in res.output
+
+
+def test_ema_of_the_weights_is_what_is_validated_and_written(train_dir, small_val, tmp_path):
+    """--ema-decay d: e_0 = θ_0, e_t = d·e_(t-1) + (1-d)·θ_t after every step; model.* and the
+    validation use e, the negatives and the optimizer the raw θ."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    d = 0.5
+    trainer = Trainer(config(imdn, train_dir, tmp_path / "run", iters=3, ema_decay=d, val=str(small_val), lr=1e-3))
+    raw = [{k: v.detach().clone() for k, v in trainer.model.named_parameters()}]
+    trainer.on_step = lambda s: raw.append({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
+    trainer.run()
+    expected = dict(raw[0])
+    for theta in raw[1:]:
+        expected = {k: d * expected[k] + (1 - d) * theta[k] for k in expected}
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    for k, v in expected.items():
+        assert torch.allclose(state["ema"][k], v, atol=1e-6), k
+        assert torch.equal(state["model"][k.removeprefix("net.")], raw[-1][k]), k  # the raw weights train on
+    from safetensors.torch import load_file
+
+    written = load_file(tmp_path / "run" / "model.safetensors")
+    net_keys = {k.removeprefix("net."): k for k in expected}
+    some = next(k for k in written if k.removeprefix("module.") in net_keys)
+    assert torch.allclose(written[some], expected[net_keys[some.removeprefix("module.")]], atol=1e-6)
+    assert not torch.allclose(written[some], raw[-1][net_keys[some.removeprefix("module.")]], atol=1e-6)
+    # validation scored the EMA weights: re-scoring model.safetensors gives the logged number
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    final = [r for r in read_log(tmp_path / "run") if r.get("event") == "val"][-1]
+    again = evaluate_model(load_model(tmp_path / "run" / "model.safetensors"), [small_val], device="cpu")
+    assert again["datasets"][small_val.name]["psnr"] == pytest.approx(final["psnr"], abs=1e-6)
+
+
+def test_swinir_presets_keep_kairs_ema():
+    cfg = make_config(["d"], "o", model="swinir-light", scale=4)
+    assert cfg.ema_decay == 0.999
+    assert make_config(["d"], "o", model="swinir-light", scale=4, ema_decay=0.0).ema_decay == 0.0
+    assert make_config(["d"], "o", checkpoint="x.pth").ema_decay == 0.0
