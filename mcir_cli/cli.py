@@ -658,8 +658,25 @@ def models_inspect(file: Path = typer.Argument(..., help="A checkpoint file.")) 
     console.print(table)
 
 
+# click's usage errors (unknown option, missing value), from whichever click typer uses
+_UsageError = typer.BadParameter.__mro__[1]
+
+
 def main() -> None:
-    app()
+    """The `mcir` entry point: usage errors are one line, like every other error."""
+    try:
+        code = app(standalone_mode=False)
+    except _UsageError as exc:
+        if not exc.format_message():  # no arguments: the help was shown
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else " (see mcir --help)"
+        err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{where}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[yellow]aborted[/]")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,18 @@ def test_new_files_are_readable_by_others(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--bogus"], "error: No such option: --bogus (see "),
+    (["retrain", "--iters", "abc"], "error: Invalid value for '--iters'"),
+])
+def test_usage_errors_are_one_line_from_the_real_entry_point(args, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mcir_cli", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith(message) and "\n" not in err and "╭" not in err, err
+    assert err.endswith(f"{args[0]} --help)")
