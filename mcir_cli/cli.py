@@ -150,6 +150,7 @@ def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors); architecture auto-detected."),
     model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`) or a preset .toml."),
     restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method instead of a model."),
+    bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model."),
     scale: Optional[int] = typer.Option(None, help="SR scale (defaults to the model's)."),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout)."),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise)."),
@@ -164,10 +165,16 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON."),
 ) -> None:
     """Score a model (or restored images) on benchmark folders with BasicSR's PSNR/SSIM."""
-    from mcir_cli.evaluate import evaluate_model, evaluate_restored
+    from mcir_cli.evaluate import evaluate_bicubic, evaluate_model, evaluate_restored
     from mcir_cli.models import load_model
 
     _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
+    sources = [flag for flag, given in (("--checkpoint/--model", checkpoint or model), ("--restored", restored),
+                                        ("--bicubic", bicubic)) if given]
+    if len(sources) > 1:
+        raise McirError(f"score one thing at a time: {' and '.join(sources)} were both given")
+    if bicubic and task not in (None, "sr"):
+        raise McirError("--bicubic is the SR baseline; it has no meaning for --task " + task)
     if amp not in (None, "bf16", "fp32", "none"):
         raise McirError(f"--amp must be bf16 or fp32 (got {amp!r})")
     if save_images is not None:
@@ -188,7 +195,9 @@ def evaluate(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        if restored is not None:
+        if bicubic:
+            result = evaluate_bicubic(data, scale=scale, y_channel=y_channel, crop_border=crop_border, progress=progress)
+        elif restored is not None:
             result = evaluate_restored(
                 restored, data, scale=scale, task=task, y_channel=y_channel,
                 crop_border=crop_border, progress=progress,

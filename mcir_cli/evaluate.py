@@ -262,28 +262,63 @@ def evaluate_restored(
     restored = Path(restored)
     if not restored.is_dir():
         raise McirError("restored-images folder not found", restored)
+
+    def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
+        path = _find_restored(restored, d, pair.name)
+        return read_image(path), path
+
+    return _score_outputs(data, scale, task, y_channel, crop_border, progress, output,
+                          {"architecture": "restored images", "label": restored.name})
+
+
+def evaluate_bicubic(
+    data: Sequence[str | Path],
+    *,
+    scale: int | None = None,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The bicubic baseline row of every SR table: the LR images upscaled by MATLAB's
+    bicubic imresize (the LR the folder holds, or the one made from HR the same way),
+    quantised to uint8 as a saved image would be, and scored like any model."""
+    from mcir_cli.data import load_pair
+    from mcir_cli.imageio import to_uint8
+    from mcir_cli.resize import imresize
+
+    def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
+        if d.scale < 2:
+            raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
+        lq, _ = load_pair(d, pair)
+        return to_uint8(imresize(lq, float(d.scale))).float() / 255, pair.lq or pair.gt
+
+    return _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
+                          {"architecture": "MATLAB imresize", "label": "bicubic"})
+
+
+def _score_outputs(
+    data: Sequence[str | Path], scale: int | None, task: str | None, y_channel: bool | None,
+    crop_border: int | None, progress: Progress | None,
+    output: Callable[[Dataset, Any], tuple[Tensor, Path]], model: dict[str, Any],
+) -> dict[str, Any]:
+    """Score `output(dataset, pair) -> (image, its file)` against every ground truth: the
+    shared path of methods that are not a model (restored folders, bicubic)."""
     datasets = discover_all(data, scale, task)
     task = task or datasets[0].task
     s = datasets[0].scale
     conv = conventions_for(task, s, y_channel, crop_border)
     result = result_header(conv, task)
-    result["model"] = {
-        "checkpoint": None,
-        "sha256": None,
-        "architecture": "restored images",
-        "scale": s,
-        "label": restored.name,
-    }
+    result["model"] = {"checkpoint": None, "sha256": None, "scale": s, **model}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}
-    if scale is None and s > 1:  # restored images do not say their scale; the folder did
+    if scale is None and s > 1:  # images do not say their scale; the folder did
         result["notes"] = [f"scale x{s} taken from the LR images of {datasets[0].root.name} (no --scale "
                            f"given); it sets the border crop of the SR convention"]
     result["datasets"] = {}
     for d in datasets:
         images = []
         for i, pair in enumerate(d.pairs):
-            path = _find_restored(restored, d, pair.name)
-            out, gt = read_image(path), read_image(pair.gt)
+            out, path = output(d, pair)
+            gt = read_image(pair.gt)
             gt = gt[..., : out.shape[-2], : out.shape[-1]] if d.scale > 1 else gt
             if out.shape[0] == 3 and gt.shape[0] == 1:  # grey ground truth, scored as score_dataset does
                 gt = gt.expand(3, -1, -1)

@@ -497,6 +497,7 @@ class Trainer:
         self.rec_history: deque[float] = deque(maxlen=100)
         self.best_psnr: float | None = None
         self.best_step: int | None = None
+        self.ratio_sum, self.ratio_n = 0.0, 0  # the contrast ratio over every step of the run
         self.out_of_band = 0
         self._stop_signal: str | None = None
 
@@ -605,6 +606,8 @@ class Trainer:
             "rec_history": list(self.rec_history),
             "best_psnr": self.best_psnr,
             "best_step": self.best_step,
+            "ratio_sum": self.ratio_sum,
+            "ratio_n": self.ratio_n,
             "out_of_band": self.out_of_band,
             "rng_cpu": torch.get_rng_state(),
             "world_size": self.dist.world_size,
@@ -629,6 +632,7 @@ class Trainer:
         self.rec_history = deque(state["rec_history"], maxlen=100)
         self.best_psnr = state["best_psnr"]
         self.best_step = state.get("best_step")
+        self.ratio_sum, self.ratio_n = float(state.get("ratio_sum", 0.0)), int(state.get("ratio_n", 0))
         self.out_of_band = int(state.get("out_of_band", 0))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
@@ -861,7 +865,6 @@ class Trainer:
         resumed_at = self.step if self.step > 0 else None
         logger = RunLog(self.run_dir / "log.jsonl", cfg.tensorboard, resumed_at) if main else None
         result = TrainResult(self.run_dir, self.step, ratio_band=tuple(cfg.ratio_band))
-        ratios: list[float] = []
         if self.step >= cfg.iters:  # a resume of a finished run: say so, change nothing
             if main:
                 log.info("the run is already at step %d of %d: nothing to train (--iters N goes further)",
@@ -923,7 +926,7 @@ class Trainer:
                 self.rec_history.append(l_rec)
                 ratio = self.lam * l_neg / l_rec if l_rec > 0 else 0.0
                 if self.bank is not None:
-                    ratios.append(ratio)
+                    self.ratio_sum, self.ratio_n = self.ratio_sum + ratio, self.ratio_n + 1
                     updated = self.bank.update(self.step, self.model)
                     if main:
                         for i in updated:
@@ -965,7 +968,7 @@ class Trainer:
             result.best_psnr = self.best_psnr
             result.best_step = self.best_step
             result.collapses = self.collapses
-            result.mean_ratio = sum(ratios) / len(ratios) if ratios else None
+            result.mean_ratio = self.ratio_sum / self.ratio_n if self.ratio_n else None  # the whole run, resumes included
             if main:
                 logger.write({"event": "end", "step": self.step, "stopped_early": result.stopped_early,
                               "best_psnr": self.best_psnr, "collapses": self.collapses,

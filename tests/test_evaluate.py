@@ -402,3 +402,17 @@ def test_nan_summary_for_no_images():
     from mcir_cli.evaluate import _summary
 
     assert math.isnan(_summary([])["psnr"])
+
+
+def test_bicubic_baseline_row(tmp_path):
+    """`--bicubic`: the table's first row in every SR paper (Set5 x4: 28.43 / 0.8111 with
+    BasicSR's conventions), as a result JSON that compare takes like any model's."""
+    set5 = shared_path("data", "sr", "Set5")
+    out = tmp_path / "bicubic.json"
+    result = evaluate("--bicubic", "--data", set5, "--scale", "4", "--output", out)
+    assert result.exit_code == 0, result.output
+    j = json.loads(out.read_text())
+    assert round(j["datasets"]["Set5"]["psnr"], 2) == 28.43 and round(j["datasets"]["Set5"]["ssim"], 4) == 0.8111
+    assert j["model"]["label"] == "bicubic" and j["conventions"]["crop_border"] == 4
+    both = evaluate("--bicubic", "--checkpoint", shared_path("weights", "IMDN", "IMDN_x4.pth"), "--data", set5)
+    assert both.exit_code == 2 and "score one thing at a time" in both.output

@@ -122,6 +122,11 @@ def test_resume_is_bit_exact(ckpt, train_dir, tmp_path):
     la = [r for r in read_log(tmp_path / "a") if "event" not in r]
     lb = [r for r in read_log(tmp_path / "b") if "event" not in r]
     assert [r["l_rec"] for r in la] == [r["l_rec"] for r in lb]
+    # the run's mean contrast ratio covers all 10 steps, not only the resumed 5
+    end_a = [r for r in read_log(tmp_path / "a") if r.get("event") == "end"][-1]
+    end_b = [r for r in read_log(tmp_path / "b") if r.get("event") == "end"][-1]
+    assert end_b["mean_ratio"] == pytest.approx(end_a["mean_ratio"], rel=1e-12)
+    assert end_a["mean_ratio"] == pytest.approx(sum(r["ratio"] for r in la) / 10)
 
 
 def test_batchnorm_frozen_by_default_and_trainable_on_request(ckpt, train_dir, tmp_path):
