@@ -272,7 +272,7 @@ def retrain(
     model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`."),
     scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout)."),
-    val: Optional[Path] = typer.Option(None, help="Validation folder; best-PSNR weights are kept as best.*"),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact)."),
     iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's)."),
@@ -341,7 +341,7 @@ def retrain(
         lam_value, lam_auto = _lambda(lam) if lam is not None else (None, False)
         cfg = make_config(
             data, output, checkpoint=checkpoint, model=model, scale=scale,
-            task=task, val=str(val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
+            task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
             lam=lam_value, lam_auto=lam_auto, ratio_band=_ratio_band(ratio_band),
             negative_steps=parse_steps(negative_steps) if negative_steps is not None else None,

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from mcir_cli import __version__
 from mcir_cli.checkpoint import save_like, save_safetensors
-from mcir_cli.data import PatchDataset, discover, discover_all
+from mcir_cli.data import PatchDataset, discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import atomic_write, atomic_write_text, sha256_file, writable_target
 from mcir_cli.inference import autocast, resolve_device
@@ -50,7 +50,7 @@ class TrainConfig:
     model: str | None = None
     scale: int | None = None
     task: str | None = None
-    val: str | None = None
+    val: tuple[str, ...] | str | None = None  # validation folders (a str in older config.json)
     iters: int = 1000
     batch: int = 16
     patch: int = 48
@@ -209,8 +209,9 @@ def make_config(
     base["recipe_note"] = note
     base.update({k: v for k, v in overrides.items() if v is not None})
     # absolute paths: config.json must let a resume (or a reader) find them from any folder
-    if base.get("val"):
-        base["val"] = _absolute(base["val"])
+    if base.get("val"):  # one folder or several
+        vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
+        base["val"] = tuple(_absolute(v) for v in vals)
     if base.get("embedding_weights"):
         base["embedding_weights"] = _absolute(base["embedding_weights"])
     return TrainConfig(
@@ -428,9 +429,11 @@ class Trainer:
             datasets, cfg.patch, length=2**62, seed=cfg.seed, channels=self.loaded.in_channels,  # indices come from batches()
             noise_sigma=cfg.noise_sigma, cache=True if cfg.cache == "on" else (False if cfg.cache == "off" else "auto"),
         )
-        self.val = discover(cfg.val, self.loaded.scale if self.loaded.scale > 1 else None, self.task) if cfg.val else None
-        if self.val is not None and self.val.scale != self.loaded.scale:  # fail now, not after training
-            raise McirError(f"the model is x{self.loaded.scale}, but the validation data is x{self.val.scale}", self.val.root)
+        vals = [cfg.val] if isinstance(cfg.val, str) else list(cfg.val or ())  # config.json of older runs: one path
+        self.vals = discover_all(vals, self.loaded.scale if self.loaded.scale > 1 else None, self.task) if vals else []
+        for v in self.vals:  # fail now, not after training
+            if v.scale != self.loaded.scale:
+                raise McirError(f"the model is x{self.loaded.scale}, but the validation data is x{v.scale}", v.root)
 
         # memory layout, decided on a real patch before the negatives copy the weights
         from mcir_cli.speed import channels_last_decision
@@ -840,23 +843,29 @@ class Trainer:
                 for k, v in raw.items():
                     params[k].copy_(v)
 
-    def validate(self) -> tuple[float, float, Any] | None:
-        if self.val is None or not self.dist.is_main:
+    def validate(self) -> tuple[float, float, Any, dict[str, dict[str, float]]] | None:
+        """(PSNR, SSIM, conventions, per dataset): with several --val folders, the mean
+        of the dataset means (how papers average benchmarks) decides best.*."""
+        if not self.vals or not self.dist.is_main:
             return None
         with self._evaluated_weights():
             return self._validate()
 
-    def _validate(self) -> tuple[float, float, Any]:
+    def _validate(self) -> tuple[float, float, Any, dict[str, dict[str, float]]]:
         from mcir_cli.evaluate import conventions_for, score_dataset
 
         conv = conventions_for(self.task, self.loaded.scale)
+        per: dict[str, dict[str, float]] = {}
         try:
-            res = score_dataset(self.loaded, self.val, conv, device=self.device, tile=self.cfg.tile, noise_sigma=self.cfg.noise_sigma)
+            for v in self.vals:
+                res = score_dataset(self.loaded, v, conv, device=self.device, tile=self.cfg.tile, noise_sigma=self.cfg.noise_sigma)
+                per[v.name] = {"psnr": res["psnr"], "ssim": res["ssim"]}
         except torch.cuda.OutOfMemoryError:
             raise McirError("validation ran out of CUDA memory on whole images: give --tile N "
                             f"(the weights of step {self.step} are saved in {self.run_dir})") from None
         set_train_mode(self.model, self.cfg.train_bn)
-        return res["psnr"], res["ssim"], conv
+        mean = {k: sum(d[k] for d in per.values()) / len(per) for k in ("psnr", "ssim")}
+        return mean["psnr"], mean["ssim"], conv, per
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -984,10 +993,11 @@ class Trainer:
         out = self.validate()
         if out is None:
             return None
-        p, s, conv = out
-        result.val_conventions = conv.describe()
+        p, s, conv, per = out
+        result.val_conventions = conv.describe() + (f"; mean of {', '.join(per)}" if len(per) > 1 else "")
         if logger:
-            logger.write({"event": "val", "step": self.step, "psnr": p, "ssim": s, "conventions": conv.describe()})
+            logger.write({"event": "val", "step": self.step, "psnr": p, "ssim": s, "datasets": per,
+                          "conventions": conv.describe()})
         if self.best_psnr is None or p > self.best_psnr:
             self.best_psnr, self.best_step = p, self.step
             result.outputs.update(self.write_weights("best"))
@@ -996,10 +1006,13 @@ class Trainer:
             history = json.loads(val_path.read_text())
         else:
             history = {"conventions": {**conv.as_dict(), "description": conv.describe()},
-                       "dataset": str(self.cfg.val), "tile": self.cfg.tile, "history": []}
+                       "data": {v.name: str(v.root) for v in self.vals}, "tile": self.cfg.tile,
+                       "psnr_is": "the mean of the datasets' means" if len(self.vals) > 1 else "the dataset's mean",
+                       "history": []}
             if self.cfg.noise_sigma is not None:  # validation noise: seed 0, as `mcir evaluate`
                 history["noise"] = {"sigma": self.cfg.noise_sigma, "seed": 0}
-        history["history"] = [h for h in history["history"] if h["step"] < self.step] + [{"step": self.step, "psnr": p, "ssim": s}]
+        entry = {"step": self.step, "psnr": p, "ssim": s, "datasets": per}
+        history["history"] = [h for h in history["history"] if h["step"] < self.step] + [entry]
         history["best"] = max(history["history"], key=lambda h: h["psnr"])
         atomic_write_text(val_path, json.dumps(history, indent=2) + "\n")
         return p

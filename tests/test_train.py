@@ -584,3 +584,31 @@ def test_swinir_presets_keep_kairs_ema():
     assert cfg.ema_decay == 0.999
     assert make_config(["d"], "o", model="swinir-light", scale=4, ema_decay=0.0).ema_decay == 0.0
     assert make_config(["d"], "o", checkpoint="x.pth").ema_decay == 0.0
+
+
+def test_several_validation_folders(train_dir, small_val, tmp_path):
+    """--val twice: each folder scored as `mcir evaluate` scores it; best.* follows the mean
+    of the dataset means (how papers average benchmarks)."""
+    second = tmp_path / "Second"
+    for name in ("butterfly", "head"):
+        hr = read_image(shared_path("data", "sr", "Set5", "HR", f"{name}.png"))[:, :64, :64]
+        write_image(second / "HR" / f"{name}.png", hr)
+        write_image(second / "LR_bicubic" / "X4" / f"{name}x4.png", imresize(hr, 1 / 4))
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--val", str(small_val),
+                              "--val", str(second), "--iters", "2", "--batch", "1", "--patch", "16",
+                              "--embedding", "pixel", "--negative-steps", "1,2", "--device", "cpu", "--output", str(run)])
+    assert res.exit_code == 0, res.output
+    val = json.loads((run / "val.json").read_text())
+    assert set(val["data"]) == {small_val.name, "Second"} and "mean of the datasets" in val["psnr_is"]
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    start = evaluate_model(load_model(imdn), [small_val, second], device="cpu")["datasets"]
+    first = val["history"][0]
+    assert first["step"] == 0
+    for name, scores in first["datasets"].items():
+        assert scores["psnr"] == pytest.approx(start[name]["psnr"], abs=1e-9)
+    assert first["psnr"] == pytest.approx((start[small_val.name]["psnr"] + start["Second"]["psnr"]) / 2, abs=1e-9)
+    assert "mean of" in " ".join(res.output.split())
