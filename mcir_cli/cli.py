@@ -123,7 +123,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def results_table(result: dict[str, Any], title: str | None = None) -> Table:
     """A row per dataset with PSNR, SSIM and the image count, plus the average."""
     conv = result["conventions"]
-    table = Table(title=title, caption=f"conventions: {conv.get('description', conv)}")
+    caption = f"conventions: {conv.get('description', conv)}"
+    if result.get("noise"):  # synthetic noise is part of what the numbers mean
+        caption += f"; Gaussian noise σ={result['noise']['sigma']:g} (0–255), seed {result['noise']['seed']}"
+    table = Table(title=title, caption=caption)
     table.add_column("dataset")
     table.add_column("PSNR (dB)", justify="right")
     table.add_column("SSIM", justify="right")
@@ -388,12 +391,13 @@ def retrain(
     if result.stopped_early:
         err_console.print(f"[yellow]{escape(result.stopped_early)}[/]")
     done = "retrained" if not result.stopped_early else "stopped"
-    console.print(f"[bold green]{done}[/] {result.steps} steps -> {result.run_dir}")
+    console.print(f"[bold green]{done}[/] {result.steps} step{'s' if result.steps != 1 else ''} -> {result.run_dir}")
     for name, path in sorted(result.outputs.items()):
         console.print(f"  {name}: {path}")
     if result.best_psnr is not None:
         at = ("the starting weights: no step beat them" if result.best_step == 0 else f"step {result.best_step}")
-        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB at {at} ({result.val_conventions})", highlight=False)
+        conv = f" ({result.val_conventions})" if result.val_conventions else ""
+        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB at {at}{conv}", highlight=False)
     if result.mean_ratio is not None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi

@@ -165,6 +165,9 @@ def check_conventions(results: list[dict]) -> dict:
             a, b = a_conv.get(key, "<missing>"), b_conv.get(key, "<missing>")
             if a != b:
                 problems.append(f"{key}: {a} ({labels[0]}) vs {b} ({lab})")
+        sa, sb = first.get("model", {}).get("scale"), res.get("model", {}).get("scale")
+        if sa is not None and sb is not None and sa != sb:  # x4 vs x2 outputs: not one benchmark
+            problems.append(f"scale: x{sa} ({labels[0]}) vs x{sb} ({lab})")
         # settings outside `conventions` that also change the numbers, checked when both
         # results record them (evaluate writes "task", and "noise" for synthetic noise)
         for key in _SETTING_KEYS:

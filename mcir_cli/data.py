@@ -94,6 +94,14 @@ def _pair_by_stem(
             f"{gt_dir.name}/ (layout {layout}); first unmatched: {', '.join(unmatched[:3])}",
             lq_dir,
         )
+    used = {p.gt for p in pairs}
+    unused = sorted(p.name for p in gts.values() if p not in used)
+    if unused and not tolerate_id_prefix:  # a benchmark image without its input is dropped silently otherwise
+        raise McirError(
+            f"{len(unused)} of {len(gts)} ground-truth images have no input of the same name in "
+            f"{lq_dir.name}/ (layout {layout}); first: {', '.join(unused[:3])}",
+            gt_dir,
+        )
     return tuple(sorted(pairs, key=lambda p: p.name))
 
 

@@ -170,6 +170,7 @@ def evaluate_model(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score a model on benchmark folders with the field's conventions."""
+    model.check_task(task)
     if task is None and model.task is None and noise_sigma is not None and model.scale == 1:
         task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
     datasets = discover_all(data, model.scale if model.scale > 1 else None, task or model.task)

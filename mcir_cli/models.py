@@ -311,6 +311,18 @@ class LoadedModel:
     def net(self) -> nn.Module:
         return self.restorer.net
 
+    def check_task(self, task: str | None) -> None:
+        """Refuse a --task the model contradicts: an upscaling model is SR, and a
+        preset's task is known (scoring conventions follow the task)."""
+        if task is None:
+            return
+        if self.scale > 1 and task != "sr":
+            raise McirError(f"--task {task} for an x{self.scale} super-resolution model; leave --task out")
+        if self.scale == 1 and task == "sr":
+            raise McirError(f"--task sr for a model that does not upscale ({self.label}, x1)")
+        if self.task is not None and task != self.task:
+            raise McirError(f"--task {task} for a {self.task} model ({self.label}); leave --task out")
+
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

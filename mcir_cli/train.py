@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import statistics
 import time
@@ -221,7 +222,9 @@ def make_config(
 
 
 def _absolute(path: str | Path) -> str:
-    return str(Path(path).expanduser().absolute())
+    """Absolute and normalised ("a/../b" -> "b"): the folder it was given from may be gone
+    when the run is resumed."""
+    return os.path.normpath(Path(path).expanduser().absolute())
 
 
 def fine_tune_lr(recipe: Any) -> tuple[float, str]:
@@ -409,6 +412,7 @@ class Trainer:
         # model (the input checkpoint is only read)
         start = self._resume_source() if resume else cfg.checkpoint
         self.loaded: LoadedModel = load_model(start, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed)
+        self.loaded.check_task(cfg.task)
         self.task = cfg.task or self.loaded.task or None
         out_patch = cfg.patch * self.loaded.scale
         if cfg.negative_init != "none" and cfg.embedding in ("vgg16", "vgg19") and out_patch < 16:
@@ -492,7 +496,8 @@ class Trainer:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters() if p.is_floating_point()}
         self.step = 0
         self.compiled: bool | None = None  # decided below; a resume keeps the run's decision
-        self.rollback: dict[str, Any] | None = None  # the collapse guard's last good state
+        self.rollback: dict[str, Any] | None = None  # the collapse guard's latest snapshot
+        self.rollback_prev: dict[str, Any] | None = None  # and the one before it
         self.step_base = 0  # step and sample index where this process started
         self.samples_base = 0
         self.lam = cfg.lam
@@ -521,6 +526,16 @@ class Trainer:
         cfg = self.cfg
         if cfg.recipe_note:
             log.info("recipe: %s", cfg.recipe_note)
+        if cfg.amp == "bf16" and self.device.type != "cuda":
+            log.warning("--amp bf16 is a CUDA setting: this %s run is fp32", self.device.type)
+        if self.ema is not None:
+            horizon = 1.0 / (1.0 - cfg.ema_decay)
+            log.info("EMA of the weights (decay %g): model.* and best.* hold the EMA, validation scores it",
+                     cfg.ema_decay)
+            if cfg.iters < horizon:
+                log.warning("EMA decay %g averages over ~%.0f steps, more than this %d-step run: the written "
+                            "weights stay close to the starting ones (--ema-decay 0 turns it off)",
+                            cfg.ema_decay, horizon, cfg.iters)
         if self.bank is None:
             return
         if cfg.embedding_init == "random" and cfg.embedding != "pixel":
@@ -548,7 +563,9 @@ class Trainer:
         else:
             kept = False
         self.compiled, note = compile_decision(self.device, cfg.iters - self.step, mode)
-        self.compile_note = f"{note} (kept from the run's start)" if kept else note
+        if kept:  # not the user's flag: the decision --compile auto made when the run began
+            note = f"torch.compile {'on' if self.compiled else 'off'}: --compile auto's decision, kept from the run's start"
+        self.compile_note = note
         if not self.compiled:
             return
         self.ddp_model = compile_training(self.ddp_model, self.bank, self.spn, cfg.compile_backend)
@@ -668,8 +685,24 @@ class Trainer:
         if self.cfg.iters < self.step:
             raise McirError(f"--iters {self.cfg.iters} is below the {self.step} steps this run has done", self.run_dir)
         if self.dist.is_main:
+            self._reconcile_best()
             truncate_log(self.run_dir / "log.jsonl", self.step)
             self._record_resume()
+
+    def _reconcile_best(self) -> None:
+        """The best validation so far, from val.json (the record best.* follows), checked
+        before any training: a damaged val.json is found now, not after the run."""
+        path = self.run_dir / "val.json"
+        if not path.exists():
+            return
+        try:
+            history = [h for h in json.loads(path.read_text())["history"] if int(h["step"]) <= self.step]
+            best = max(history, key=lambda h: float(h["psnr"])) if history else None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise McirError(f"val.json is damaged ({type(exc).__name__}); move it aside to resume "
+                            "(best.* is then chosen anew)", path) from None
+        if best is not None:
+            self.best_psnr, self.best_step = float(best["psnr"]), int(best["step"])
 
     def _record_resume(self) -> None:
         """config.json keeps the current target (--iters may change on resume) and a history."""
@@ -752,6 +785,15 @@ class Trainer:
     def _snapshot(self) -> dict[str, Any]:
         """The last good in-memory state, for the collapse guard (CPU copies)."""
         return self._cpu_copy(self.state_dict())
+
+    def _rollback_target(self, bad_step: int) -> dict[str, Any]:
+        """The newest snapshot whose weights have produced a healthy step: a snapshot
+        taken right before the bad step holds the weights that produced the bad loss, so
+        the one before it is used (rolling back onto collapsed weights replays the same
+        collapse). Right after a resume at a snapshot step there is no older one."""
+        if self.rollback["step"] < bad_step - 1 or self.rollback_prev is None:
+            return self.rollback
+        return self.rollback_prev
 
     def _restore_snapshot(self, snap: dict[str, Any]) -> None:
         lam, collapses = self.lam, self.collapses
@@ -886,6 +928,7 @@ class Trainer:
                           "batchnorm_layers": self.n_bn, "batchnorm_running_stats": "updated" if cfg.train_bn else "frozen",
                           "negatives": cfg.negative_init, "global_batch": cfg.batch * self.dist.world_size,
                           "recipe": cfg.recipe_note, "compile": self.compile_note, "layout": self.layout_note,
+                          "ema_decay": cfg.ema_decay,
                           "amp": self.precision_note})
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -915,7 +958,9 @@ class Trainer:
                 if reason is not None:
                     self.collapses += 1
                     bad_step = self.step + 1
-                    self._restore_snapshot(self.rollback)
+                    target = self._rollback_target(bad_step)
+                    self._restore_snapshot(target)
+                    self.rollback, self.rollback_prev = target, None  # newer snapshots are suspect
                     self.lam /= 2
                     event = {"event": "collapse", "step": bad_step, "reason": reason, "rolled_back_to": self.step,
                              "lambda": self.lam, "count": self.collapses}
@@ -945,7 +990,7 @@ class Trainer:
                     if cfg.lam_auto:
                         self._adapt_lambda(ratio)
                 if self.step % snapshot_every == 0:
-                    self.rollback = self._snapshot()
+                    self.rollback_prev, self.rollback = self.rollback, self._snapshot()
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.iters):
                     now = time.perf_counter()
                     it_s = steps_since / max(now - t_last, 1e-9)
@@ -973,6 +1018,8 @@ class Trainer:
             self.save_state()
             result.outputs.update(self.write_weights("model"))
             result.final_psnr = self._validate_and_log(logger, result)
+            if result.final_psnr is not None:
+                self.save_state()  # again: the state must know this validation's best
             result.steps = self.step
             result.best_psnr = self.best_psnr
             result.best_step = self.best_step
@@ -1031,15 +1078,42 @@ def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None
     if not resume and out.exists():
         raise McirError("output folder exists; choose a new --output (or --resume it)", out)
     writable_target(out, "run folder")
+    main = dist is None or dist.is_main
     try:
-        trainer = Trainer(cfg, resume=resume, on_step=on_step, dist=dist)
-        return trainer.run()
+        with _resume_lock(out, resume and main):
+            trainer = Trainer(cfg, resume=resume, on_step=on_step, dist=dist)
+            return trainer.run()
     except torch.cuda.OutOfMemoryError:
         _discard_unstarted(out, resume)
         raise McirError(f"CUDA out of memory at batch {cfg.batch} x patch {cfg.patch}: try a smaller --batch or --patch") from None
     except BaseException:
         _discard_unstarted(out, resume)
         raise
+
+
+@contextlib.contextmanager
+def _resume_lock(run_dir: Path, active: bool) -> Iterator[None]:
+    """One process at a time in a run folder: a second `--resume` of a folder that is
+    training would interleave two runs' states. A lock on the folder itself (POSIX flock
+    on its descriptor: config.json is replaced on resume, the folder is not; the kernel
+    drops the lock when the process dies, so a killed run leaves no stale lock). A new
+    run needs none: its folder is created exclusively."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        active = False
+    if not active or not run_dir.is_dir():
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise McirError("another mcir process is training in this run folder; wait for it or stop it", run_dir) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _discard_unstarted(run_dir: Path, resume: bool) -> None:

@@ -113,3 +113,17 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(args, message):
     err = proc.stderr.strip()
     assert err.startswith(message) and "\n" not in err and "╭" not in err, err
     assert err.endswith(f"{args[0]} --help)")
+
+
+def test_a_task_the_model_contradicts_is_refused(tmp_path):
+    """--task sets the scoring convention: it must not silently contradict the model."""
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--task", "dehaze"])
+    assert "--task dehaze for an x4 super-resolution model" in _one_line_error(res)
+    aod = shared_path("weights", "AODNet", "dehazer.pth")
+    sots = shared_path("data", "dehaze", "SOTS_indoor_subset10")
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(aod), "--data", str(sots), "--task", "sr"])
+    assert "--task sr for a model that does not upscale" in _one_line_error(res)
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--task", "dehaze",
+                              "--output", str(tmp_path / "run"), "--iters", "1"])
+    assert "--task dehaze for an x4" in _one_line_error(res)
+    assert not (tmp_path / "run").exists()

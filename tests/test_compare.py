@@ -240,6 +240,11 @@ def test_evaluate_extras_description_task_noise():
     t1 = {**a, "inference": {"tile": 128, "tile_overlap": 32, "amp": "fp32"}}
     with pytest.raises(McirError, match="inference: {tile=128"):
         check_conventions([t1, t0])
+    # an x2 model scored with border 4 is still not comparable with an x4 one
+    x2 = {**b, "model": {**b["model"], "scale": 2}}
+    x4 = {**a, "model": {**a["model"], "scale": 4}}
+    with pytest.raises(McirError, match="scale: x4 \\(base\\) vs x2 \\(new\\)"):
+        check_conventions([x4, x2])
 
 
 def test_align_intersection_and_dropped():

@@ -160,6 +160,7 @@ def test_dncnn_sigma25_set12(tmp_path):
     assert j["task"] == "denoise"
     assert {k: j["conventions"][k] for k in ("y_channel", "crop_border")} == {"y_channel": False, "crop_border": 0}
     assert j["noise"] == {"sigma": 25.0, "seed": 0}
+    assert "Gaussian noise σ=25 (0–255), seed 0" in " ".join(result.output.split())  # the table says it too
     assert j["model"]["architecture"] == "DnCNN"
     d = j["datasets"]["Set12_gray"]
     assert len(d["images"]) == 12
@@ -416,3 +417,14 @@ def test_bicubic_baseline_row(tmp_path):
     assert j["model"]["label"] == "bicubic" and j["conventions"]["crop_border"] == 4
     both = evaluate("--bicubic", "--checkpoint", shared_path("weights", "IMDN", "IMDN_x4.pth"), "--data", set5)
     assert both.exit_code == 2 and "score one thing at a time" in both.output
+
+
+def test_ground_truth_without_its_input_is_refused(crops, tmp_path):
+    """A benchmark with one LR file missing must not be scored on the rest in silence."""
+    data = sr_folder(tmp_path / "Mini", crops, s=4)
+    missing = sorted((data / "LR_bicubic" / "X4").iterdir())[0]
+    missing.unlink()
+    result = evaluate("--checkpoint", shared_path("weights", "IMDN", "IMDN_x4.pth"), "--data", data, "--device", "cpu")
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())
+    assert "1 of 3 ground-truth images have no input" in out and missing.stem.replace("x4", "") in out

@@ -612,3 +612,52 @@ def test_several_validation_folders(train_dir, small_val, tmp_path):
         assert scores["psnr"] == pytest.approx(start[name]["psnr"], abs=1e-9)
     assert first["psnr"] == pytest.approx((start[small_val.name]["psnr"] + start["Second"]["psnr"]) / 2, abs=1e-9)
     assert "mean of" in " ".join(res.output.split())
+
+
+def test_collapse_rolls_back_past_the_weights_that_produced_it(train_dir, tmp_path):
+    """Snapshots every step (a short run): the snapshot right before the bad step holds the
+    weights that produced the bad loss, so the guard goes one further back."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    trainer = Trainer(config(imdn, train_dir, tmp_path / "run", iters=8, lam=1e-3))
+    trainer.rec_loss = NaNAt(trainer.rec_loss, {5})  # call 5 = step 5
+    result = trainer.run()
+    event = next(r for r in read_log(tmp_path / "run") if r.get("event") == "collapse")
+    assert event["step"] == 5 and event["rolled_back_to"] == 3
+    assert result.steps == 8 and result.collapses == 1
+
+
+def test_resume_knows_the_best_validation(train_dir, small_val, tmp_path):
+    """best.* follows val.json across resumes: the state saved at the end knows the final
+    validation, and a resume takes the best from val.json (a stale state cannot let a
+    worse step overwrite best.*); a damaged val.json is refused before any training."""
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    run = tmp_path / "run"
+    retrain(config(imdn, train_dir, run, iters=4, val=str(small_val), val_every=2, lr=1e-4))
+    val = json.loads((run / "val.json").read_text())
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert (state["best_psnr"], state["best_step"]) == (val["best"]["psnr"], val["best"]["step"])
+    state["best_psnr"], state["best_step"] = -1.0, 0  # as a state saved before a validation
+    torch.save(state, run / "state.pt")
+    trainer = Trainer(load_run_config(run, iters=6), resume=True)
+    assert (trainer.best_psnr, trainer.best_step) == (val["best"]["psnr"], val["best"]["step"])
+    (run / "val.json").write_text("{}")
+    res = runner.invoke(app, ["retrain", "--resume", str(run), "--iters", "6"])
+    assert res.exit_code == 2 and "val.json is damaged" in res.output
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 4  # nothing trained
+
+
+def test_a_run_folder_takes_one_resume_at_a_time(train_dir, tmp_path):
+    import fcntl
+    import os
+
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    run = tmp_path / "run"
+    retrain(config(imdn, train_dir, run, iters=1, embedding="pixel"))
+    held = os.open(run, os.O_RDONLY)  # as a running `mcir retrain --resume` holds it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = runner.invoke(app, ["retrain", "--resume", str(run), "--iters", "2"])
+        assert res.exit_code == 2 and "another mcir process is training in this run folder" in res.output
+    finally:
+        os.close(held)
+    assert retrain(load_run_config(run, iters=2), resume=True).steps == 2
