@@ -316,7 +316,7 @@ def retrain(
 ) -> None:
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
     from mcir_cli.distributed import DistContext
-    from mcir_cli.train import load_run_config, make_config, parse_steps, validate_config
+    from mcir_cli.train import RESUME_SETTINGS, load_run_config, make_config, parse_steps, validate_config
     from mcir_cli.train import retrain as run_retrain
 
     dist = DistContext.from_env(device)
@@ -326,13 +326,17 @@ def retrain(
         given = [
             next((o for o in p.opts if o.startswith("--")), p.name)
             for p in ctx.command.params
-            if p.name not in ("resume", "iters")
+            if p.name not in ("resume", "iters", *RESUME_SETTINGS)
             and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
         ]
         if given:
-            raise McirError(f"--resume continues the run as configured in its config.json; only --iters "
-                            f"may change (remove {', '.join(given)})")
-        cfg = load_run_config(resume, iters)
+            raise McirError(f"--resume continues the run as configured in its config.json; only --iters, "
+                            f"--workers, --save-every, --log-every, --val-every and --tensorboard may change "
+                            f"(remove {', '.join(given)})", resume)
+        chosen = {k: v for k, v in (("workers", workers), ("save_every", save_every), ("log_every", log_every),
+                                    ("val_every", val_every), ("tensorboard", tensorboard))
+                  if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+        cfg = load_run_config(resume, iters, **chosen)
         is_resume = True
     else:
         if not data:

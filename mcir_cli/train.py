@@ -705,12 +705,18 @@ class Trainer:
             self.best_psnr, self.best_step = float(best["psnr"]), int(best["step"])
 
     def _record_resume(self) -> None:
-        """config.json keeps the current target (--iters may change on resume) and a history."""
+        """config.json keeps what a resume changed (--iters and the RESUME_SETTINGS), each
+        change in a history, so a later plain --resume continues with it."""
         path = self.run_dir / "config.json"
         info = json.loads(path.read_text())
-        if info["config"].get("iters") != self.cfg.iters:
-            info.setdefault("resumes", []).append({"at_step": self.step, "iters": self.cfg.iters, "was": info["config"]["iters"]})
-            info["config"]["iters"] = self.cfg.iters
+        changed = False
+        for key in ("iters", *RESUME_SETTINGS):
+            new, old = getattr(self.cfg, key), info["config"].get(key)
+            if old != new:
+                info.setdefault("resumes", []).append({"at_step": self.step, key: new, "was": old})
+                info["config"][key] = new
+                changed = True
+        if changed:
             atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
     def save_state(self) -> None:
@@ -1130,7 +1136,14 @@ def _discard_unstarted(run_dir: Path, resume: bool) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def load_run_config(run_dir: str | Path, iters: int | None = None) -> TrainConfig:
+# settings a resume may change: they decide when to log, save and validate and how data
+# is loaded, never a number the training computes (patches depend on their index only)
+RESUME_SETTINGS = ("workers", "save_every", "log_every", "val_every", "tensorboard")
+
+
+def load_run_config(run_dir: str | Path, iters: int | None = None, **settings: Any) -> TrainConfig:
+    """A run's configuration from its config.json, with --iters and RESUME_SETTINGS
+    changed where given (anything else would change the run: refused by the CLI)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.exists():
@@ -1143,4 +1156,9 @@ def load_run_config(run_dir: str | Path, iters: int | None = None) -> TrainConfi
     cfg.output = str(run_dir)
     if iters is not None:
         cfg.iters = iters
+    for key, value in settings.items():
+        if key not in RESUME_SETTINGS:
+            raise ValueError(f"a resume cannot change {key}")
+        if value is not None:
+            setattr(cfg, key, value)
     return cfg

@@ -661,3 +661,19 @@ def test_a_run_folder_takes_one_resume_at_a_time(train_dir, tmp_path):
     finally:
         os.close(held)
     assert retrain(load_run_config(run, iters=2), resume=True).steps == 2
+
+
+def test_resume_may_change_when_to_save_and_log_but_not_the_numbers(train_dir, tmp_path):
+    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+    retrain(config(imdn, train_dir, tmp_path / "a", iters=4))
+    retrain(config(imdn, train_dir, tmp_path / "b", iters=2))
+    res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "b"), "--iters", "4", "--save-every", "1",
+                              "--log-every", "2"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (info["config"]["save_every"], info["config"]["log_every"]) == (1, 2)
+    assert {"at_step": 2, "save_every": 1, "was": 0} in info["resumes"]
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert [r["step"] for r in read_log(tmp_path / "b") if "event" not in r] == [1, 2, 4]  # logged every 2 after
