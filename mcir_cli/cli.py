@@ -226,16 +226,12 @@ def evaluate(
 def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
                          tile: int | None = None, tile_overlap: int = 0) -> None:
     """Flags of evaluate/compare, refused in one line before any work."""
-    import math
+    from mcir_cli.models import check_noise_sigma, check_task_name
 
-    from mcir_cli.models import TASKS
-
-    if task is not None and task not in TASKS:
-        raise McirError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+    check_task_name(task)
+    check_noise_sigma(noise_sigma)
     if crop_border is not None and crop_border < 0:
         raise McirError(f"--crop-border must be >= 0 (got {crop_border})")
-    if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma >= 0):
-        raise McirError(f"--noise-sigma must be a number >= 0 on the 0-255 scale (got {noise_sigma})")
     if tile is not None and tile < 8:
         raise McirError(f"--tile must be at least 8 pixels (got {tile})")
     if tile_overlap < 0:

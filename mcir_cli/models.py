@@ -13,6 +13,7 @@ import difflib
 import importlib
 import importlib.resources
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,18 @@ else:  # pragma: no cover
 log = logging.getLogger("mcir")
 
 TASKS = ("sr", "dehaze", "derain", "deblur", "denoise")
+
+
+def check_task_name(task: str | None) -> None:
+    """--task must name a known task (it decides the scoring convention)."""
+    if task is not None and task not in TASKS:
+        raise McirError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
+
+
+def check_noise_sigma(sigma: float | None) -> None:
+    """--noise-sigma: a finite σ >= 0 on the 0-255 scale."""
+    if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+        raise McirError(f"--noise-sigma must be a number >= 0 on the 0-255 scale (got {sigma})")
 
 
 # --------------------------------------------------------------------------- presets

@@ -33,7 +33,7 @@ from mcir_cli.data import PatchDataset, discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import atomic_write, atomic_write_text, sha256_file, writable_target
 from mcir_cli.inference import autocast, resolve_device
-from mcir_cli.models import TASKS, LoadedModel, load_model
+from mcir_cli.models import LoadedModel, check_noise_sigma, check_task_name, load_model
 
 log = logging.getLogger("mcir")
 
@@ -124,10 +124,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise McirError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay}); 0 turns the EMA off")
     if not 0.0 <= cfg.negative_mix <= 1.0:
         raise McirError(f"--negative-mix must be in [0, 1] (got {cfg.negative_mix})")
-    if cfg.noise_sigma is not None and not (math.isfinite(cfg.noise_sigma) and cfg.noise_sigma >= 0):
-        raise McirError(f"--noise-sigma must be a number >= 0 on the 0-255 scale (got {cfg.noise_sigma})")
-    if cfg.task is not None and cfg.task not in TASKS:
-        raise McirError(f"--task must be one of {', '.join(TASKS)} (got {cfg.task!r})")
+    check_noise_sigma(cfg.noise_sigma)
+    check_task_name(cfg.task)
     if not cfg.negative_steps or any(int(s) != s or s < 1 for s in cfg.negative_steps):
         raise McirError(f"--negative-steps must be positive integers (got {list(cfg.negative_steps)})")
     if not 0.0 <= cfg.negative_weight <= 1.0:
