@@ -1,0 +1,136 @@
+"""`mcir evaluate`: score a model, restored images or the bicubic baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mcir_cli.cli.app import _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli.errors import McirError
+from mcir_cli.fsutil import writable_target
+
+
+def results_table(result: dict[str, Any], title: str | None = None) -> Table:
+    """A row per dataset with PSNR, SSIM and the image count, plus the average."""
+    conv = result["conventions"]
+    caption = f"conventions: {conv.get('description', conv)}"
+    if result.get("noise"):  # synthetic noise is part of what the numbers mean
+        caption += f"; Gaussian noise σ={result['noise']['sigma']:g} (0–255), seed {result['noise']['seed']}"
+    table = Table(title=title, caption=caption)
+    table.add_column("dataset")
+    table.add_column("PSNR (dB)", justify="right")
+    table.add_column("SSIM", justify="right")
+    table.add_column("images", justify="right")
+    rows = result["datasets"]
+    for name, d in rows.items():
+        table.add_row(name, f"{d['psnr']:.2f}", f"{d['ssim']:.4f}", str(len(d["images"])))
+    if len(rows) > 1:
+        avg_p = sum(d["psnr"] for d in rows.values()) / len(rows)
+        avg_s = sum(d["ssim"] for d in rows.values()) / len(rows)
+        n = sum(len(d["images"]) for d in rows.values())
+        # the mean of the dataset means (how papers average benchmarks), not of all images
+        table.add_row(f"[bold]mean of {len(rows)} datasets[/]", f"[bold]{avg_p:.2f}", f"[bold]{avg_s:.4f}", f"{n} in all")
+    return table
+
+
+
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    data: list[Path] = typer.Option(..., "--data", help="Benchmark folder (repeatable)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors); architecture auto-detected."),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`) or a preset .toml."),
+    restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method instead of a model."),
+    bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model."),
+    scale: Optional[int] = typer.Option(None, help="SR scale (defaults to the model's)."),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout)."),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise)."),
+    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge (default: scale for SR, 0 otherwise)."),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ on the 0–255 scale added to clean images."),
+    noise_seed: int = typer.Option(0, help="Seed of the added noise."),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images; tiles see less context, so attention models score slightly differently."),
+    tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    amp: Optional[str] = typer.Option(None, help="bf16: autocast on CUDA (scores then differ slightly from fp32); default fp32."),
+    save_images: Optional[Path] = typer.Option(None, help="Write restored images to this folder."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON."),
+) -> None:
+    """Score a model (or restored images) on benchmark folders with BasicSR's PSNR/SSIM."""
+    from mcir_cli.evaluate import evaluate_bicubic, evaluate_model, evaluate_restored
+    from mcir_cli.models import load_model
+
+    _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
+    sources = [flag for flag, given in (("--checkpoint/--model", checkpoint or model), ("--restored", restored),
+                                        ("--bicubic", bicubic)) if given]
+    if len(sources) > 1:
+        raise McirError(f"score one thing at a time: {' and '.join(sources)} were both given")
+    if bicubic and task not in (None, "sr"):
+        raise McirError("--bicubic is the SR baseline; it has no meaning for --task " + task)
+    if amp not in (None, "bf16", "fp32", "none"):
+        raise McirError(f"--amp must be bf16 or fp32 (got {amp!r})")
+    if save_images is not None:
+        if save_images.exists() and not save_images.is_dir():
+            raise McirError("--save-images must be a folder, this is a file", save_images)
+        if save_images.exists() and any(save_images.iterdir()):
+            raise McirError("--save-images folder exists and is not empty; choose a new one", save_images)
+        writable_target(save_images, "--save-images folder")
+    if output is not None:
+        if output.exists():
+            raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
+        writable_target(output, "results")
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        if bicubic:
+            result = evaluate_bicubic(data, scale=scale, y_channel=y_channel, crop_border=crop_border, progress=progress)
+        elif restored is not None:
+            result = evaluate_restored(
+                restored, data, scale=scale, task=task, y_channel=y_channel,
+                crop_border=crop_border, progress=progress,
+            )
+        else:
+            loaded = load_model(checkpoint, model, scale)
+            result = evaluate_model(
+                loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
+                device=device, tile=tile, overlap=tile_overlap, amp=amp,
+                save_images=save_images, noise_sigma=noise_sigma, noise_seed=noise_seed,
+                progress=progress,
+            )
+    info = result["model"]
+    title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
+    console.print(results_table(result, title))
+    for note in result.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if output is not None:
+        _write_json(output, result)
+        console.print(f"results written to {output}")
+
+
+def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
+                         tile: int | None = None, tile_overlap: int = 0) -> None:
+    """Flags of evaluate/compare, refused in one line before any work."""
+    from mcir_cli.models import check_noise_sigma, check_task_name
+
+    check_task_name(task)
+    check_noise_sigma(noise_sigma)
+    if crop_border is not None and crop_border < 0:
+        raise McirError(f"--crop-border must be >= 0 (got {crop_border})")
+    if tile is not None and tile < 8:
+        raise McirError(f"--tile must be at least 8 pixels (got {tile})")
+    if tile_overlap < 0:
+        raise McirError(f"--tile-overlap must be >= 0 (got {tile_overlap})")
+    if tile is not None and tile_overlap >= tile:
+        raise McirError(f"--tile-overlap {tile_overlap} must be smaller than --tile {tile}")
+
+

@@ -1,0 +1,188 @@
+"""`mcir retrain`: flags -> a run configuration -> the training loop -> a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.errors import McirError
+
+
+
+def _ratio_band(text: str) -> tuple[float, float]:
+    try:
+        band = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        band = ()
+    if len(band) != 2:
+        raise McirError(f"--ratio-band must be two numbers low,high such as 0.01,0.10 (got {text!r})")
+    return band  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------- retrain
+
+
+def _lambda(value: str) -> tuple[float, bool]:
+    if value == "auto":
+        return 1e-4, True
+    try:
+        return float(value), False
+    except ValueError:
+        raise McirError(f"--lambda must be a number or 'auto' (got {value!r})") from None
+
+
+@app.command()
+@handle_errors
+def retrain(
+    ctx: typer.Context,
+    data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`."),
+    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout)."),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact)."),
+    iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's)."),
+    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16)."),
+    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) (default: preset or 48/128)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: a preset's: where its schedule ends (from scratch: its start); bare checkpoint: 1e-5)."),
+    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine (default: constant; from scratch: the preset's)."),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps (default: preset or 0)."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off)."),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1)."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto' to hold the contrast ratio in band."),
+    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto."),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative (default: preset or the paper's 100,500,1000,2000)."),
+    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1)."),
+    negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default) | copy | random | frozen | none (plain fine-tuning)."),
+    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1)."),
+    batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
+    embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel."),
+    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty."),
+    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss)."),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches."),
+    train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default)."),
+    seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    amp: Optional[str] = typer.Option(None, help="auto (default: target fp32; negatives and VGG bf16 on CUDA) | bf16 (the target too) | fp32."),
+    val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end)."),
+    save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C)."),
+    log_every: int = typer.Option(1, help="Log every K steps."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    cache: str = typer.Option("auto", help="auto | on | off: keep decoded training images in RAM."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
+    compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the target, negatives and embedding (auto: CUDA runs of >= 10k steps)."),
+    channels_last: str = typer.Option("auto", "--channels-last", help="auto | on | off: NHWC memory layout (auto: CUDA, convolution-dominated networks)."),
+    collapse_factor: float = typer.Option(10.0, help="Collapse guard: l_rec above this x its running median rolls back and halves λ."),
+    tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory."),
+) -> None:
+    """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
+    from mcir_cli.distributed import DistContext
+    from mcir_cli.train import RESUME_SETTINGS, load_run_config, make_config, parse_steps, validate_config
+    from mcir_cli.train import retrain as run_retrain
+
+    dist = DistContext.from_env(device)
+    if resume is not None:
+        # every flag on the command line besides --resume and --iters would be silently
+        # ignored (the run continues as its config.json says): refuse them by name
+        given = [
+            next((o for o in p.opts if o.startswith("--")), p.name)
+            for p in ctx.command.params
+            if p.name not in ("resume", "iters", *RESUME_SETTINGS)
+            and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+        ]
+        if given:
+            raise McirError(f"--resume continues the run as configured in its config.json; only --iters, "
+                            f"--workers, --save-every, --log-every, --val-every and --tensorboard may change "
+                            f"(remove {', '.join(given)})", resume)
+        chosen = {k: v for k, v in (("workers", workers), ("save_every", save_every), ("log_every", log_every),
+                                    ("val_every", val_every), ("tensorboard", tensorboard))
+                  if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+        cfg = load_run_config(resume, iters, **chosen)
+        is_resume = True
+    else:
+        if not data:
+            raise McirError("give a training folder with --data DIR")
+        if output is None:
+            raise McirError("give a new run folder with --output RUN")
+        if checkpoint is None and model is None:
+            raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
+        lam_value, lam_auto = _lambda(lam) if lam is not None else (None, False)
+        cfg = make_config(
+            data, output, checkpoint=checkpoint, model=model, scale=scale,
+            task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
+            schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
+            lam=lam_value, lam_auto=lam_auto, ratio_band=_ratio_band(ratio_band),
+            negative_steps=parse_steps(negative_steps) if negative_steps is not None else None,
+            negative_weight=negative_weight, negative_init=negative_init, negative_mix=negative_mix,
+            batched_negatives=batched_negatives, embedding=embedding,
+            embedding_weights=str(embedding_weights) if embedding_weights else None,
+            embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
+            noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
+            workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
+            compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, tile=tile,
+        )
+        is_resume = False
+    validate_config(cfg)
+
+    # the bar starts with the first step (errors before it print no empty bar); in pipes
+    # and logs a plain line every tenth of the run instead
+    bar = Progress(
+        TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=err_console,
+    )
+    live = dist.is_main and err_console.is_terminal
+    job = None
+    every = max(1, cfg.iters // 10)
+
+    def on_step(s) -> None:
+        nonlocal job
+        info = f"l_rec {s.l_rec:.4f}  ratio {s.ratio:.1%}  λ {s.lam:.2g}  {s.it_s:.2f} it/s"
+        if live:
+            if job is None:
+                bar.start()
+                job = bar.add_task("retrain", total=cfg.iters, info="")
+            bar.update(job, completed=s.step, info=info)
+        elif dist.is_main and (s.step % every == 0 or s.step == cfg.iters):
+            err_console.print(f"retrain {s.step}/{cfg.iters}  {info}", highlight=False)
+
+    try:
+        result = run_retrain(cfg, on_step=on_step, resume=is_resume, dist=dist)
+    finally:
+        if job is not None:
+            bar.stop()
+        dist.close()
+    if not dist.is_main:
+        return
+    if result.stopped_early:
+        err_console.print(f"[yellow]{escape(result.stopped_early)}[/]")
+    done = "retrained" if not result.stopped_early else "stopped"
+    console.print(f"[bold green]{done}[/] {result.steps} step{'s' if result.steps != 1 else ''} -> {result.run_dir}")
+    for name, path in sorted(result.outputs.items()):
+        console.print(f"  {name}: {path}")
+    if result.best_psnr is not None:
+        at = ("the starting weights: no step beat them" if result.best_step == 0 else f"step {result.best_step}")
+        conv = f" ({result.val_conventions})" if result.val_conventions else ""
+        console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB at {at}{conv}", highlight=False)
+    if result.mean_ratio is not None:
+        lo, hi = result.ratio_band
+        inside = lo <= result.mean_ratio <= hi
+        colour = "green" if inside else "yellow"
+        retry = "try another --lambda" if cfg.lam_auto else "try another --lambda or --lambda auto"
+        advice = "" if inside else f" — outside the band the authors advise; {retry}"
+        console.print(
+            f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
+            f"(band {lo:.0%}–{hi:.0%}){advice}", highlight=False,
+        )
+    if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
+        raise typer.Exit(130 if result.stop_kind == "signal" else 1)
+
+
