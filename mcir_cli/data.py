@@ -1,14 +1,14 @@
 """Datasets: finding image pairs in a folder, loading them, and cutting training patches.
 
-Benchmark folders come in a handful of layouts (SwinIR/EDSR `HR/` + `LR_bicubic/X4/`,
-BasicSR `GTmod12/` + `LRbicx4/`, paired `hazy/` + `GT/` and friends, or clean images
-only). `discover` recognises them, pairs files by stem and says precisely what failed
-when a folder fits none.
+Datasets are read as published (DIV2K, the SR test sets, RESIDE, Rain100/200, GoPro,
+SIDD, ...): `mcir_cli.layouts` recognises each layout and pairs its files; `discover`
+turns that into a `Dataset`, `load_pair` reads one pair aligned, `PatchDataset` cuts
+training patches.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,29 +17,12 @@ import torch
 from torch import Tensor
 
 from mcir_cli.errors import McirError
-from mcir_cli.imageio import IMAGE_EXTENSIONS, read_image
+from mcir_cli.imageio import read_image
+from mcir_cli.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
 from mcir_cli.resize import imresize
 
-# (lq folder, gt folder, task) for paired layouts; matched case-insensitively.
-PAIRED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
-    ("hazy", "gt", "dehaze"),
-    ("hazy", "clear", "dehaze"),
-    ("input", "target", "restore"),
-    ("blur", "sharp", "deblur"),
-    ("rain", "norain", "derain"),
-    ("lq", "gt", "restore"),
-    ("lq", "hq", "restore"),
-)
-SR_LAYOUTS = ("HR/ + LR_bicubic/X{s}/", "GTmod12/ + LRbicx{s}/", "HR-only (LR made by MATLAB bicubic)")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One benchmark item. `lq` is None when the degraded image is synthesised."""
-
-    name: str
-    gt: Path
-    lq: Path | None
+__all__ = ["PAIRED_LAYOUTS", "Dataset", "Pair", "PatchDataset", "discover", "discover_all", "infer_scale",
+           "iter_pairs", "list_images", "load_gt", "load_pair"]
 
 
 @dataclass(frozen=True)
@@ -50,153 +33,28 @@ class Dataset:
     task: str  # sr | dehaze | derain | deblur | denoise | restore
     scale: int
     pairs: tuple[Pair, ...]
+    notes: tuple[str, ...] = ()  # what discovery chose or left out (said when it is found)
+    gt_crop: str = "top-left"  # "center": a larger ground truth is centre-cropped to its input (RESIDE)
+    side_by_side: bool = False  # input | target in one file (DID-MDN)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _subdirs(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
-
-
-def _strip_scale_suffix(stem: str, scale: int) -> str:
-    return re.sub(rf"[_-]?[xX]{scale}$", "", stem)
-
-
-def _pair_by_stem(
-    gt_dir: Path, lq_dir: Path, scale: int, layout: str, tolerate_id_prefix: bool = False
-) -> tuple[Pair, ...]:
-    gts = {p.stem: p for p in list_images(gt_dir)}
-    lqs = list_images(lq_dir)
-    if not gts:
-        raise McirError("no images in the ground-truth folder", gt_dir)
-    if not lqs:
-        raise McirError("no images in the degraded-input folder", lq_dir)
-    pairs, unmatched = [], []
-    for lq in lqs:
-        stem = _strip_scale_suffix(lq.stem, scale) if scale > 1 else lq.stem
-        gt = gts.get(stem) or gts.get(lq.stem)
-        if gt is None and tolerate_id_prefix:  # RESIDE: hazy 1400_1.png -> GT 1400.png
-            gt = gts.get(stem.split("_")[0])
-        if gt is None:
-            unmatched.append(lq.name)
-        else:
-            pairs.append(Pair(stem, gt, lq))
-    if unmatched:
-        raise McirError(
-            f"{len(unmatched)} of {len(lqs)} inputs have no ground truth of the same name in "
-            f"{gt_dir.name}/ (layout {layout}); first unmatched: {', '.join(unmatched[:3])}",
-            lq_dir,
-        )
-    used = {p.gt for p in pairs}
-    unused = sorted(p.name for p in gts.values() if p not in used)
-    if unused and not tolerate_id_prefix:  # a benchmark image without its input is dropped silently otherwise
-        raise McirError(
-            f"{len(unused)} of {len(gts)} ground-truth images have no input of the same name in "
-            f"{lq_dir.name}/ (layout {layout}); first: {', '.join(unused[:3])}",
-            gt_dir,
-        )
-    return tuple(sorted(pairs, key=lambda p: p.name))
-
-
-def _sr_scales(root: Path, subs: dict[str, Path]) -> dict[int, tuple[Path, Path, str]]:
-    """Scales available in an SR folder: {s: (gt_dir, lq_dir, layout)}."""
-    found: dict[int, tuple[Path, Path, str]] = {}
-    if "hr" in subs and "lr_bicubic" in subs:
-        for d in subs["lr_bicubic"].iterdir():
-            m = re.fullmatch(r"[xX](\d+)", d.name)
-            if d.is_dir() and m:
-                found[int(m.group(1))] = (subs["hr"], d, "HR/ + LR_bicubic/X{s}/")
-    if "gtmod12" in subs:
-        for name, d in subs.items():
-            m = re.fullmatch(r"lrbicx(\d+)", name)
-            if m:
-                found[int(m.group(1))] = (subs["gtmod12"], d, "GTmod12/ + LRbicx{s}/")
-    return found
-
-
 def discover(root: str | Path, scale: int | None = None, task: str | None = None) -> Dataset:
-    """Recognise a benchmark folder's layout and pair its images.
+    """Recognise a dataset folder's layout (see `mcir_cli.layouts`) and pair its images.
 
     `scale` is required for SR folders holding several scales; `task` disambiguates a
     flat folder of clean images (denoise: noise is added; sr: LR is made by bicubic).
+    `root` may also be a list file of pairs (`lq<TAB>gt` per line).
     """
     root = Path(root)
-    if not root.exists():
-        raise McirError("folder not found", root)
-    if not root.is_dir():
-        raise McirError("not a folder", root)
-    subs = _subdirs(root)
-    name = root.name
-
-    for lq_name, gt_name, layout_task in PAIRED_LAYOUTS:
-        if lq_name in subs and gt_name in subs:
-            layout = f"{subs[lq_name].name}/ + {subs[gt_name].name}/"
-            pairs = _pair_by_stem(
-                subs[gt_name], subs[lq_name], 1, layout, tolerate_id_prefix=layout_task == "dehaze"
-            )
-            return Dataset(name, root, layout, task or layout_task, 1, pairs)
-
-    sr = _sr_scales(root, subs)
-    if sr:
-        if scale is None:
-            if len(sr) > 1:
-                raise McirError(
-                    f"holds several scales (x{', x'.join(map(str, sorted(sr)))}): give --scale", root
-                )
-            scale = next(iter(sr))
-        if scale not in sr:
-            if "hr" in subs:  # make the missing scale from HR
-                import logging
-
-                logging.getLogger("mcir").info(
-                    "%s: no x%d inputs (has x%s): LR made from HR/ by MATLAB bicubic",
-                    root, scale, ", x".join(map(str, sorted(sr))),
-                )
-                return _hr_only(name, root, subs["hr"], scale)
-            raise McirError(f"no x{scale} inputs (has x{', x'.join(map(str, sorted(sr)))})", root)
-        gt_dir, lq_dir, layout = sr[scale]
-        pairs = _pair_by_stem(gt_dir, lq_dir, scale, layout.format(s=scale))
-        return Dataset(name, root, layout.format(s=scale), "sr", scale, pairs)
-
-    hr_dir = subs.get("hr") or subs.get("gt") or subs.get("gtmod12")
-    if hr_dir is not None and list_images(hr_dir):
-        if task == "denoise":
-            return _clean_only(name, root, hr_dir)
-        return _hr_only(name, root, hr_dir, scale)
-
-    if list_images(root):
-        if task == "denoise":
-            return _clean_only(name, root, root)
-        if task in (None, "sr") and scale is not None and scale > 1:
-            return _hr_only(name, root, root, scale)
-        raise McirError(
-            "a flat folder of images: for SR give --scale (LR is made by MATLAB bicubic), "
-            "for denoising give --task denoise --noise-sigma S",
-            root,
-        )
-
-    tried = ", ".join([*SR_LAYOUTS, *(f"{a}/ + {b}/" for a, b, _ in PAIRED_LAYOUTS)])
-    contents = ", ".join(sorted(p.name for p in root.iterdir())[:5]) or "empty"
-    raise McirError(f"matches no known layout (tried: {tried}); it holds: {contents}", root)
-
-
-def _hr_only(name: str, root: Path, hr_dir: Path, scale: int | None) -> Dataset:
-    if not scale or scale < 2:
-        raise McirError("HR images only: give --scale so LR images can be made", root)
-    pairs = tuple(Pair(p.stem, p, None) for p in list_images(hr_dir))
-    return Dataset(name, root, "HR-only (LR made by MATLAB bicubic)", "sr", scale, pairs)
-
-
-def _clean_only(name: str, root: Path, folder: Path) -> Dataset:
-    pairs = tuple(Pair(p.stem, p, None) for p in list_images(folder))
-    return Dataset(name, root, "clean images (Gaussian noise added)", "denoise", 1, pairs)
+    found = recognise(root, scale, task)
+    for note in found.notes:
+        logging.getLogger("mcir").info("%s: %s", root, note)
+    name = root.stem if root.is_file() else root.name
+    return Dataset(name, root, found.layout, found.task, found.scale, found.pairs,
+                   found.notes, found.gt_crop, found.side_by_side)
 
 
 def mod_crop(img: Tensor, scale: int) -> Tensor:
@@ -211,6 +69,30 @@ def add_noise(clean: Tensor, sigma: float, generator: torch.Generator) -> Tensor
     return (clean.double() + noise * (sigma / 255.0)).float()
 
 
+def load_gt(dataset: Dataset, pair: Pair, size: tuple[int, int] | None = None) -> Tensor:
+    """The ground truth of a pair as `load_pair` aligns it to an output of `size` (H, W):
+    the right half of a side-by-side file, centre-cropped where the layout says so
+    (RESIDE), top-left (mod-)cropped for SR."""
+    gt = read_image(pair.gt)
+    if dataset.side_by_side:  # DID-MDN: input on the left half, target on the right
+        half = gt.shape[-1] // 2
+        gt = gt[..., half : 2 * half]
+    return gt if size is None else _align(dataset, gt, size)
+
+
+def _align(dataset: Dataset, gt: Tensor, size: tuple[int, int]) -> Tensor:
+    (h, w), (gh, gw) = size, gt.shape[-2:]
+    if _centred(dataset, gt, h, w):
+        top, left = (gh - h) // 2, (gw - w) // 2
+        return gt[..., top : top + h, left : left + w]
+    return gt[..., :h, :w] if dataset.scale > 1 else gt
+
+
+def _centred(dataset: Dataset, gt: Tensor, h: int, w: int) -> bool:
+    """FFA-Net's loader: CenterCrop(clear, hazy.size) (SOTS-indoor GT 640x480, hazy 620x460)."""
+    return dataset.gt_crop == "center" and dataset.scale == 1 and gt.shape[-2] >= h and gt.shape[-1] >= w
+
+
 def load_pair(
     dataset: Dataset,
     pair: Pair,
@@ -218,7 +100,7 @@ def load_pair(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Read one (lq, gt) pair as CHW tensors in [0, 1], aligned by scale."""
-    gt = read_image(pair.gt)
+    gt = load_gt(dataset, pair)
     s = dataset.scale
     if pair.lq is None:
         if dataset.task == "denoise":
@@ -230,17 +112,19 @@ def load_pair(
         lq = (imresize(gt, 1 / s).clamp(0, 1) * 255).round() / 255
         return lq.float(), gt
     lq = read_image(pair.lq)
+    if dataset.side_by_side:
+        lq = lq[..., : lq.shape[-1] // 2]
     if lq.shape[0] != gt.shape[0]:
         raise McirError(f"{lq.shape[0]} channels, but its ground truth has {gt.shape[0]}", pair.lq)
     lh, lw = lq.shape[-2:]
     gh, gw = gt.shape[-2:]
-    if gh // s != lh or gw // s != lw:
+    if not _centred(dataset, gt, lh, lw) and (gh // s != lh or gw // s != lw):
         raise McirError(
             f"size {lw}x{lh} x{s} does not match its ground truth {pair.gt.name} ({gw}x{gh}) "
             "even after mod-crop",
             pair.lq,
         )
-    return lq, gt[..., : lh * s, : lw * s]
+    return lq, _align(dataset, gt, (lh * s, lw * s))
 
 
 def iter_pairs(
@@ -328,6 +212,8 @@ class PatchDataset(torch.utils.data.Dataset):
                 w, h = image_size(pair.lq or pair.gt)
                 if pair.lq is None:
                     w, h = w // self.scale, h // self.scale
+                if d.side_by_side:
+                    w //= 2
                 if min(w, h) < self.patch:
                     too_small.append(f"{(pair.lq or pair.gt).name} ({w}x{h})")
                     continue
