@@ -56,8 +56,8 @@ class DemoResult:
     test_images: list[str]
     runs: dict[str, Path]  # "plain" / "mcir" (and "start" when trained here) -> run folder
     results: dict[str, Path]  # label -> evaluation JSON
-    comparison: Any  # compare.Comparison of start, plain, MCIR
-    head_to_head: Any  # compare.Comparison of plain (baseline) vs MCIR
+    comparison: Any  # results.Comparison of start, plain, MCIR
+    head_to_head: Any  # results.Comparison of plain (baseline) vs MCIR
     summary: Path
     comparison_json: Path
     visuals: list[Path] = field(default_factory=list)
@@ -213,13 +213,14 @@ def run_demo(
     on_step: OnStep | None = None,
 ) -> DemoResult:
     """Run the demo into the new folder `output` (refused if it exists)."""
-    from mcir_cli import compare
     from mcir_cli.checkpoint import save_safetensors
     from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.exports import write_exports
     from mcir_cli.fsutil import atomic_write_text
     from mcir_cli.models import load_model
     from mcir_cli.train import TrainConfig, retrain
-    from mcir_cli.visuals import write_comparison_visuals
+    from mcir_cli.results import compare_results
+    from mcir_cli.visual_sources import write_comparison_visuals
 
     def note(msg: str, kind: str = "info") -> None:
         if say:
@@ -341,9 +342,9 @@ def run_demo(
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    comp = compare.compare_results([results["start"], results["plain"], results["mcir"]],
-                                   n_resamples=n_resamples, seed=seed)
-    h2h = compare.compare_results([results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
+    comp = compare_results([results["start"], results["plain"], results["mcir"]],
+                           n_resamples=n_resamples, seed=seed)
+    h2h = compare_results([results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
     datasets = {name: _dataset(root) for name, root in results["start"]["data"].items()}
     vis_dir = out / "visuals"
     main_vis = write_comparison_visuals(comp, [models["start"], models["plain"], models["mcir"]],
@@ -351,7 +352,7 @@ def run_demo(
     h2h_vis = write_comparison_visuals(h2h, [models["plain"], models["mcir"]], datasets,
                                        vis_dir / "mcir-vs-plain", top_k, device=device)
     visuals = [*main_vis["strips"], *main_vis["charts"], *h2h_vis["strips"], *h2h_vis["charts"]]
-    comparison_json = compare.write_exports(comp, {"json": out / "comparison.json"})[0]
+    comparison_json = write_exports(comp, {"json": out / "comparison.json"})[0]
     timings["compare + visuals"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -388,7 +389,8 @@ def _dataset(root: str) -> Any:
 def summary_markdown(r: DemoResult, iters: int, batch: int, patch: int, lr: float,
                      steps: tuple[int, ...]) -> str:
     """The demo's report: setup, the table and evidence, MCIR vs plain, pictures, notes."""
-    from mcir_cli import compare
+    from mcir_cli.exports import md_escape, to_markdown
+    from mcir_cli.results import render_evidence
 
     def rel(p: Path) -> str:
         return Path(os.path.relpath(p, r.output)).as_posix()
@@ -413,10 +415,10 @@ def summary_markdown(r: DemoResult, iters: int, batch: int, patch: int, lr: floa
         f"embedding {r.embedding}.",
         "",
     ]
-    body = compare.to_markdown(r.comparison).replace("## PSNR/SSIM", "## Start vs both retrains", 1)
+    body = to_markdown(r.comparison).replace("## PSNR/SSIM", "## Start vs both retrains", 1)
     lines += [body.rstrip(), ""]
     lines += ["## MCIR vs plain fine-tuning (baseline: plain)", ""]
-    lines += [f"- {compare._md_escape(s)}" for s in compare.render_evidence(r.head_to_head)]
+    lines += [f"- {md_escape(s)}" for s in render_evidence(r.head_to_head)]
     lines += ["", "## Pictures", "",
               "Per image: LQ (upscaled) | baseline | retrained | GT | |retrained − baseline| "
               "(one heat scale per set), for the images with the largest |Δ PSNR|.", ""]

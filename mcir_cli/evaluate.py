@@ -38,15 +38,9 @@ def _score(out: Tensor, gt: Tensor, conv: Conventions, path: Path) -> dict[str, 
         raise McirError(f"cannot score with {conv.describe()}: {exc}", path) from None
 
 
-def conventions_for(
-    task: str, scale: int, y_channel: bool | None = None, crop_border: int | None = None
-) -> Conventions:
-    """The field's defaults for a task (SR: Y, crop = scale; others RGB, 0), overridable."""
-    sr = task == "sr"
-    return Conventions(
-        y_channel=sr if y_channel is None else y_channel,
-        crop_border=(scale if sr else 0) if crop_border is None else crop_border,
-    )
+# The field's defaults for a task (SR: Y, crop = scale; others RGB, 0), overridable: the
+# name evaluate and train use for `Conventions.for_task`, where the defaults live.
+conventions_for = Conventions.for_task
 
 
 def has_colour_images(dataset: Dataset) -> bool:

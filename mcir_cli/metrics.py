@@ -25,7 +25,8 @@ import torch
 __all__ = ["Conventions", "PSNRSSIM", "psnr", "quantize", "rgb_to_y", "ssim"]
 
 _SR_TASKS = {"sr"}
-_OTHER_TASKS = {"dehaze", "derain", "deblur", "denoise"}
+# "restore": paired folders of no named task (data.PAIRED_LAYOUTS), scored as RGB
+_OTHER_TASKS = {"dehaze", "derain", "deblur", "denoise", "restore"}
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,20 @@ class Conventions:
         return f"{channel}, {border}, uint8-quantised (BasicSR)"
 
     @classmethod
-    def for_task(cls, task: str, scale: int = 1) -> Conventions:
-        """Defaults of the papers: SR on Y with border = scale; other tasks on RGB, no crop."""
+    def for_task(cls, task: str, scale: int = 1, y_channel: bool | None = None,
+                 crop_border: int | None = None) -> Conventions:
+        """Defaults of the papers: SR on Y with border = scale; other tasks on RGB, no
+        crop. `y_channel`/`crop_border` override them (the CLI's --y-channel/--rgb and
+        --crop-border); the one place these defaults live."""
         task = task.lower()
         if task in _SR_TASKS:
-            return cls(y_channel=True, crop_border=int(scale))
-        if task in _OTHER_TASKS:
-            return cls(y_channel=False, crop_border=0)
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(_SR_TASKS | _OTHER_TASKS)}")
+            y, border = True, int(scale)
+        elif task in _OTHER_TASKS:
+            y, border = False, 0
+        else:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(_SR_TASKS | _OTHER_TASKS)}")
+        return cls(y_channel=y if y_channel is None else y_channel,
+                   crop_border=border if crop_border is None else crop_border)
 
 
 def quantize(img: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Pictures that show where a retrained model differs: comparison strips, divergence heat
-maps and per-image delta bar charts. Pillow + numpy + torch only (no matplotlib).
+maps and per-image delta bar charts. Pillow + numpy + torch only (no matplotlib), and
+drawing only: finding and re-running the models is `visual_sources.py`'s job.
 
 Layout of `comparison_strip` (all sizes in pixels, H x W = GT size, c = crop size):
 
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from mcir_cli.fsutil import atomic_write
+
+if TYPE_CHECKING:  # drawing needs no comparison code at run time
+    from mcir_cli.results import Comparison
 
 SEP = 4  # gap between panels (and between the two rows)
 LABEL_H = 16  # height of a text band
@@ -178,29 +182,12 @@ def comparison_strip(lq: Any, base: Any, new: Any, gt: Any,
         raise ValueError("zoom must be >= 1")
     if len(labels) != 4:
         raise ValueError("labels needs 4 entries: LQ, baseline, retrained, GT")
-    g, b, n = _to_hwc(gt), _to_hwc(base), _to_hwc(new)
+    lq_arr, b, n, g = _strip_arrays(lq, base, new, gt)
     h, w = g.shape[:2]
-    for name, arr in (("baseline", b), ("retrained", n)):
-        if arr.shape[:2] != (h, w):
-            raise ValueError(f"{name} output is {arr.shape[1]}x{arr.shape[0]}, GT is {w}x{h}")
-    lq_arr = _to_hwc(lq)
-    if lq_arr.shape[:2] != (h, w):
-        t = torch.from_numpy(lq_arr.transpose(2, 0, 1).copy())[None]
-        lq_arr = F.interpolate(t, size=(h, w), mode="nearest")[0].numpy().transpose(1, 2, 0)
-
     div = _divergence_hwc(b, n)
     scale = auto_heat_scale(div) if heat_scale is None else float(heat_scale)
     heat = heatmap_image(div, scale)
-
-    if crop_box is None:
-        box = largest_difference_box(div, crop_size(h, w))
-        where = f"largest |{labels[2]} - {labels[1]}|"
-    else:
-        left, top, right, bottom = (int(v) for v in crop_box)
-        if not (0 <= left < right <= w and 0 <= top < bottom <= h):
-            raise ValueError(f"crop_box {crop_box} is not inside the {w}x{h} image")
-        box = (left, top, right, bottom)
-        where = "chosen region"
+    box, where = _zoom_box(div, crop_box, labels)
     cw, ch = box[2] - box[0], box[3] - box[1]
 
     panels = [_to_pil(lq_arr), _to_pil(b), _to_pil(n), _to_pil(g), heat]
@@ -213,10 +200,7 @@ def comparison_strip(lq: Any, base: Any, new: Any, gt: Any,
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
-    if scale > 0:
-        heat_label = f"|{labels[2]} - {labels[1]}| x{1 / scale:.3g}"
-    else:
-        heat_label = f"|{labels[2]} - {labels[1]}| (identical)"
+    heat_label = f"|{labels[2]} - {labels[1]}| " + (f"x{1 / scale:.3g}" if scale > 0 else "(identical)")
     panel_labels = [*labels, heat_label]
     outline = (cw, ch) != (w, h)
     for i, (panel, label) in enumerate(zip(panels, panel_labels)):
@@ -231,6 +215,34 @@ def comparison_strip(lq: Any, base: Any, new: Any, gt: Any,
     for i, crop in enumerate(crops):
         canvas.paste(crop, (i * (cw * zoom + SEP), y0 + LABEL_H))
     return canvas
+
+
+def _strip_arrays(lq: Any, base: Any, new: Any, gt: Any) -> tuple[np.ndarray, ...]:
+    """(LQ, base, new, GT) as H x W x C arrays of GT size: the outputs checked against
+    the GT, the LQ nearest-upscaled to it."""
+    g, b, n = _to_hwc(gt), _to_hwc(base), _to_hwc(new)
+    h, w = g.shape[:2]
+    for name, arr in (("baseline", b), ("retrained", n)):
+        if arr.shape[:2] != (h, w):
+            raise ValueError(f"{name} output is {arr.shape[1]}x{arr.shape[0]}, GT is {w}x{h}")
+    lq_arr = _to_hwc(lq)
+    if lq_arr.shape[:2] != (h, w):
+        t = torch.from_numpy(lq_arr.transpose(2, 0, 1).copy())[None]
+        lq_arr = F.interpolate(t, size=(h, w), mode="nearest")[0].numpy().transpose(1, 2, 0)
+    return lq_arr, b, n, g
+
+
+def _zoom_box(div: np.ndarray, crop_box: tuple[int, int, int, int] | None,
+              labels: Sequence[str]) -> tuple[tuple[int, int, int, int], str]:
+    """The zoomed region and how it was chosen: where the models differ most, or the
+    caller's `crop_box` (checked to lie inside the image)."""
+    h, w = div.shape
+    if crop_box is None:
+        return largest_difference_box(div, crop_size(h, w)), f"largest |{labels[2]} - {labels[1]}|"
+    left, top, right, bottom = (int(v) for v in crop_box)
+    if not (0 <= left < right <= w and 0 <= top < bottom <= h):
+        raise ValueError(f"crop_box {crop_box} is not inside the {w}x{h} image")
+    return (left, top, right, bottom), "chosen region"
 
 
 def _outline(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], x0: int, y0: int,
@@ -291,29 +303,10 @@ def delta_bar_chart(names: Sequence[str], deltas: Sequence[float], title: str,
         _text(draw, (px0 + 4, (py0 + py1) // 2), "no finite deltas to plot", px1 - px0 - 8)
         return img
 
-    values = np.array([d for _, d in finite])
-    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
-    if hi - lo == 0:
-        lo, hi = -1.0, 1.0
-    pad = 0.05 * (hi - lo)
-    lo_v, hi_v = lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0)
-
-    def y_of(v: float) -> int:
-        return int(round(py0 + (hi_v - v) / (hi_v - lo_v) * (py1 - py0)))
-
+    lo, hi, y_of = _y_axis([d for _, d in finite], py0, py1)
     y_zero = y_of(0.0)
     n = len(finite)
-    slot = (px1 - px0 - 2) / n
-    gap = 1 if slot >= 4 else 0
-    for i, (_, d) in enumerate(finite):
-        x0 = px0 + 2 + int(math.floor(i * slot))
-        x1 = max(x0, px0 + 2 + int(math.floor((i + 1) * slot)) - 1 - gap)
-        y = y_of(d)
-        if d > 0:
-            draw.rectangle((x0, y, x1, y_zero), fill=GREEN)
-        elif d < 0:
-            draw.rectangle((x0, y_zero, x1, y), fill=RED)
-    draw.line((px0, y_zero, px1, y_zero), fill=TEXT)
+    _draw_bars(draw, [d for _, d in finite], px0, px1, y_of)
     fmt = "{:+.2f}" if unit == "dB" else "{:+.4f}"
     ticks = {y_zero: "0"}
     if hi > 0:
@@ -333,6 +326,39 @@ def delta_bar_chart(names: Sequence[str], deltas: Sequence[float], title: str,
     return img
 
 
+def _y_axis(values: list[float], py0: int, py1: int) -> tuple[float, float, Callable[[float], int]]:
+    """(lo, hi, y_of): the range of the values widened to include 0 (-1..1 when all are
+    0), and the pixel row of a value, with 5 % headroom on each side that has bars."""
+    arr = np.array(values)
+    lo, hi = min(0.0, float(arr.min())), max(0.0, float(arr.max()))
+    if hi - lo == 0:
+        lo, hi = -1.0, 1.0
+    pad = 0.05 * (hi - lo)
+    lo_v, hi_v = lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0)
+
+    def y_of(v: float) -> int:
+        return int(round(py0 + (hi_v - v) / (hi_v - lo_v) * (py1 - py0)))
+
+    return lo, hi, y_of
+
+
+def _draw_bars(draw: ImageDraw.ImageDraw, values: list[float], px0: int, px1: int,
+               y_of: Callable[[float], int]) -> None:
+    """One bar per value between x = px0 and px1 (green up, red down), and the zero line."""
+    y_zero = y_of(0.0)
+    slot = (px1 - px0 - 2) / len(values)
+    gap = 1 if slot >= 4 else 0
+    for i, d in enumerate(values):
+        x0 = px0 + 2 + int(math.floor(i * slot))
+        x1 = max(x0, px0 + 2 + int(math.floor((i + 1) * slot)) - 1 - gap)
+        y = y_of(d)
+        if d > 0:
+            draw.rectangle((x0, y, x1, y_zero), fill=GREEN)
+        elif d < 0:
+            draw.rectangle((x0, y_zero, x1, y), fill=RED)
+    draw.line((px0, y_zero, px1, y_zero), fill=TEXT)
+
+
 # --------------------------------------------------------------------------- saving
 
 
@@ -347,12 +373,13 @@ def save_image(img: Image.Image, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """`text` as a safe file-name part (runs of other characters become "_")."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def write_delta_charts(comparison: Any, out_dir: str | Path, metric: str = "psnr") -> list[Path]:
-    """For a `compare.Comparison`: one bar chart per later model and dataset,
+def write_delta_charts(comparison: Comparison, out_dir: str | Path, metric: str = "psnr") -> list[Path]:
+    """For a `results.Comparison`: one bar chart per later model and dataset,
     `delta_<metric>_<dataset>.png` (two models) or `delta_<metric>_<dataset>_<label>.png`.
     Returns the paths written."""
     out_dir = Path(out_dir)
@@ -360,194 +387,11 @@ def write_delta_charts(comparison: Any, out_dir: str | Path, metric: str = "psnr
     for label in comparison.models[1:]:
         for ds in comparison.datasets:
             deltas = comparison.image_deltas(ds, label, metric)
-            name = f"delta_{metric}_{_slug(ds)}"
+            name = f"delta_{metric}_{slug(ds)}"
             if len(comparison.models) > 2:
-                name += f"_{_slug(label)}"
+                name += f"_{slug(label)}"
             chart = delta_bar_chart(list(deltas), list(deltas.values()),
                                     f"{ds}: {metric.upper()} {label} - {comparison.baseline}, per image",
                                     unit="dB" if metric == "psnr" else "", metric=metric.upper())
             written.append(save_image(chart, out_dir / f"{name}.png"))
     return written
-
-
-# --------------------------------------------------------------------------- wiring
-# Models and benchmark folders -> strips and charts for a `compare.Comparison`. The
-# imports of models/data/inference are local so that the drawing code above stays free
-# of them.
-
-
-class VisualsUnavailable(Exception):
-    """Why the strips cannot be drawn (a checkpoint or a data folder is missing); the
-    caller reports it as a note, not an error."""
-
-
-def load_visual_sources(results: Sequence[dict], sources: Sequence[str | Path | None] = ()) -> tuple[list, dict]:
-    """Reload what a set of `evaluate` results were made from: the models (from
-    `model.checkpoint`, checked against `model.sha256`) and the benchmark folders (from
-    the top-level `"data"` map). `sources[i]` is the JSON file result i came from;
-    relative paths are tried against the working folder, then against that file's
-    folder. Returns (models, {dataset name: Dataset}); raises VisualsUnavailable with a
-    reason when something is missing or changed."""
-    from mcir_cli.data import discover
-    from mcir_cli.errors import McirError
-    from mcir_cli.fsutil import sha256_file
-    from mcir_cli.models import get_preset, load_checkpoint_model
-
-    def locate(value: str, source: str | Path | None) -> Path | None:
-        path = Path(value).expanduser()
-        if path.exists():
-            return path
-        if not path.is_absolute() and source is not None:
-            alt = Path(source).parent / path
-            if alt.exists():
-                return alt
-        return None
-
-    sources = list(sources) + [None] * (len(results) - len(sources))
-    models = []
-    for res, src in zip(results, sources):
-        info = res.get("model", {})
-        label = info.get("label") or "model"
-        ckpt = info.get("checkpoint")
-        if not ckpt:
-            raise VisualsUnavailable(f"{label}: the result names no checkpoint "
-                                     "(scored from restored images?)")
-        path = locate(str(ckpt), src)
-        if path is None:
-            raise VisualsUnavailable(f"{label}: checkpoint {ckpt} not found")
-        want = info.get("sha256")
-        if want and sha256_file(path) != want:
-            raise VisualsUnavailable(f"{label}: {path} changed since it was evaluated "
-                                     "(sha256 differs)")
-        preset = None
-        if info.get("preset"):
-            try:
-                preset = get_preset(str(info["preset"]))
-            except McirError:
-                preset = None
-        try:
-            models.append(load_checkpoint_model(path, preset))
-        except McirError as exc:
-            raise VisualsUnavailable(f"{label}: {exc}") from None
-
-    first = results[0]
-    roots = first.get("data")
-    if not isinstance(roots, dict) or not roots:
-        raise VisualsUnavailable("the results do not record their data folders (a `data` "
-                                 "map, written by mcir evaluate since this version); "
-                                 "re-evaluate, or compare with --checkpoint ... --data ...")
-    scale = int(first.get("model", {}).get("scale") or 1)
-    task = first.get("task")
-    datasets = {}
-    for name, root in roots.items():
-        path = locate(str(root), sources[0])
-        if path is None:
-            raise VisualsUnavailable(f"data folder {root} ({name}) not found")
-        try:
-            datasets[name] = discover(path, scale if scale > 1 else None,
-                                      task if task in ("sr", "denoise") else None)
-        except McirError as exc:
-            raise VisualsUnavailable(f"data folder {root} ({name}): {exc}") from None
-    return models, datasets
-
-
-def write_comparison_visuals(
-    comparison: Any,
-    models: Sequence[Any],
-    datasets: dict[str, Any],
-    out_dir: str | Path,
-    top_k: int = 3,
-    *,
-    device: str | torch.device = "cpu",
-    tile: int | None = None,
-    overlap: int = 32,
-    noise: dict | None = None,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """For every later model and dataset, the `top_k` images with the largest |Δ PSNR|
-    against the baseline: both models are re-run on just those images and a
-    `comparison_strip` (LQ | baseline | retrained | GT | divergence) is written to
-    `out_dir/<dataset>/<image>.png` (two models) or `out_dir/<label>/<dataset>/<image>.png`
-    (more); plus the per-dataset Δ PSNR bar charts (`write_delta_charts`). All heat maps
-    share one scale (the largest automatic scale among them). `models[i]` is the
-    `LoadedModel` of `comparison.models[i]`; `datasets` maps the comparison's dataset
-    names to `data.Dataset`s. Returns {"strips": [paths], "charts": [paths],
-    "heat_scale": float, "max_divergence": {path: float}, "skipped": [messages]}."""
-    from mcir_cli.data import load_pair
-    from mcir_cli.inference import resolve_device, restore
-
-    out_dir = Path(out_dir)
-    if len(models) != len(comparison.models):
-        raise ValueError(f"{len(models)} models for {len(comparison.models)} results")
-    dev = resolve_device(device) if isinstance(device, str) else device
-    sigma = (noise or {}).get("sigma")
-    gen_seed = int((noise or {}).get("seed", 0))
-
-    def run(model: Any, lq: torch.Tensor) -> torch.Tensor:
-        net = model.restorer.to(dev)
-        was = net.training
-        net.eval()
-        try:
-            return restore(net, lq.to(dev), model.scale, min_size=model.min_size,
-                           multiple_of=model.multiple_of, square=model.square, tile=tile,
-                           overlap=overlap).cpu().clamp(0, 1)
-        finally:
-            net.train(was)
-
-    def pair_tensors(ds: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        index = {p.name: i for i, p in enumerate(ds.pairs)}
-        if name not in index:
-            return None
-        if sigma is not None and ds.pairs[index[name]].lq is None:
-            # reproduce the noise draw of `iter_pairs` (one seeded stream in name order)
-            g = torch.Generator().manual_seed(gen_seed)
-            for i, p in enumerate(ds.pairs):
-                lq, gt = load_pair(ds, p, sigma, g)
-                if i == index[name]:
-                    return lq, gt
-        return load_pair(ds, ds.pairs[index[name]], sigma)
-
-    many = len(comparison.models) > 2
-    jobs = []  # (path, lq, base_out, new_out, gt, labels)
-    skipped: list[str] = []
-    base_model = models[0]
-    cache: dict[tuple[str, str], torch.Tensor] = {}
-    todo = [(lab, m, ds) for lab, m in zip(comparison.models[1:], models[1:])
-            for ds in comparison.datasets]
-    total = sum(min(top_k, len(comparison.images[ds])) for _, _, ds in todo)
-    done = 0
-    for lab, model, ds_name in todo:
-        ds = datasets.get(ds_name)
-        if ds is None:
-            skipped.append(f"{ds_name}: no data folder given, strips skipped")
-            continue
-        names = largest_delta_images(comparison.image_deltas(ds_name, lab, "psnr"), top_k)
-        for name in names:
-            pair = pair_tensors(ds, name)
-            if pair is None:
-                skipped.append(f"{ds_name}/{name}: not in {ds.root}, strip skipped")
-                continue
-            lq, gt = pair
-            key = (ds_name, name)
-            if key not in cache:
-                cache[key] = run(base_model, lq)
-            new = run(model, lq)
-            sub = out_dir / _slug(lab) if many else out_dir
-            path = sub / _slug(ds_name) / f"{_slug(name)}.png"
-            jobs.append((path, lq, cache[key], new, gt, (comparison.baseline, lab)))
-            done += 1
-            if progress:
-                progress(done, total)
-
-    divs = [divergence_map(b, n) for _, _, b, n, _, _ in jobs]
-    scales = [auto_heat_scale(d) for d in divs]
-    heat_scale = max(scales) if scales else 0.0
-    strips, max_div = [], {}
-    for (path, lq, b, n, gt, (base_lab, new_lab)), div in zip(jobs, divs):
-        img = comparison_strip(lq, b, n, gt, labels=("LQ (upscaled)", base_lab, new_lab, "GT"),
-                               heat_scale=heat_scale)
-        strips.append(save_image(img, path))
-        max_div[str(path)] = float(div.max()) if div.size else 0.0
-    charts = write_delta_charts(comparison, out_dir)
-    return {"strips": strips, "charts": charts, "heat_scale": heat_scale,
-            "max_divergence": max_div, "skipped": skipped}

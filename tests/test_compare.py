@@ -10,25 +10,19 @@ import math
 import numpy as np
 import pytest
 
-from mcir_cli.compare import (
+from mcir_cli.cli.render import render_table
+from mcir_cli.errors import McirError
+from mcir_cli.exports import latex_escape, to_csv, to_json, to_latex, to_markdown
+from mcir_cli.results import (
     AVERAGE,
-    PairedStats,
     align,
     check_conventions,
     compare_results,
     conventions_text,
-    latex_escape,
     load_result,
-    paired_stats,
     render_evidence,
-    render_table,
-    to_csv,
-    to_json,
-    to_latex,
-    to_markdown,
-    verdict,
 )
-from mcir_cli.errors import McirError
+from mcir_cli.stats import PairedStats, paired_stats, verdict
 
 CONV = {"y_channel": True, "crop_border": 4, "quantize": "uint8"}
 

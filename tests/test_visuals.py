@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mcir_cli.compare import compare_results
+from mcir_cli.results import compare_results
 from mcir_cli.visuals import (
     LABEL_H,
     SEP,

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from mcir_cli.cli.app import _progress, app, console, err_console, handle_errors
+from mcir_cli.cli.app import _progress, app, console, handle_errors
 from mcir_cli.cli.evaluate import _check_scoring_flags
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import writable_target
 
-
-
-# ------------------------------------------------------------------------- compare
+if TYPE_CHECKING:
+    from mcir_cli.compare import CompareRun
 
 
 def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path], model_flags: dict[str, Any]) -> str:
@@ -35,6 +33,27 @@ def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path
         raise McirError(f"{', '.join(given)} only apply with --checkpoint; result JSONs were "
                         "scored already (their conventions are checked)")
     return "json"
+
+
+def _show(run: CompareRun, visuals: Path | None) -> None:
+    """The table, what was left out, the evidence, the files written; an exit code 2 for
+    asked-for visuals that could not be made (after everything else is shown)."""
+    from mcir_cli.cli.render import print_evidence, print_notes, render_table
+    from mcir_cli.results import render_evidence
+
+    comp = run.comparison
+    console.print(render_table(comp))
+    print_notes(comp.dropped.messages())
+    print_evidence(f"[bold]Evidence[/] (paired over images; 95 % bootstrap CI, {comp.n_resamples} resamples, "
+                   f"seed {comp.seed}; sign-flip permutation p):", render_evidence(comp))
+    for path in run.written:
+        console.print(f"written: {path}", highlight=False)
+    if run.visuals_error is not None:  # asked for and not made: the exit code says so
+        raise McirError(f"--visuals could not be made ({run.visuals_error}); the table and exports above are complete")
+    if run.visuals is not None:
+        print_notes(run.visuals["skipped"])
+        console.print(f"visuals: {len(run.visuals['strips'])} strips and {len(run.visuals['charts'])} charts "
+                      f"in {visuals}", highlight=False)
 
 
 @app.command()
@@ -60,9 +79,9 @@ def compare(
     seed: int = typer.Option(0, help="Seed of the resampling."),
 ) -> None:
     """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals."""
-    from mcir_cli import compare as cmp
+    from mcir_cli.compare import run_compare
 
-    mode = _compare_inputs(results or [], checkpoint or [], data or [], {
+    _compare_inputs(results or [], checkpoint or [], data or [], {
         "--data": data, "--scale": scale is not None, "--task": task is not None,
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
     })
@@ -71,69 +90,20 @@ def compare(
         raise McirError(f"--resamples must be at least 1 (got {resamples})")
     if top_k < 1:
         raise McirError(f"--top-k must be at least 1 (got {top_k})")
-    exports = cmp.check_export_paths({"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex})
-    if visuals is not None and visuals.exists():
-        if not visuals.is_dir():
-            raise McirError("--visuals must be a folder, this is a file", visuals)
-        if any(visuals.iterdir()):
-            raise McirError("--visuals folder exists and is not empty; choose a new one", visuals)
-    if visuals is not None:
-        writable_target(visuals, "--visuals folder")
+    with _progress() as bar:
+        bars: dict[str, Any] = {}
 
-    loaded: list[Any] = []
-    datasets: dict[str, Any] | None = None
-    sources: list[Path] = []
-    if mode == "json":
-        sources = list(results or [])
-        result_dicts = [cmp.load_result(p) for p in sources]
-    else:
-        with _progress() as bar:
-            tasks: dict[str, Any] = {}
+        def advance(key: str, done: int, total: int | None) -> None:
+            if key not in bars:
+                bars[key] = bar.add_task(key, total=total)
+            bar.update(bars[key], completed=done, total=total)
 
-            def progress(label: str, name: str, done: int, total: int) -> None:
-                key = f"{label}: {name}"
-                if key not in tasks:
-                    tasks[key] = bar.add_task(key, total=total)
-                bar.update(tasks[key], completed=done)
-
-            result_dicts, loaded, datasets = cmp.evaluate_checkpoints(
-                list(checkpoint or []), list(data or []), scale=scale, task=task, y_channel=y_channel,
-                crop_border=crop_border, device=device, tile=tile, progress=progress,
-            )
-    if label:
-        if len(label) != len(result_dicts):
-            raise McirError(f"--label given {len(label)} time(s) for {len(result_dicts)} models; name every model, in order")
-        for res, name in zip(result_dicts, label):
-            res["model"]["label"] = name
-    comparison = cmp.compare_results(result_dicts, n_resamples=resamples, seed=seed)
-    console.print(cmp.render_table(comparison))
-    for msg in comparison.dropped.messages():
-        err_console.print(f"[yellow]{msg}[/]", highlight=False)
-    console.print(f"[bold]Evidence[/] (paired over images; 95 % bootstrap CI, {resamples} resamples, "
-                  f"seed {seed}; sign-flip permutation p):", highlight=False)
-    for line in cmp.render_evidence(comparison):
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
-
-    for path in cmp.write_exports(comparison, exports):
-        console.print(f"written: {path}", highlight=False)
-    if visuals is not None:
-        from mcir_cli.visuals import VisualsUnavailable, load_visual_sources, write_comparison_visuals
-
-        try:
-            if mode == "json":
-                loaded, datasets = load_visual_sources(result_dicts, sources)
-            with _progress() as bar:
-                job = bar.add_task("visuals", total=None)
-                out = write_comparison_visuals(
-                    comparison, loaded, datasets or {}, visuals, top_k, device=device, tile=tile,
-                    noise=result_dicts[0].get("noise"),
-                    progress=lambda done, total: bar.update(job, completed=done, total=total),
-                )
-        except VisualsUnavailable as exc:  # asked for and not made: the exit code says so
-            raise McirError(f"--visuals could not be made ({exc}); the table and exports above are complete") from None
-        for msg in out["skipped"]:
-            err_console.print(f"[yellow]{msg}[/]", highlight=False)
-        console.print(f"visuals: {len(out['strips'])} strips and {len(out['charts'])} charts in {visuals}",
-                      highlight=False)
-
-
+        run = run_compare(
+            results or [], checkpoints=checkpoint or [], data=data or [], scale=scale, task=task,
+            y_channel=y_channel, crop_border=crop_border, device=device, tile=tile,
+            exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
+            visuals=visuals, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
+            progress=lambda lab, name, done, total: advance(f"{lab}: {name}", done, total),
+            visuals_progress=lambda done, total: advance("visuals", done, total),
+        )
+    _show(run, visuals)

@@ -11,10 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mcir_cli.cli.app import app, console, err_console, handle_errors
 
 
-
-# ---------------------------------------------------------------------------- demo
-
-
 @app.command()
 @handle_errors
 def demo(
@@ -26,8 +22,9 @@ def demo(
     """The whole path offline in a few minutes: data, a model, MCIR vs plain retraining, proof."""
     import time
 
-    from mcir_cli import compare as cmp
+    from mcir_cli.cli.render import print_evidence, render_table
     from mcir_cli.demo import run_demo
+    from mcir_cli.results import render_evidence
 
     t0 = time.perf_counter()
 
@@ -48,13 +45,10 @@ def demo(
 
         result = run_demo(output, iters=iters, device=device, embedding_weights=embedding_weights,
                           say=say, on_step=on_step)
-    console.print(cmp.render_table(result.comparison))
-    console.print("[bold]Evidence[/] (paired over images; 95 % bootstrap CI; sign-flip permutation p):")
-    for line in cmp.render_evidence(result.comparison):
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
-    console.print("[bold]MCIR vs plain fine-tuning[/] (baseline: plain):")
-    for line in cmp.render_evidence(result.head_to_head):
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(render_table(result.comparison))
+    print_evidence("[bold]Evidence[/] (paired over images; 95 % bootstrap CI; sign-flip permutation p):",
+                   render_evidence(result.comparison))
+    print_evidence("[bold]MCIR vs plain fine-tuning[/] (baseline: plain):", render_evidence(result.head_to_head))
     for message in result.notes:
         err_console.print(f"[bold yellow]note:[/] {message}", highlight=False, soft_wrap=True)
     console.print(f"start model: {result.model}", highlight=False, soft_wrap=True)

@@ -1,0 +1,69 @@
+"""Scoring several checkpoints on the same folders with identical conventions: what
+`mcir compare --checkpoint A --checkpoint B --data DIR` compares, with the loaded models
+kept for its pictures. Kept next to `evaluate.py`, which scores one model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mcir_cli.data import Dataset, discover_all
+from mcir_cli.errors import McirError
+from mcir_cli.evaluate import evaluate_model
+from mcir_cli.models import LoadedModel, load_model
+
+ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
+
+_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A display label for a checkpoint: its stem, or `<run folder>` for the generic names
+    a run folder uses (RUN/model.safetensors -> "RUN", RUN/best.pth -> "RUN/best")."""
+    path = Path(path)
+    stem = path.stem
+    if stem.lower() in _GENERIC_STEMS and path.parent.name:
+        parent = path.resolve().parent.name
+        return parent if stem.lower() == "model" else f"{parent}/{stem}"
+    return stem
+
+
+def evaluate_checkpoints(
+    checkpoints: list[Path],
+    data: list[Path],
+    *,
+    scale: int | None = None,
+    task: str | None = None,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    device: str = "auto",
+    tile: int | None = None,
+    progress: ModelsProgress | None = None,
+) -> tuple[list[dict], list[LoadedModel], dict[str, Dataset]]:
+    """Evaluate every checkpoint on the same folders with identical conventions (what
+    `mcir compare --checkpoint` scores).
+
+    Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
+    total)` is called per image. The models are kept for the visuals."""
+    # all models first: checkpoints that cannot be compared are refused before any scoring
+    models = [load_model(path, None, scale) for path in checkpoints]
+    scales = {m.scale for m in models}
+    if len(scales) > 1:
+        found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
+        raise McirError(f"the checkpoints restore at different scales ({found}); compare models of one "
+                        "scale, on the same benchmark")
+    results = []
+    for path, model in zip(checkpoints, models):
+        label = checkpoint_label(path)
+
+        def per_image(name: str, done: int, total: int, label: str = label) -> None:
+            if progress:
+                progress(label, name, done, total)
+
+        res = evaluate_model(model, data, task=task, y_channel=y_channel, crop_border=crop_border,
+                             device=device, tile=tile, progress=per_image)
+        res["model"]["label"] = label
+        results.append(res)
+    first = models[0]
+    datasets = {d.name: d for d in discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))}
+    return results, models, datasets

@@ -1,0 +1,184 @@
+"""Paired statistics of two models' per-image scores: pure numpy, no I/O, plain text.
+
+For one metric on one dataset, `new - base` image by image: the mean delta, a 95 %
+paired-bootstrap percentile interval, the share of images that improved and a two-sided
+sign-flip permutation p-value (exact up to 16 images), plus `verdict`, the one sentence
+that says what those numbers mean. Kept apart from loading and rendering so that the
+numbers can be checked against hand-computed answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+_EXACT_MAX_N = 16  # exact sign-flip enumeration up to 2**16 patterns
+_CHUNK = 4_000_000  # elements per resampling chunk (bounds memory for large datasets)
+
+
+def score_delta(base: float, new: float) -> float:
+    """`new - base` for one image, with both-infinite (identical images on both sides)
+    counted as 0, the rule `deltas_of` applies to arrays."""
+    if math.isinf(base) and math.isinf(new) and (base > 0) == (new > 0):
+        return 0.0
+    return new - base
+
+
+@dataclass
+class PairedStats:
+    """Paired comparison of one metric on one dataset: `new` vs `base`, image by image."""
+
+    n: int  # images used
+    mean_delta: float  # mean of new - base
+    ci_low: float  # 95 % paired bootstrap percentile interval of the mean delta
+    ci_high: float
+    win_rate: float  # share of images with delta > 0
+    wins: int
+    p_value: float  # two-sided sign-flip permutation test of the mean delta
+    exact: bool  # p from full enumeration of the 2**n sign patterns
+    n_resamples: int
+    seed: int
+    skipped: int = 0  # images with a non-finite delta (PSNR inf on one side only)
+    dataset: str = ""
+    metric: str = "psnr"
+    base_label: str = ""
+    new_label: str = ""
+
+    @property
+    def significant(self) -> bool:
+        """CI excludes 0 and p < 0.05."""
+        return self.n > 1 and (self.ci_low > 0 or self.ci_high < 0) and self.p_value < 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def deltas_of(base: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-image `new - base`, with both-infinite (identical-image PSNR on both sides)
+    counted as 0; images whose delta is still not finite are skipped. Returns
+    (finite deltas, number skipped)."""
+    base = np.asarray(base, dtype=np.float64).reshape(-1)
+    new = np.asarray(new, dtype=np.float64).reshape(-1)
+    if base.shape != new.shape:
+        raise ValueError(f"paired arrays differ in length: {base.size} vs {new.size}")
+    with np.errstate(invalid="ignore"):
+        delta = new - base
+    both_inf = np.isinf(base) & np.isinf(new) & (np.sign(base) == np.sign(new))
+    delta[both_inf] = 0.0
+    finite = np.isfinite(delta)
+    return delta[finite], int((~finite).sum())
+
+
+def _bootstrap_ci(d: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float]:
+    n = d.size
+    if n == 1 or np.all(d == d[0]):
+        return float(d[0]), float(d[0])
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    step = max(1, _CHUNK // n)
+    for start in range(0, n_resamples, step):
+        k = min(step, n_resamples - start)
+        idx = rng.integers(0, n, size=(k, n))
+        means[start : start + k] = d[idx].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _sign_flip_p(d: np.ndarray, n_resamples: int, seed: int) -> tuple[float, bool]:
+    n = d.size
+    observed = abs(d.mean())
+    if n <= _EXACT_MAX_N:
+        patterns = np.arange(2**n, dtype=np.int64)[:, None]
+        signs = ((patterns >> np.arange(n)) & 1) * 2 - 1
+        perm = np.abs(signs @ d / n)
+        count = int((perm >= observed - 1e-12).sum())
+        return count / 2**n, True
+    rng = np.random.default_rng(seed)
+    count = 0
+    step = max(1, _CHUNK // n)
+    for start in range(0, n_resamples, step):
+        k = min(step, n_resamples - start)
+        signs = rng.integers(0, 2, size=(k, n)) * 2 - 1
+        perm = np.abs(signs @ d / n)
+        count += int((perm >= observed - 1e-12).sum())
+    return (count + 1) / (n_resamples + 1), False
+
+
+def paired_stats(base: np.ndarray, new: np.ndarray, n_resamples: int = 10_000, seed: int = 0,
+                 *, dataset: str = "", metric: str = "psnr", base_label: str = "",
+                 new_label: str = "") -> PairedStats:
+    """Paired statistics of `new - base` over images (see PairedStats). Infinite PSNR on
+    both sides counts as delta 0; infinite on one side only is skipped (`skipped`).
+    With no usable image every number is NaN and n = 0."""
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    d, skipped = deltas_of(base, new)
+    common = dict(n_resamples=n_resamples, seed=seed, skipped=skipped, dataset=dataset,
+                  metric=metric, base_label=base_label, new_label=new_label)
+    if d.size == 0:
+        nan = float("nan")
+        return PairedStats(n=0, mean_delta=nan, ci_low=nan, ci_high=nan, win_rate=nan,
+                           wins=0, p_value=nan, exact=True, **common)
+    wins = int((d > 0).sum())
+    low, high = _bootstrap_ci(d, n_resamples, seed)
+    p, exact = _sign_flip_p(d, n_resamples, seed)
+    return PairedStats(n=int(d.size), mean_delta=float(d.mean()), ci_low=low, ci_high=high,
+                       win_rate=wins / d.size, wins=wins, p_value=float(p), exact=exact,
+                       **common)
+
+
+def _fmt_delta(x: float, metric: str) -> str:
+    return f"{x:+.4f}" if metric == "ssim" else f"{x:+.2f} dB"
+
+
+def _fmt_ci(x: float, metric: str) -> str:
+    return f"{x:+.4f}" if metric == "ssim" else f"{x:+.2f}"
+
+
+def _fmt_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def verdict(stats: PairedStats, with_labels: bool = False) -> str:
+    """One plain sentence stating the gain, its 95 % CI, the win count, p and what that
+    means. `with_labels` names the two models (useful with more than two results)."""
+    head = stats.dataset or stats.metric.upper()
+    if with_labels and (stats.new_label or stats.base_label):
+        head = f"{stats.new_label} vs {stats.base_label}, {head}"
+    if stats.metric != "psnr":
+        head = f"{head} ({stats.metric.upper()})"
+    note = ""
+    if stats.skipped:
+        note = (f" ({stats.skipped} image{'s' if stats.skipped != 1 else ''} skipped: "
+                f"{stats.metric.upper()} infinite on one side only.)")
+    if stats.n == 0:
+        return f"{head}: no image with a finite difference to compare.{note}"
+    m = stats.metric
+    if stats.n == 1:
+        return (f"{head}: {_fmt_delta(stats.mean_delta, m)} on the only image — a single "
+                f"image cannot show whether the difference is real.{note}")
+    if stats.mean_delta == 0 and stats.ci_low == 0 and stats.ci_high == 0:
+        return f"{head}: identical scores on all {stats.n} images (Δ 0).{note}"
+    text = (f"{head}: {_fmt_delta(stats.mean_delta, m)} [95 % CI {_fmt_ci(stats.ci_low, m)}, "
+            f"{_fmt_ci(stats.ci_high, m)}], better on {stats.wins} of {stats.n} images, "
+            f"{_fmt_p(stats.p_value)}")
+    if stats.significant:
+        kind = "improvement" if stats.mean_delta > 0 else "regression"
+        text += f" — a real {kind} (CI excludes 0, p < 0.05)."
+    else:
+        excludes = stats.ci_low > 0 or stats.ci_high < 0
+        min_p = 2 / 2**stats.n
+        if min_p >= 0.05:
+            text += (f" — too few images to call: with {stats.n} images no difference can reach "
+                     f"p < 0.05 (the smallest possible p is {min_p:.3g})")
+            if excludes:
+                text += "; the CI excludes 0, but a bootstrap over so few images is optimistic"
+        elif excludes:
+            text += (" — not established at 5 %: the bootstrap CI excludes 0 but the permutation "
+                     "test does not (p ≥ 0.05)")
+        else:
+            text += " — not distinguishable from noise at 5 %"
+        text += "."
+    return text + note
