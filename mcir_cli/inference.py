@@ -1,5 +1,8 @@
 """Running a model on whole images: padding to its size requirements, tiling, AMP.
 
+A network that takes one input size only (`fixed_size`, IDT's 128 x 128) always runs
+on tiles of exactly that size, whatever `tile` says.
+
 Tiling keeps, from each tile, only the pixels at least `overlap // 2` away from an edge
 shared with a neighbour, and averages where kept regions meet. For a network whose
 receptive field fits inside that margin the result equals the untiled output exactly.
@@ -80,6 +83,16 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts + [length - tile]
 
 
+def fixed_input_size(model: nn.Module) -> int | None:
+    """The only input size a network takes (IDT: 128 x 128), read from its `fixed_size`
+    attribute, on the module itself or on the network a `models.Restorer` wraps."""
+    for m in (model, getattr(model, "net", None)):
+        size = getattr(m, "fixed_size", None)
+        if size:
+            return int(size)
+    return None
+
+
 @torch.no_grad()
 def restore(
     model: nn.Module,
@@ -97,6 +110,9 @@ def restore(
     single = x.dim() == 3
     if single:
         x = x.unsqueeze(0)
+    fixed = fixed_input_size(model)
+    if fixed:  # exactly fixed x fixed: pad smaller images to it, tile larger ones at it
+        tile, min_size, multiple_of, square = fixed, max(min_size, fixed), 1, False
     with autocast(x.device, amp):
         if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
             y = run_padded(model, x, scale, min_size, multiple_of, square)

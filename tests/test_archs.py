@@ -78,7 +78,7 @@ def test_io_attributes() -> None:
     ranges = {k: tuple(cls.io_range) for k, cls in MODEL_CLASSES.items()}
     assert ranges == {
         "EDSR": (0.0, 255.0), "FFANet": (0.0, 1.0), "DehazeFormer": (-1.0, 1.0),
-        "IMDN": (0.0, 1.0), "RFDN": (0.0, 255.0), "AODNet": (0.0, 1.0),
+        "IMDN": (0.0, 1.0), "RFDN": (0.0, 255.0), "AODNet": (0.0, 1.0), "IDT": (0.0, 1.0),
     }
     for name, cls in MODEL_CLASSES.items():
         if name == "FFANet":
@@ -230,3 +230,143 @@ def test_vmap_over_stacked_copies(arch: str, kwargs: dict[str, Any], size: int) 
         ref = torch.stack([m(x) for m in models])
     scale = max(1.0, ref.abs().max().item())
     torch.testing.assert_close(out.detach() / scale, ref / scale, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------- IDT
+
+# jiexiaou/IDT model.py @ d72510c, the released configuration, measured on the official
+# code (docs/idt.md): 571 state-dict entries, all parameters (16,416,463), no buffers.
+IDT_OFFICIAL_ENTRIES = 571
+IDT_OFFICIAL_PARAMS = 16_416_463
+IDT_OFFICIAL_SHAPES = {
+    "input_proj.proj.0.weight": (32, 3, 3, 3),
+    "encoderlayer_0.blocks.0.attn.relative_position_bias_table": (225, 1),
+    "encoderlayer_0.blocks.3.attn.relative_position_bias_table": (961, 1),
+    "encoderlayer_3.blocks.2.attn.Position_Extract.0.weight": (64, 1, 3, 3),
+    "bottle.blocks.0.attn.qkv.to_kv.weight": (1536, 512),
+    "dowsample_0.conv.0.weight": (64, 32, 4, 4),
+    "upsample_0.deconv.0.weight": (512, 256, 2, 2),
+    "upsample_1.deconv.0.weight": (512, 128, 2, 2),
+    "decoderlayer_0.blocks.1.attn.relative_position_bias_table": (9, 16),
+    "decoderlayer_3.blocks.3.mlp.linear1.0.weight": (256, 64),
+    "output_proj.proj.0.weight": (3, 64, 3, 3),
+}
+IDT_RELEASED = dict(
+    in_chans=3, embed_dim=32, num_heads=(1, 2, 4, 8, 16, 16, 8, 4, 2), win_size=8,
+    mlp_ratio=4.0, qkv_bias=True, img_size=128,
+)
+
+
+def _save_official(net: nn.Module, path: Path) -> Path:
+    """As train_derain.py saves it: the state dict of a DataParallel model."""
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def idt_released(tmp_path_factory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    net = BUILDERS["IDT"]().eval()
+    return net, _save_official(net, tmp_path_factory.mktemp("idt") / "net_latest.pth")
+
+
+NARROW_IDT = dict(embed_dim=8, mlp_ratio=1.0)
+
+
+def _narrow_idt(seed: int = 0) -> nn.Module:
+    """A narrow IDT (embed_dim 8, mlp_ratio 1): the same layout and 128 x 128 input, ~0.3 s
+    a tile on one core instead of ~2 s."""
+    torch.manual_seed(seed)
+    return BUILDERS["IDT"](**NARROW_IDT).eval()
+
+
+def test_idt_official_layout_detected_count_and_strict(
+    loader: spandrel.ModelLoader, idt_released: tuple[nn.Module, Path]
+) -> None:
+    net, path = idt_released
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(sd) == IDT_OFFICIAL_ENTRIES
+    assert sum(v.numel() for v in sd.values()) == IDT_OFFICIAL_PARAMS
+    for key, shape in IDT_OFFICIAL_SHAPES.items():
+        assert tuple(sd[f"module.{key}"].shape) == shape, key
+    desc = loader.load_from_file(path)  # strips module., loads strictly
+    assert desc.architecture.id == "IDT" and type(desc.model) is MODEL_CLASSES["IDT"]
+    assert (desc.scale, desc.purpose, desc.input_channels, desc.output_channels) == (1, "Restoration", 3, 3)
+    assert _params(desc.model) == IDT_OFFICIAL_PARAMS
+    hp = desc.model.hyperparameters
+    assert {k: hp[k] for k in IDT_RELEASED} == IDT_RELEASED
+    assert desc.size_requirements.minimum == 128 and desc.model.fixed_size == 128
+    # strict both ways, and the same outputs at the one input size
+    back = desc.model.state_dict()
+    assert set(back) == {k.removeprefix("module.") for k in sd}
+    BUILDERS["IDT"]().load_state_dict(back, strict=True)
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = desc.model.eval()(x)
+        expected = net(x)
+    assert got.shape == (1, 3, 128, 128)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_idt_takes_exactly_its_size_and_says_so(tmp_path: Path) -> None:
+    from mcir_cli.inference import fixed_input_size
+    from mcir_cli.models import load_checkpoint_model
+
+    lm = load_checkpoint_model(_save_official(_narrow_idt(), tmp_path / "narrow.pth"))
+    assert lm.architecture == "IDT"
+    assert (lm.hyperparameters["embed_dim"], lm.hyperparameters["mlp_ratio"]) == (8, 1.0)
+    assert fixed_input_size(lm.restorer) == fixed_input_size(lm.net) == 128
+    with pytest.raises(ValueError, match="exactly 128x128"):
+        lm.net(torch.rand(1, 3, 256, 256))
+    with pytest.raises(ValueError, match="64 or a multiple of 128"):
+        BUILDERS["IDT"](img_size=96)
+
+
+def test_idt_full_image_through_mcir_tiling(tmp_path: Path) -> None:
+    """A whole Rain100L image (320 x 480, W x H) through inference.restore as evaluate calls it
+    (no --tile): 128 x 128 tiles only; the top-left tile's kept pixels are its output."""
+    from mcir_cli.imageio import read_image
+    from mcir_cli.inference import restore
+    from mcir_cli.models import load_checkpoint_model
+
+    lq = read_image(shared_path("data", "derain", "Rain100L_subset3", "input", "2.png"))
+    lm = load_checkpoint_model(_save_official(_narrow_idt(), tmp_path / "narrow.pth"))
+    net = lm.restorer.eval()
+    sizes: list[tuple[int, int]] = []
+    hook = lm.net.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        out = restore(net, lq, lm.scale, min_size=lm.min_size, multiple_of=lm.multiple_of, square=lm.square)
+        small = restore(net, lq[:, :100, :90], lm.scale, min_size=lm.min_size,
+                        multiple_of=lm.multiple_of, square=lm.square)
+    finally:
+        hook.remove()
+    h, w = lq.shape[-2:]
+    assert (h, w) == (480, 320)
+    assert out.shape == lq.shape and torch.isfinite(out).all()
+    assert set(sizes) == {(128, 128)}
+    assert len(sizes) == 5 * 3 + 1  # starts 0/96/192/288/352 x 0/96/192, then the small one
+    with torch.no_grad():
+        first = net(lq[None, :, :128, :128])[0]
+        padded = net(torch.nn.functional.pad(lq[None, :, :100, :90], (0, 38, 0, 28), mode="reflect"))[0]
+    margin = 32 // 2  # restore's default overlap
+    keep = 128 - margin
+    torch.testing.assert_close(out[:, :keep, :keep], first[:, :keep, :keep], rtol=0, atol=0)
+    assert small.shape == (3, 100, 90)
+    torch.testing.assert_close(small, padded[:, :100, :90], rtol=0, atol=0)
+
+
+def test_idt_vmap_over_stacked_copies() -> None:
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models = [_narrow_idt(seed) for seed in (0, 1)]
+    params, buffers = stack_module_state(models)
+    base = BUILDERS["IDT"](**NARROW_IDT).to("meta").eval()  # negatives run in eval mode
+    x = torch.rand(1, 3, 128, 128)
+
+    def call(p: dict, b: dict, inp: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (inp,))
+
+    out = vmap(call, in_dims=(0, 0, None))(params, buffers, x)
+    with torch.no_grad():
+        ref = torch.stack([m(x) for m in models])
+    torch.testing.assert_close(out.detach(), ref, rtol=1e-4, atol=1e-5)

@@ -24,6 +24,7 @@ from .aodnet import AODNet, AODNetArch, build_aodnet
 from .dehazeformer import DehazeFormer, DehazeFormerArch, build_dehazeformer
 from .edsr import EDSR, EDSRArch, build_edsr
 from .ffanet import FFANet, FFANetArch, build_ffanet
+from .idt import IDT, IDTArch, build_idt
 from .imdn import IMDN, IMDNArch, build_imdn
 from .rfdn import RFDN, RFDNArch, build_rfdn
 
@@ -34,6 +35,7 @@ ARCHITECTURES: tuple[type[Architecture], ...] = (
     IMDNArch,
     RFDNArch,
     AODNetArch,
+    IDTArch,
 )
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -43,6 +45,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "IMDN": build_imdn,
     "RFDN": build_rfdn,
     "AODNet": build_aodnet,
+    "IDT": build_idt,
 }
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -52,6 +55,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "IMDN": IMDN,
     "RFDN": RFDN,
     "AODNet": AODNet,
+    "IDT": IDT,
 }
 
 _lock = threading.Lock()
@@ -74,6 +78,7 @@ __all__ = [
     "DehazeFormer",
     "EDSR",
     "FFANet",
+    "IDT",
     "IMDN",
     "MODEL_CLASSES",
     "RFDN",
