@@ -273,22 +273,41 @@ def evaluate_bicubic(
     y_channel: bool | None = None,
     crop_border: int | None = None,
     progress: Progress | None = None,
+    save_images: str | Path | None = None,
 ) -> dict[str, Any]:
     """The bicubic baseline row of every SR table: the LR images upscaled by MATLAB's
     bicubic imresize (the LR the folder holds, or the one made from HR the same way),
-    quantised to uint8 as a saved image would be, and scored like any model."""
+    quantised to uint8 as a saved image would be, and scored like any model (a grey image
+    among colour ones as 3 equal channels, as `score_dataset` and BasicSR do). With
+    `save_images`, the upscaled images are written as `<dataset>/<name>.png`."""
     from mcir_cli.data import load_pair
     from mcir_cli.imageio import to_uint8
     from mcir_cli.resize import imresize
+
+    colour: dict[str, bool] = {}
+    staging = _staging_dir(Path(save_images)) if save_images is not None else None
 
     def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
         if d.scale < 2:
             raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
         lq, _ = load_pair(d, pair)
-        return to_uint8(imresize(lq, float(d.scale))).float() / 255, pair.lq or pair.gt
+        if lq.shape[0] == 1 and colour.setdefault(d.name, has_colour_images(d)):
+            lq = lq.expand(3, -1, -1)  # Set14's bridge: Y of 3 equal channels, not the raw grey
+        out = to_uint8(imresize(lq, float(d.scale))).float() / 255
+        if staging is not None:
+            write_image(staging / d.name / f"{pair.name}.png", out)
+        return out, pair.lq or pair.gt
 
-    return _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
-                          {"architecture": "MATLAB imresize", "label": "bicubic"})
+    try:
+        result = _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
+                                {"architecture": "MATLAB imresize", "label": "bicubic"})
+    except BaseException:
+        if staging is not None:  # a failed run leaves nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if staging is not None:
+        _publish(staging, Path(save_images))  # type: ignore[arg-type]
+    return result
 
 
 def _score_outputs(
@@ -298,6 +317,8 @@ def _score_outputs(
 ) -> dict[str, Any]:
     """Score `output(dataset, pair) -> (image, its file)` against every ground truth: the
     shared path of methods that are not a model (restored folders, bicubic)."""
+    from mcir_cli.data import load_gt
+
     datasets = discover_all(data, scale, task)
     task = task or datasets[0].task
     s = datasets[0].scale
@@ -313,8 +334,7 @@ def _score_outputs(
         images = []
         for i, pair in enumerate(d.pairs):
             out, path = output(d, pair)
-            gt = read_image(pair.gt)
-            gt = gt[..., : out.shape[-2], : out.shape[-1]] if d.scale > 1 else gt
+            gt = load_gt(d, pair, out.shape[-2:])  # aligned as load_pair aligns it (crops, halves)
             if out.shape[0] == 3 and gt.shape[0] == 1:  # grey ground truth, scored as score_dataset does
                 gt = gt.expand(3, -1, -1)
             if out.shape != gt.shape:

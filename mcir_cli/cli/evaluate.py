@@ -93,14 +93,15 @@ def evaluate(
             bar.update(tasks[name], completed=done)
 
         if bicubic:
-            result = evaluate_bicubic(data, scale=scale, y_channel=y_channel, crop_border=crop_border, progress=progress)
+            result = evaluate_bicubic(data, scale=scale, y_channel=y_channel, crop_border=crop_border,
+                                      progress=progress, save_images=save_images)
         elif restored is not None:
             result = evaluate_restored(
                 restored, data, scale=scale, task=task, y_channel=y_channel,
                 crop_border=crop_border, progress=progress,
             )
         else:
-            loaded = load_model(checkpoint, model, scale)
+            loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data))
             result = evaluate_model(
                 loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
                 device=device, tile=tile, overlap=tile_overlap, amp=amp,
@@ -115,6 +116,27 @@ def evaluate(
     if output is not None:
         _write_json(output, result)
         console.print(f"results written to {output}")
+
+
+def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> int | None:
+    """`--model swinir-light` (a preset in several scales) without --scale: the one scale
+    the data folders hold (said in a note), else None (and the preset asks for --scale)."""
+    from mcir_cli.layouts import infer_scale
+    from mcir_cli.models import get_preset
+
+    if model is None or scale is not None:
+        return scale
+    try:
+        get_preset(model)
+        return None  # one scale only: the preset's own
+    except McirError:
+        inferred = infer_scale(data)
+        if inferred is None:
+            return None
+        get_preset(model, inferred)  # the preset has no such variant: say so
+        err_console.print(f"[yellow]note:[/] preset {escape(model)}: x{inferred}, the scale the data holds "
+                          "(no --scale given)", highlight=False)
+        return inferred
 
 
 def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
