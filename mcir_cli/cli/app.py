@@ -39,6 +39,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="What a dataset folder is: the published layout found, task, scale, pairs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,76 @@
+"""`mcir data inspect`: what a dataset folder is (layout, task, scale, pairs), or why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mcir_cli.cli.app import console, data_app, handle_errors
+
+
+def _rel(path: Path, root: Path) -> str:
+    base = root.parent if root.is_file() else root
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+@data_app.command("inspect")
+@handle_errors
+def data_inspect(
+    folder: Path = typer.Argument(..., help="A dataset folder as published (or a list file of lq gt pairs)."),
+    scale: Optional[int] = typer.Option(None, help="SR scale, when the folder holds several (default: the smallest)."),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: the layout's)."),
+    show: int = typer.Option(5, min=0, help="How many pairs to list."),
+) -> None:
+    """The layout a folder matches, its task, scale(s) and first pairs; or why none fits.
+
+    Prints the published layout found (DIV2K, RESIDE, GoPro, ...), the task, the scale(s),
+    the number of pairs and the first few; a folder that fits nothing, or several layouts,
+    gets one line naming what it holds and what was expected (exit code 2)."""
+    from mcir_cli.layouts import recognise, scales_of
+    from mcir_cli.models import check_task_name
+
+    check_task_name(task)
+    scales = scales_of(folder)
+    notes = []
+    if scale is None and len(scales) > 1:
+        scale = scales[0]
+        notes.append(f"holds x{', x'.join(map(str, scales))}: showing x{scale} (commands need --scale)")
+    found = recognise(folder, scale, task)
+    table = Table(show_header=False, title=str(folder))
+    rows = [("layout", found.layout)]
+    if found.root != folder and found.root.resolve() != folder.resolve():
+        rows.append(("pairs from", str(found.root)))
+    rows += [
+        ("task", found.task),
+        ("scale", f"x{found.scale}" + (f" (held: x{', x'.join(map(str, found.scales))})" if len(found.scales) > 1 else "")
+         if found.task == "sr" else "1 (input and target the same size)"),
+        ("pairs", f"{len(found.pairs):,}"),
+    ]
+    notes += found.notes
+    if notes:
+        rows.append(("notes", "\n".join(notes)))
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    console.print(table)
+    if not show or not found.pairs:
+        return
+    pairs = Table(title=f"first {min(show, len(found.pairs))} of {len(found.pairs):,} pairs")
+    for col in ("name", "input", "ground truth"):
+        pairs.add_column(col, overflow="fold")
+    for p in found.pairs[:show]:
+        if found.side_by_side:
+            lq, gt = f"{_rel(p.gt, found.root)} (left half)", f"{_rel(p.gt, found.root)} (right half)"
+        elif p.lq is None:
+            made = "Gaussian noise added" if found.task == "denoise" else f"MATLAB bicubic x{found.scale} of the GT"
+            lq, gt = f"({made})", _rel(p.gt, found.root)
+        else:
+            lq, gt = _rel(p.lq, found.root), _rel(p.gt, found.root)
+        pairs.add_row(escape(p.name), escape(lq), escape(gt))
+    console.print(pairs)
