@@ -141,6 +141,18 @@ def vgg_cache_path(kind: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / vgg_weight_file_name(kind)
 
 
+def download_vgg_state_dict(kind: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights, downloaded into torch.hub's cache and loaded there
+    without running pickled code: `WeightsEnum.get_state_dict` loads the download with
+    `weights_only=False`, so mcir calls torch.hub itself, and checks the file's sha256
+    against the prefix its name carries (vgg16-397923af.pth)."""
+    cached = vgg_cache_path(kind)
+    return torch.hub.load_state_dict_from_url(
+        _vgg_weights_enum(kind).url, model_dir=str(cached.parent), map_location="cpu",
+        progress=False, check_hash=True, file_name=cached.name, weights_only=True,
+    )
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise McirError("embedding weights file not found", path)
@@ -235,7 +247,7 @@ class VGGEmbedding(nn.Module):
         old_timeout = socket.getdefaulttimeout()
         try:
             socket.setdefaulttimeout(30)
-            sd = enum.get_state_dict(progress=False)
+            sd = download_vgg_state_dict(kind)
             return sd, f"{enum.url} (downloaded to {cached})"
         except Exception as exc:  # noqa: BLE001 - offline, proxy, corrupt download ...
             reason = f"{type(exc).__name__}: {exc}"

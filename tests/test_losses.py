@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,6 +257,7 @@ def _offline(monkeypatch, tmp_path):
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
     monkeypatch.setattr(VGG16_Weights, "get_state_dict", fail)
 
 
@@ -279,6 +281,33 @@ def test_vgg_uses_torch_hub_cache(monkeypatch, tmp_path):
     emb = VGGEmbedding("vgg16")
     assert torch.equal(emb.features[12].weight, feats["12.weight"])
     assert str(cached) in emb.description
+
+
+def test_vgg_download_never_unpickles_code(monkeypatch, tmp_path):
+    """torchvision's get_state_dict loads the download with weights_only=False: mcir calls
+    torch.hub itself, with weights_only=True and the sha256 check (nothing downloads here)."""
+    from torchvision.models import VGG16_Weights
+
+    feats = _vgg16_features_state_dict(2)
+    calls = []
+
+    def fake_download(url, **kwargs):
+        calls.append((url, kwargs))
+        return {f"features.{k}": v for k, v in feats.items()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchvision's get_state_dict (weights_only=False) was called")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    monkeypatch.setattr(VGG16_Weights, "get_state_dict", refuse)
+    emb = VGGEmbedding("vgg16")
+    assert torch.equal(emb.features[5].weight, feats["5.weight"])
+    [(url, kwargs)] = calls
+    assert url == VGG16_Weights.IMAGENET1K_V1.url and url.endswith("/vgg16-397923af.pth")
+    assert kwargs["weights_only"] is True and kwargs["check_hash"] is True
+    assert Path(kwargs["model_dir"]) / kwargs["file_name"] == tmp_path / "checkpoints" / "vgg16-397923af.pth"
+    assert "downloaded to" in emb.description
 
 
 def test_make_embedding_pixel_and_unknown():
