@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,9 +76,16 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
+# what torch appends to its reader errors, for developers, not for the user's one line
+_TORCH_BOILERPLATE = re.compile(r"\s+(?:This is an internal miniz error|\(Could this error message be improved)")
+
+
 def _torch_load(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise McirError(f"cannot read the checkpoint ({exc.strerror or type(exc).__name__})", path) from None
     # torch.save writes a zip archive (PK..), older torch a pickle (protocol byte 0x80)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         kind = "a text file" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else f"bytes {head!r}"
@@ -99,10 +107,14 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise McirError(f"truncated or corrupt checkpoint ({type(exc).__name__})", path) from None
+    except OSError as exc:  # torch's zip reader on garbage after "PK\x03\x04": EINVAL; a failing disk: EIO
+        kind = "a damaged zip archive: " if head.startswith(b"PK") else ""
+        raise McirError(f"not a readable torch checkpoint ({kind}{exc.strerror or type(exc).__name__})", path) from None
     except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
         # a damaged file: the legacy unpickler fails in many ways on garbage bytes
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise McirError(f"not a readable torch checkpoint ({type(exc).__name__}: {first[:120]})", path) from None
+        first = _TORCH_BOILERPLATE.split(first)[0].rstrip(" .")
+        raise McirError(f"not a readable torch checkpoint ({type(exc).__name__}: {first[:160]})", path) from None
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...], dict, tuple]:

@@ -41,6 +41,12 @@ class Dataset:
         return len(self.pairs)
 
 
+def folder_name(folder: Path) -> str:
+    """A folder's own name; for `.`, `..` or a path ending so (`A/S5/sub/..`), the name
+    of the folder it resolves to: never a name that leads out of an output folder."""
+    return folder.name if folder.name not in ("", ".", "..") else folder.resolve().name
+
+
 def discover(root: str | Path, scale: int | None = None, task: str | None = None) -> Dataset:
     """Recognise a dataset folder's layout (see `mcir_cli.layouts`) and pair its images.
 
@@ -52,7 +58,7 @@ def discover(root: str | Path, scale: int | None = None, task: str | None = None
     found = recognise(root, scale, task)
     for note in found.notes:
         logging.getLogger("mcir").info("%s: %s", root, note)
-    name = root.stem if root.is_file() else root.name
+    name = root.stem if root.is_file() else folder_name(root)
     return Dataset(name, root, found.layout, found.task, found.scale, found.pairs,
                    found.notes, found.gt_crop, found.side_by_side)
 
@@ -142,7 +148,8 @@ def discover_all(roots: Sequence[str | Path], scale: int | None, task: str | Non
     names = [d.name for d in datasets]
     for d in datasets:  # two folders with the same base name get their parent as prefix
         if names.count(d.name) > 1:
-            object.__setattr__(d, "name", f"{d.root.parent.name}/{d.name}")
+            parent = d.root.parent if d.root.name not in ("", ".", "..") else d.root.resolve().parent
+            object.__setattr__(d, "name", f"{folder_name(parent)}/{d.name}")
     return datasets
 
 

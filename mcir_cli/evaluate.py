@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from mcir_cli import __version__
 from mcir_cli.data import Dataset, discover_all, iter_pairs, list_images
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import sha256_file
+from mcir_cli.fsutil import confined, safe_name, sha256_file
 from mcir_cli.imageio import read_image, write_image
 from mcir_cli.inference import resolve_device, restore
+from mcir_cli.limits import check_image_sizes
 from mcir_cli.metrics import Conventions, psnr, ssim
 from mcir_cli.models import LoadedModel
 
@@ -117,12 +118,22 @@ def score_dataset(
                 )
             images.append({"name": pair.name, **_score(out, gt, conventions, pair.gt)})
             if save_dir is not None:
-                write_image(save_dir / dataset.name / f"{pair.name}.png", out)
+                _save_output(save_dir, dataset, pair, out)
             if progress:
                 progress(dataset.name, i + 1, len(dataset))
     finally:
         net.train(was_training)
     return _summary(images)
+
+
+def _save_output(save_dir: Path, dataset: Dataset, pair: Any, out: Tensor) -> Path:
+    """Write one output as `<dataset>/<name>.png` in a run's fresh staging folder; the
+    names come from the user's files, so they are confined to it (`fsutil.confined`)."""
+    target = confined(save_dir, *dataset.name.split("/"), f"{pair.name}.png")
+    if target.exists():
+        raise McirError(f"would overwrite the image saved as {target.name} (names that differ only "
+                        "in characters unsafe in file names)", pair.gt)
+    return write_image(target, out)
 
 
 def model_info(model: LoadedModel) -> dict[str, Any]:
@@ -172,6 +183,7 @@ def evaluate_model(
     if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
     conv = conventions_for(task, model.scale, y_channel, crop_border)
+    check_image_sizes(datasets, conv)  # a too-small image stops the run before any work
     dev = resolve_device(device)
     model.restorer.to(dev)
     result = result_header(conv, task)
@@ -235,10 +247,11 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _find_restored(folder: Path, dataset: Dataset, name: str) -> Path:
-    for base in (folder / dataset.name, folder):
+    saved = safe_name(f"{name}.png")  # the names --save-images gives (score_dataset)
+    for base in (folder.joinpath(*map(safe_name, dataset.name.split("/"))), folder):
         if base.is_dir():
             for p in list_images(base):
-                if p.stem == name or p.stem.startswith(name + "_"):
+                if p.name == saved or p.stem == name or p.stem.startswith(name + "_"):
                     return p
     raise McirError(f"no restored image for {name!r} of {dataset.name}", folder)
 
@@ -295,7 +308,7 @@ def evaluate_bicubic(
             lq = lq.expand(3, -1, -1)  # Set14's bridge: Y of 3 equal channels, not the raw grey
         out = to_uint8(imresize(lq, float(d.scale))).float() / 255
         if staging is not None:
-            write_image(staging / d.name / f"{pair.name}.png", out)
+            _save_output(staging, d, pair, out)
         return out, pair.lq or pair.gt
 
     try:
@@ -323,6 +336,7 @@ def _score_outputs(
     task = task or datasets[0].task
     s = datasets[0].scale
     conv = conventions_for(task, s, y_channel, crop_border)
+    check_image_sizes(datasets, conv)
     result = result_header(conv, task)
     result["model"] = {"checkpoint": None, "sha256": None, "scale": s, **model}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}
@@ -344,3 +358,4 @@ def _score_outputs(
                 progress(d.name, i + 1, len(d))
         result["datasets"][d.name] = _summary(images)
     return result
+

@@ -264,3 +264,5 @@ def _header(path: str | Path) -> Image.Image:
         raise McirError("not an image file Pillow can read", path) from None
     except OSError as exc:
         raise McirError(f"cannot read image header: {exc}", path) from None
+    except Image.DecompressionBombError as exc:  # read up front for every image of a benchmark
+        raise McirError(f"image too large: {exc}", path) from None

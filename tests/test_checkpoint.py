@@ -165,3 +165,36 @@ def test_prefixes_are_stripped_in_every_order(tmp_path, dctlsa_sd):
     torch.save({f"_orig_mod.module.{k}": v for k, v in dctlsa_sd.items()}, path)
     ckpt = read_checkpoint(path)
     assert set(ckpt.state_dict) == set(dctlsa_sd) and ckpt.prefix == "_orig_mod.module."
+
+
+@pytest.mark.parametrize("content", [
+    b"PK\x03\x04" + bytes(range(256)) * 20,  # torch's zip reader: a bare OSError(EINVAL)
+    b"PK\x03\x04",
+    b"PK\x03\x04" + b"\0" * 100,
+])
+def test_zip_garbage_is_a_one_line_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(McirError, match="not a readable torch checkpoint") as err:
+        read_checkpoint(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "internal miniz error" not in msg and "Could this error message be improved" not in msg
+
+
+def test_an_unreadable_checkpoint_names_the_file(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    path = tmp_path / "x.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    real_open = builtins.open
+
+    def eio(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise OSError(errno.EIO, "Input/output error", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", eio)
+    with pytest.raises(McirError, match=r"x\.pth: cannot read the checkpoint \(Input/output error\)"):
+        read_checkpoint(path)
