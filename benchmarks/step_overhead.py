@@ -296,7 +296,7 @@ def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.opti
 
 
 def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tuple[float, ...]:
-    """mcir_cli.train.Trainer.train_step, minus the LR scheduler and the DDP wrapper."""
+    """mcir_cli.step.spn_step, minus the LR scheduler and the DDP wrapper."""
     opt.zero_grad(set_to_none=True)
     with s.autocast():
         out = call(lq)
@@ -463,8 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode (reduce-overhead: CUDA graphs)")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
-    ap.add_argument("--amp", choices=["auto", "bf16", "fp32"], default="auto",
-                    help="mcir's precision (as retrain --amp): auto = target fp32, negatives + VGG bf16 on CUDA")
+    ap.add_argument("--amp", choices=["auto", "fp32", "bf16-negatives", "bf16"], default="auto",
+                    help="mcir's precision (as retrain --amp): auto = fp32; bf16-negatives = negatives + VGG bf16 on CUDA")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--quick", action="store_true", help="batch 2, patch 16, 3 steps, SwinIR depths [2, 2]")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")

@@ -8,8 +8,8 @@ offline command on a built-in default, small enough for a few minutes on two CPU
    (preset `dctlsa-x4`, or `DCTLSA/X4.pt`); otherwise a small EDSR trained from scratch
    for a few hundred steps on the training photos (said loudly: the start is then weak).
 3. Two retrains from that same start, same seed and data order: MCIR (EMA negatives,
-   SPN loss, `negative_init="mix"`) and plain fine-tuning (`negative_init="none"`).
-   The negatives' update periods are the paper's 100/500/1000/2000 scaled to the run.
+   SPN loss, mcir's fine-tuning defaults: negatives copied from the start, the paper's
+   periods fitted to the run) and plain fine-tuning (`negative_init="none"`).
    The SPN embedding is the pretrained VGG16 when torchvision's cache or
    `embedding_weights` has it, else a random VGG16 (said loudly: not the paper's loss).
 4. Evaluation of the start and both retrains on the test folder, the paired comparison
@@ -176,19 +176,6 @@ def choose_embedding(embedding_weights: str | Path | None) -> tuple[str, str | N
     return "random", None, False
 
 
-def scaled_steps(iters: int) -> tuple[int, ...]:
-    """The paper's negative periods 100/500/1000/2000 (of long runs) squeezed into
-    `iters` steps: iters/8, iters/4, iters/2, iters (at least 1, strictly increasing
-    where possible)."""
-    steps = []
-    for div in (8, 4, 2, 1):
-        s = max(1, iters // div)
-        if steps and s <= steps[-1]:
-            s = steps[-1] + 1
-        steps.append(s)
-    return tuple(steps)
-
-
 # --------------------------------------------------------------------------- the demo
 
 
@@ -218,7 +205,8 @@ def run_demo(
     from mcir_cli.exports import write_exports
     from mcir_cli.fsutil import atomic_write_text
     from mcir_cli.models import load_model
-    from mcir_cli.train import TrainConfig, retrain
+    from mcir_cli.config import TrainConfig, fitted_steps
+    from mcir_cli.loop import retrain
     from mcir_cli.results import compare_results
     from mcir_cli.visual_sources import write_comparison_visuals
 
@@ -291,16 +279,16 @@ def run_demo(
                "--embedding-weights): the SPN term uses a RANDOM VGG16 and is NOT the paper's loss")
         notes.append(msg)
         note(msg, "warn")
-    steps = scaled_steps(iters)
+    steps = fitted_steps(iters)
     if lam is None:
         lam = PAPER_LAMBDA if emb_pretrained else RANDOM_VGG_LAMBDA
         if not emb_pretrained:
             msg = (f"λ raised from the paper's {PAPER_LAMBDA:g} to {lam:g}: a random VGG16's "
                    "features are far smaller, and at 1e-4 the SPN term would be ~0.005 % of the "
-                   "loss (the authors advise a contrast ratio of 1–10 %)")
+                   "loss (mcir's heuristic band for the contrast ratio is 1–10 %; the paper gives none)")
             notes.append(msg)
             note(msg, "warn")
-    for name, init_kind in (("plain", "none"), ("mcir", "mix")):
+    for name, init_kind in (("plain", "none"), ("mcir", "copy")):
         t = time.perf_counter()
         cfg = TrainConfig(
             data=[str(train_dir)], output=str(out / "runs" / name), checkpoint=str(start_ckpt),
@@ -321,7 +309,7 @@ def run_demo(
     ratio = mean_contrast_ratio(runs["mcir"] / "log.jsonl")
     if ratio is not None and not 0.01 <= ratio <= 0.10:
         msg = (f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
-               "1–10 % the authors advise: the SPN term had "
+               "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
                + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)")
         notes.append(msg)
         note(msg, "warn")

@@ -83,12 +83,12 @@ class DistContext:
         if self.world_size > 1:
             dist.barrier()
 
-    def check_sync(self, trainer, step: int, force: bool = False) -> list[list[float]] | None:
+    def check_sync(self, parts, step: int, force: bool = False) -> list[list[float]] | None:
         """Stop with an error if the ranks' target or negatives have drifted apart.
         Returns every rank's checksum when a check ran (None otherwise)."""
         if self.world_size <= 1 or (not force and step % self.sync_every):
             return None
-        local = checksum(trainer)
+        local = checksum(parts)
         gathered = [torch.zeros_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
         bad = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
@@ -105,12 +105,12 @@ class DistContext:
 
 
 @torch.no_grad()
-def checksum(trainer) -> torch.Tensor:
+def checksum(parts) -> torch.Tensor:
     """Two float64 sums over the target's and the negatives' parameters (plain and
     position-weighted, so swapped values are caught too)."""
-    tensors = [p.detach() for p in trainer.model.parameters()]
-    if trainer.bank is not None:
-        tensors += list(trainer.bank.params.values())
+    tensors = [p.detach() for p in parts.model.parameters()]
+    if parts.bank is not None:
+        tensors += list(parts.bank.params.values())
     total = torch.zeros(2, dtype=torch.float64, device=tensors[0].device)
     for i, t in enumerate(tensors):
         flat = t.double().flatten()

@@ -107,6 +107,16 @@ def make_rec_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     return REC_LOSSES[key]
 
 
+def error_magnitude(name: str, l_rec: float) -> float:
+    """A positive reconstruction error that compares by ratio, whatever the loss's sign:
+    the loss itself for l1, charbonnier, mse and ssim (1 − SSIM); for the PSNR loss
+    (−PSNR in dB, always negative) the MSE behind it, 10^(l/10). The collapse guard's
+    "F x its running median" test needs this: on the signed PSNR loss it fired every step."""
+    if str(name).lower() == "psnr":
+        return 10.0 ** (l_rec / 10.0) if math.isfinite(l_rec) else float("inf")
+    return l_rec
+
+
 def total_loss(l_rec: Tensor, l_neg: Tensor, lam: float) -> Tensor:
     """MCIR objective: L_rec - lambda * L_neg (larger distance to negatives is better)."""
     return l_rec - lam * l_neg

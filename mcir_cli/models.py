@@ -74,13 +74,15 @@ class Recipe:
 
 @dataclass(frozen=True)
 class SPNSettings:
-    """SPN defaults: the paper's λ, w and steps; the authors' released embedding."""
+    """SPN defaults: the paper's λ and w, the authors' released embedding; negative init
+    and periods "auto" (config.make_config resolves them for the run; "paper" and the
+    authors' "mix" remain options)."""
 
     lam: float = 1e-4
     weight: float = 0.1
-    steps: tuple[int, ...] = (100, 500, 1000, 2000)
+    steps: tuple[int, ...] | str = "auto"
     embedding: str = "vgg16"
-    negative_init: str = "mix"
+    negative_init: str = "auto"
     negative_mix: float = 0.1
 
 

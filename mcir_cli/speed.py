@@ -15,7 +15,7 @@ from torch import nn
 
 COMPILE_MODES = ("auto", "on", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
-AMP_MODES = ("auto", "bf16", "fp32")
+AMP_MODES = ("auto", "fp32", "bf16-negatives", "bf16")
 
 # Break-even of torch.compile for a training run, from the speed issue's H200 numbers for
 # SwinIR-light x4 at batch 32 x LR patch 64 (bf16):
@@ -180,21 +180,24 @@ def precision_decision(
 ) -> tuple[torch.dtype | None, torch.dtype | None, str]:
     """(target autocast dtype, negatives + embedding dtype, note); None means fp32.
 
-    "auto" (the default): the target trains in fp32 as its original recipe did (the
-    paper's gains are hundredths of a dB), while the negatives and the VGG embedding --
-    no-grad forwards and a term weighted by lambda ~ 1e-4 -- run in bf16 on CUDA.
-    "bf16": the target's forward under bf16 autocast too. "fp32": everything in fp32.
-    On CPU everything is fp32 (bf16 there is slower, not faster)."""
+    "auto" (the default) is fp32 everywhere: in fine-tuning a negative differs from the
+    target by about as much as bf16 rounds it (IMDN x4 after 100 steps: |f_θ − f_θ'| 1.6e-3,
+    bf16 error 1.6e-3, the SPN gradient's sign flipped on ~1/3 of the pixels;
+    benchmarks/negatives_precision.py, docs/evidence.md), so bf16 negatives train on noise.
+    "bf16-negatives": the negatives and the VGG embedding in bf16 on CUDA (faster, for
+    long from-scratch runs where the negatives are far from the target); "bf16": the
+    target's forward under bf16 autocast too; "fp32": everything fp32. On CPU everything
+    is fp32 (bf16 there is slower, not faster)."""
     mode = "fp32" if amp == "none" else (amp or "auto")
     if mode not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     device = torch.device(device)
     if device.type != "cuda":
         return None, None, f"fp32 on {device.type}"
-    if mode == "fp32":
-        return None, None, "fp32 (--amp fp32)"
+    if mode in ("fp32", "auto"):
+        return None, None, f"fp32 (--amp {mode}: bf16 would round the negatives by as much as they differ)"
     if not supports_bf16:
         return None, None, "fp32: the architecture does not support bf16 (spandrel)"
     if mode == "bf16":
         return torch.bfloat16, torch.bfloat16, "bf16 autocast: target, negatives and embedding (--amp bf16)"
-    return None, torch.bfloat16, "target fp32; negatives and embedding bf16 (--amp auto)"
+    return None, torch.bfloat16, "target fp32; negatives and embedding bf16 (--amp bf16-negatives)"

@@ -40,3 +40,28 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def set5_crops(root: Path, names: tuple[str, ...], size: int, scale: int = 4) -> Path:
+    """A small SR benchmark made from real Set5 images: `root/HR/<name>.png` (size x size
+    top-left crops) and `root/LR_bicubic/X<s>/<name>x<s>.png` by MATLAB bicubic."""
+    from mcir_cli.imageio import read_image, write_image
+    from mcir_cli.resize import imresize
+
+    for name in names:
+        hr = read_image(shared_path("data", "sr", "Set5", "HR", f"{name}.png"))[:, :size, :size]
+        write_image(root / "HR" / f"{name}.png", hr)
+        write_image(root / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png", imresize(hr, 1 / scale))
+    return root
+
+
+@pytest.fixture(scope="module")
+def train_dir() -> Path:
+    """20 real colour photos (HR only), disjoint from the test sets."""
+    return shared_path("data", "train", "SunHays80_color_subset20")
+
+
+@pytest.fixture(scope="module")
+def imdn() -> Path:
+    """Real IMDN x4 weights: the fastest real SR checkpoint to train on CPU."""
+    return shared_path("weights", "IMDN", "IMDN_x4.pth")

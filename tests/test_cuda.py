@@ -44,7 +44,8 @@ def test_batched_equals_loop_on_cuda(name):
 
 
 def test_trainer_cuda_defaults(tmp_path):
-    from mcir_cli.train import TrainConfig, retrain
+    from mcir_cli.config import TrainConfig
+    from mcir_cli.loop import retrain
 
     run = tmp_path / "run"
     cfg = TrainConfig(

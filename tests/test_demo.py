@@ -9,13 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.demo import run_demo, scaled_steps
-
-
-def test_scaled_steps():
-    assert scaled_steps(40) == (5, 10, 20, 40)
-    assert scaled_steps(4) == (1, 2, 3, 4)
-    assert scaled_steps(1) == (1, 2, 3, 4)
+from mcir_cli.demo import run_demo
 
 
 def test_demo_tiny(tmp_path, monkeypatch):
@@ -33,7 +27,7 @@ def test_demo_tiny(tmp_path, monkeypatch):
     for name in ("plain", "mcir"):
         assert (out / "runs" / name / "model.safetensors").is_file()
         cfg = json.loads((out / "runs" / name / "config.json").read_text())["config"]
-        assert cfg["negative_init"] == ("none" if name == "plain" else "mix")
+        assert cfg["negative_init"] == ("none" if name == "plain" else "copy")  # the fine-tuning default
         assert cfg["seed"] == 0 and cfg["iters"] == 4
     assert r.comparison.models == ["EDSR-small (start)", "plain fine-tuning", "MCIR"]
     assert r.head_to_head.models == ["plain fine-tuning", "MCIR"]

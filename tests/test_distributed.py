@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from mcir_cli.train import load_run_config, retrain
+from mcir_cli.config import load_run_config
+from mcir_cli.loop import retrain
 from tests.conftest import shared_path
 
 

@@ -13,29 +13,6 @@ from mcir_cli.cli.app import app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
 
 
-
-def _ratio_band(text: str) -> tuple[float, float]:
-    try:
-        band = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        band = ()
-    if len(band) != 2:
-        raise McirError(f"--ratio-band must be two numbers low,high such as 0.01,0.10 (got {text!r})")
-    return band  # type: ignore[return-value]
-
-
-# -------------------------------------------------------------------------- retrain
-
-
-def _lambda(value: str) -> tuple[float, bool]:
-    if value == "auto":
-        return 1e-4, True
-    try:
-        return float(value), False
-    except ValueError:
-        raise McirError(f"--lambda must be a number or 'auto' (got {value!r})") from None
-
-
 @app.command()
 @handle_errors
 def retrain(
@@ -57,11 +34,11 @@ def retrain(
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off)."),
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1)."),
-    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto' to hold the contrast ratio in band."),
-    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto."),
-    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative (default: preset or the paper's 100,500,1000,2000)."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved."),
+    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one)."),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: auto (default: the paper's 100,500,1000,2000 shrunk so the slowest updates 4 times in --iters), paper, or a list such as 100,500,1000,2000."),
     negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1)."),
-    negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default) | copy | random | frozen | none (plain fine-tuning)."),
+    negative_init: Optional[str] = typer.Option(None, help="copy (default when fine-tuning: negatives start at the pretrained weights) | mix (the authors' code; default --from-scratch) | random | frozen | none (plain fine-tuning)."),
     negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1)."),
     batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
     embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel."),
@@ -71,7 +48,7 @@ def retrain(
     train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default)."),
     seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    amp: Optional[str] = typer.Option(None, help="auto (default: target fp32; negatives and VGG bf16 on CUDA) | bf16 (the target too) | fp32."),
+    amp: Optional[str] = typer.Option(None, help="auto (default: fp32 everywhere) | bf16-negatives (negatives and VGG in bf16 on CUDA) | bf16 (the target too) | fp32."),
     val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end)."),
     save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C)."),
     log_every: int = typer.Option(1, help="Log every K steps."),
@@ -81,33 +58,18 @@ def retrain(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
     compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the target, negatives and embedding (auto: CUDA runs of >= 10k steps)."),
     channels_last: str = typer.Option("auto", "--channels-last", help="auto | on | off: NHWC memory layout (auto: CUDA, convolution-dominated networks)."),
-    collapse_factor: float = typer.Option(10.0, help="Collapse guard: l_rec above this x its running median rolls back and halves λ."),
+    collapse_factor: float = typer.Option(10.0, help="Collapse guard: a reconstruction error above this x its running median rolls back and halves λ (the lr in a plain run)."),
+    val_drop: float = typer.Option(1.0, help="Collapse guard: a validation this many dB below the starting weights' rolls back too."),
     tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory."),
 ) -> None:
     """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
+    from mcir_cli.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
     from mcir_cli.distributed import DistContext
-    from mcir_cli.train import RESUME_SETTINGS, load_run_config, make_config, parse_steps, validate_config
-    from mcir_cli.train import retrain as run_retrain
+    from mcir_cli.loop import retrain as run_retrain
 
     dist = DistContext.from_env(device)
     if resume is not None:
-        # every flag on the command line besides --resume and --iters would be silently
-        # ignored (the run continues as its config.json says): refuse them by name
-        given = [
-            next((o for o in p.opts if o.startswith("--")), p.name)
-            for p in ctx.command.params
-            if p.name not in ("resume", "iters", *RESUME_SETTINGS)
-            and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
-        ]
-        if given:
-            raise McirError(f"--resume continues the run as configured in its config.json; only --iters, "
-                            f"--workers, --save-every, --log-every, --val-every and --tensorboard may change "
-                            f"(remove {', '.join(given)})", resume)
-        chosen = {k: v for k, v in (("workers", workers), ("save_every", save_every), ("log_every", log_every),
-                                    ("val_every", val_every), ("tensorboard", tensorboard))
-                  if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
-        cfg = load_run_config(resume, iters, **chosen)
-        is_resume = True
+        cfg = load_run_config(resume, iters, **_resume_settings(ctx, resume))
     else:
         if not data:
             raise McirError("give a training folder with --data DIR")
@@ -115,12 +77,12 @@ def retrain(
             raise McirError("give a new run folder with --output RUN")
         if checkpoint is None and model is None:
             raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
-        lam_value, lam_auto = _lambda(lam) if lam is not None else (None, False)
+        lam_value, lam_auto = parse_lambda(lam) if lam is not None else (None, False)
         cfg = make_config(
             data, output, checkpoint=checkpoint, model=model, scale=scale,
             task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
-            lam=lam_value, lam_auto=lam_auto, ratio_band=_ratio_band(ratio_band),
+            lam=lam_value, lam_auto=lam_auto, ratio_band=parse_band(ratio_band),
             negative_steps=parse_steps(negative_steps) if negative_steps is not None else None,
             negative_weight=negative_weight, negative_init=negative_init, negative_mix=negative_mix,
             batched_negatives=batched_negatives, embedding=embedding,
@@ -128,20 +90,47 @@ def retrain(
             embedding_init=embedding_init, seed=seed, device=device, amp=amp, train_bn=train_bn,
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
-            compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, tile=tile,
+            compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, val_drop=val_drop,
+            tile=tile,
         )
-        is_resume = False
-    validate_config(cfg)
+    on_step, stop_bar = _progress_line(cfg.iters, dist.is_main)
+    try:
+        result = run_retrain(cfg, on_step=on_step, resume=resume is not None, dist=dist)
+    finally:
+        stop_bar()
+        dist.close()
+    if dist.is_main:
+        _render_summary(result, cfg.lam_auto)
+    if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
+        raise typer.Exit(130 if result.stop_kind == "signal" else 1)
 
-    # the bar starts with the first step (errors before it print no empty bar); in pipes
-    # and logs a plain line every tenth of the run instead
-    bar = Progress(
-        TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=err_console,
-    )
-    live = dist.is_main and err_console.is_terminal
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    return getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _resume_settings(ctx: typer.Context, resume: Path) -> dict:
+    """What a resume may change (config.RESUME_SETTINGS); every other flag on the command
+    line would be silently ignored (the run continues as its config.json says): refused."""
+    from mcir_cli.config import RESUME_SETTINGS
+
+    given = [next((o for o in p.opts if o.startswith("--")), p.name) for p in ctx.command.params
+             if p.name not in ("resume", "iters", *RESUME_SETTINGS) and _given(ctx, p.name)]
+    if given:
+        raise McirError(f"--resume continues the run as configured in its config.json; only --iters, "
+                        f"--workers, --save-every, --log-every, --val-every and --tensorboard may change "
+                        f"(remove {', '.join(given)})", resume)
+    return {k: ctx.params[k] for k in RESUME_SETTINGS if _given(ctx, k)}
+
+
+def _progress_line(iters: int, is_main: bool):
+    """(on_step, stop): a bar that starts with the first step (errors before it print no
+    empty bar); in pipes and logs a plain line every tenth of the run instead."""
+    bar = Progress(TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[info]}"), console=err_console)
+    live = is_main and err_console.is_terminal
     job = None
-    every = max(1, cfg.iters // 10)
+    every = max(1, iters // 10)
 
     def on_step(s) -> None:
         nonlocal job
@@ -149,19 +138,19 @@ def retrain(
         if live:
             if job is None:
                 bar.start()
-                job = bar.add_task("retrain", total=cfg.iters, info="")
+                job = bar.add_task("retrain", total=iters, info="")
             bar.update(job, completed=s.step, info=info)
-        elif dist.is_main and (s.step % every == 0 or s.step == cfg.iters):
-            err_console.print(f"retrain {s.step}/{cfg.iters}  {info}", highlight=False)
+        elif is_main and (s.step % every == 0 or s.step == iters):
+            err_console.print(f"retrain {s.step}/{iters}  {info}", highlight=False)
 
-    try:
-        result = run_retrain(cfg, on_step=on_step, resume=is_resume, dist=dist)
-    finally:
+    def stop() -> None:
         if job is not None:
             bar.stop()
-        dist.close()
-    if not dist.is_main:
-        return
+
+    return on_step, stop
+
+
+def _render_summary(result, lam_auto: bool) -> None:
     if result.stopped_early:
         err_console.print(f"[yellow]{escape(result.stopped_early)}[/]")
     done = "retrained" if not result.stopped_early else "stopped"
@@ -176,13 +165,9 @@ def retrain(
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
         colour = "green" if inside else "yellow"
-        retry = "try another --lambda" if cfg.lam_auto else "try another --lambda or --lambda auto"
-        advice = "" if inside else f" — outside the band the authors advise; {retry}"
+        retry = "try another --lambda" if lam_auto else "try another --lambda or --lambda auto"
+        advice = "" if inside else f" — outside mcir's heuristic band; {retry}"
         console.print(
             f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
-            f"(band {lo:.0%}–{hi:.0%}){advice}", highlight=False,
+            f"(band {lo:.0%}–{hi:.0%}, mcir's heuristic, not from the paper){advice}", highlight=False,
         )
-    if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
-        raise typer.Exit(130 if result.stop_kind == "signal" else 1)
-
-

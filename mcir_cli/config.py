@@ -1,0 +1,348 @@
+"""A run's configuration: the one place where flags, presets and defaults become a
+validated `TrainConfig` (saved as config.json, reused by --resume and `mcir study`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcir_cli.errors import McirError
+from mcir_cli.models import OPTIMIZERS, SCHEDULES, Recipe, SPNSettings, check_noise_sigma, check_task_name, get_preset
+
+NEGATIVE_INITS = ("mix", "copy", "random", "frozen", "none")
+AUTO_ON_OFF = ("auto", "on", "off")
+AMP_CHOICES = ("auto", "fp32", "bf16-negatives", "bf16")
+PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
+MIN_UPDATES = 4  # --negative-steps auto: the slowest negative updates at least this often
+# settings a resume may change: they decide when to log, save and validate and how data
+# is loaded, never a number the training computes (patches depend on their index only)
+RESUME_SETTINGS = ("workers", "save_every", "log_every", "val_every", "tensorboard")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; validated when built, saved as config.json."""
+
+    data: list[str]
+    output: str
+    checkpoint: str | None = None
+    model: str | None = None
+    scale: int | None = None
+    task: str | None = None
+    val: tuple[str, ...] | str | None = None  # validation folders (a str in older config.json)
+    iters: int = 1000
+    schedule_iters: int | None = None  # the horizon of the lr schedule: iters at the run's start
+    batch: int = 16
+    patch: int = 48
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | multistep | cosine
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
+    eta_min: float = 0.0
+    warmup: int = 0
+    grad_clip: float | None = None
+    ema_decay: float = 0.0  # > 0: an EMA of the weights is validated and written (KAIR E_decay)
+    loss: str = "l1"
+    lam: float = 1e-4
+    lam_auto: bool = False
+    ratio_band: tuple[float, float] = (0.01, 0.10)  # mcir's heuristic, not the paper's
+    negative_steps: tuple[int, ...] | None = None  # None: fitted_steps(iters)
+    negative_weight: float = 0.1
+    negative_init: str = "copy"  # fine-tuning default; the authors' "mix" from scratch
+    negative_mix: float = 0.1
+    batched_negatives: str = "auto"
+    embedding: str = "vgg16"
+    embedding_weights: str | None = None
+    embedding_init: str = "pretrained"
+    seed: int = 0
+    device: str = "auto"
+    amp: str | None = None  # None = auto: fp32 everywhere (speed.precision_decision says why)
+    train_bn: bool = False
+    noise_sigma: float | None = None
+    val_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    log_every: int = 1
+    workers: int = 0
+    cache: str = "auto"
+    collapse_factor: float = 10.0
+    max_collapses: int = 3
+    val_drop: float = 1.0  # a validation this many dB below the start is a collapse
+    tensorboard: bool = False
+    allow_random_init: bool = False
+    recipe_note: str = ""  # where lr/schedule/iters came from (make_config), logged at start
+    tile: int | None = None
+    compile: str = "auto"  # auto: CUDA runs long enough to repay compile time (speed.py)
+    compile_backend: str = "inductor"  # API only: "aot_eager" checks tracing without codegen
+    channels_last: str = "auto"  # auto: CUDA, convolution-dominated networks (speed.py)
+
+    def __post_init__(self) -> None:
+        if self.schedule_iters is None:
+            self.schedule_iters = self.iters
+        if self.negative_steps is None:
+            self.negative_steps = fitted_steps(self.iters)
+        validate_config(self)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) and k != "data" else v for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+
+def _check_choice(flag: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise McirError(f"{flag} must be one of {', '.join(str(a) for a in allowed if a)} (got {value!r})")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    if cfg.iters < 1:
+        raise McirError(f"--iters must be at least 1 (got {cfg.iters})")
+    if cfg.batch < 1 or cfg.patch < 1:
+        raise McirError("--batch and --patch must be positive")
+    if not math.isfinite(cfg.lam) or cfg.lam < 0:
+        raise McirError(f"--lambda must be a number >= 0 (got {cfg.lam}); the SPN term is subtracted already")
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise McirError(f"--lr must be a positive number (got {cfg.lr})")
+    if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):
+        raise McirError(f"--grad-clip must be a positive number (got {cfg.grad_clip}); leave it out for no clipping")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise McirError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay}); 0 turns the EMA off")
+    if not 0.0 <= cfg.negative_mix <= 1.0:
+        raise McirError(f"--negative-mix must be in [0, 1] (got {cfg.negative_mix})")
+    if not cfg.negative_steps or any(int(s) != s or s < 1 for s in cfg.negative_steps):
+        raise McirError(f"--negative-steps must be positive integers (got {list(cfg.negative_steps)})")
+    if not 0.0 <= cfg.negative_weight <= 1.0:
+        raise McirError(f"--negative-weight must be in [0, 1] (got {cfg.negative_weight})")
+    if cfg.log_every < 1:
+        raise McirError(f"--log-every must be at least 1 (got {cfg.log_every})")
+    for flag, value in (("--val-every", cfg.val_every), ("--save-every", cfg.save_every), ("--workers", cfg.workers), ("--warmup", cfg.warmup)):
+        if value < 0:
+            raise McirError(f"{flag} must be >= 0 (got {value})")
+    if len(cfg.ratio_band) != 2 or not 0 <= cfg.ratio_band[0] < cfg.ratio_band[1]:
+        raise McirError(f"--ratio-band must be two numbers low,high with 0 <= low < high (got {cfg.ratio_band})")
+    if cfg.tile is not None and cfg.tile < 8:
+        raise McirError(f"--tile must be at least 8 pixels (got {cfg.tile})")
+    if cfg.collapse_factor <= 1:
+        raise McirError(f"--collapse-factor must be above 1 (got {cfg.collapse_factor})")
+    if not (math.isfinite(cfg.val_drop) and cfg.val_drop > 0):
+        raise McirError(f"--val-drop must be a positive number of dB (got {cfg.val_drop})")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Bad flags are one-line errors before anything is read or written."""
+    _check_numbers(cfg)
+    check_noise_sigma(cfg.noise_sigma)
+    check_task_name(cfg.task)
+    _check_choice("--negative-init", cfg.negative_init, NEGATIVE_INITS)
+    _check_choice("--schedule", cfg.schedule, SCHEDULES)
+    _check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
+    for flag, value in (("--compile", cfg.compile), ("--channels-last", cfg.channels_last),
+                        ("--batched-negatives", cfg.batched_negatives), ("--cache", cfg.cache)):
+        _check_choice(flag, value, AUTO_ON_OFF)
+    _check_choice("--embedding-init", cfg.embedding_init, ("pretrained", "random"))
+    _check_choice("--amp", cfg.amp, (None, *AMP_CHOICES, "none"))
+    if cfg.lam_auto and cfg.loss == "psnr":
+        raise McirError("--lambda auto steers λ·l_neg/l_rec, which needs a positive reconstruction loss; "
+                        "the PSNR loss is signed (give a fixed --lambda)")
+
+
+def fitted_steps(iters: int, paper: tuple[int, ...] = PAPER_STEPS) -> tuple[int, ...]:
+    """`--negative-steps auto`: the paper's periods when the run is long enough for the
+    slowest to update MIN_UPDATES times, else the same ratios (1:5:10:20) shrunk until
+    it does (at least 1 each, strictly increasing where possible). The paper's periods in
+    a short fine-tune leave the slow negatives at their initialisation (docs/evidence.md)."""
+    f = min(1.0, iters / (MIN_UPDATES * max(paper)))
+    steps: list[int] = []
+    for s in paper:
+        k = max(1, round(s * f))
+        steps.append(k if not steps or k > steps[-1] else steps[-1] + 1)
+    return tuple(steps)
+
+
+def parse_steps(text: str) -> tuple[int, ...] | str:
+    """'100,500,1000,2000' -> (100, 500, 1000, 2000); 'auto' (fitted to the run's length)
+    and 'paper' (100,500,1000,2000) are kept as words for make_config to resolve."""
+    if text.strip() in ("auto", "paper"):
+        return text.strip()
+    try:
+        steps = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise McirError(f"--negative-steps must be comma-separated positive integers, auto or paper (got {text!r})") from None
+    if not steps or any(s < 1 for s in steps):
+        raise McirError(f"--negative-steps must be comma-separated positive integers, auto or paper (got {text!r})")
+    return steps
+
+
+def fine_tune_lr(recipe: Any) -> tuple[float, str]:
+    """(lr, explanation): the learning rate where a from-scratch recipe ends -- the rate
+    its pretrained weights converged at. Multistep: lr x gamma^(milestones before the
+    last step); cosine: its floor eta_min, but at least 1 % of the peak (a cosine that
+    decays to ~0 would leave nothing to fine-tune with); constant: lr."""
+    if recipe.schedule == "multistep":
+        k = sum(m < recipe.iterations for m in recipe.milestones)
+        lr = recipe.lr * recipe.gamma**k
+        return lr, f"lr {lr:.3g}, where its multistep schedule ends ({recipe.lr:g} x {recipe.gamma:g}^{k})"
+    if recipe.schedule == "cosine":
+        lr = max(recipe.eta_min, recipe.lr * 0.01)
+        return lr, f"lr {lr:.3g}, the end of its cosine schedule from {recipe.lr:g} (at least 1 % of it)"
+    return recipe.lr, f"its constant lr {recipe.lr:g}"
+
+
+# Recipe and SPNSettings fields whose TrainConfig field has another name
+_RECIPE_AS = {"iterations": None}  # a recipe's iterations apply only from scratch
+_SPN_AS = {"lam": "lam", "weight": "negative_weight", "steps": "negative_steps", "embedding": "embedding",
+           "negative_init": "negative_init", "negative_mix": "negative_mix"}
+
+
+def _defaults(preset: Any, task: str | None, scale: int | None) -> tuple[Recipe, SPNSettings]:
+    if preset:
+        return preset.recipe, preset.spn
+    sr = (scale or 1) > 1 or task in (None, "sr")
+    return Recipe(lr=1e-5, betas=(0.9, 0.99), batch=16, patch=48 if sr else 128, schedule="constant", loss="l1"), \
+        SPNSettings()
+
+
+def _resolve_auto(base: dict[str, Any], from_scratch: bool) -> None:
+    """SPN settings left at "auto": negatives copied from the pretrained weights when
+    fine-tuning (the authors' mix when training from scratch), periods fitted to the run
+    (why: docs/evidence.md)."""
+    if base.get("negative_init") in (None, "auto"):
+        base["negative_init"] = "mix" if from_scratch else "copy"
+    if base.get("negative_steps") in (None, "auto"):
+        base["negative_steps"] = fitted_steps(base["iters"])
+    elif base["negative_steps"] == "paper":
+        base["negative_steps"] = PAPER_STEPS
+
+
+def _scale_from_data(model: str | None, scale: int | None, data: list[str | Path]) -> tuple[int | None, str]:
+    """A preset that comes in several scales (--model swinir-light) takes the one scale
+    its training folders hold, and says so; with none or several it still asks."""
+    if not model or scale is not None:
+        return scale, ""
+    try:
+        get_preset(model, None)
+        return None, ""
+    except McirError as exc:
+        if "several scales" not in str(exc):
+            raise
+        from mcir_cli.layouts import infer_scale
+
+        found = infer_scale(data)
+        if found is None:
+            raise
+        return found, f"; x{found}: the one scale of the training data"
+
+
+def make_config(
+    data: list[str | Path],
+    output: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    scale: int | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """A run's configuration: the preset's recipe and [spn] values when `model` names a
+    preset, else fine-tuning defaults for a bare checkpoint (Adam 1e-5, constant lr, L1,
+    negatives copied from the checkpoint, periods fitted to the run); every override that
+    is not None wins.
+
+    A preset's recipe is a from-scratch schedule. Starting from its pretrained weights
+    (the usual case), the run fine-tunes at the learning rate where that schedule ends,
+    held constant (`fine_tune_lr`): the recipe's initial rate (5e-4 for DCTLSA) knocked
+    DCTLSA x4 from 32.52 to 31.88 dB on Set5 in two steps. With allow_random_init (from
+    scratch) the whole recipe applies, its iteration count included."""
+    scale, scale_note = _scale_from_data(model, scale, data)
+    preset = get_preset(model, scale) if model else None
+    task = overrides.get("task") or (preset.task if preset else None)
+    recipe, spn = _defaults(preset, task, scale or (preset.scale if preset else None))
+    base: dict[str, Any] = {"task": task, "iters": 1000}
+    base.update({f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe) if f.name not in _RECIPE_AS})
+    base.update({_SPN_AS[f.name]: getattr(spn, f.name) for f in dataclasses.fields(SPNSettings)})
+    note = "bare checkpoint: fine-tuning defaults (Adam, lr 1e-5 constant, L1)"
+    if preset and overrides.get("allow_random_init"):
+        base.update(iters=recipe.iterations)
+        note = f"{preset.name}: the full from-scratch recipe ({recipe.iterations} steps)"
+    elif preset:
+        lr, why = fine_tune_lr(recipe)
+        base.update(lr=lr, schedule="constant", milestones=(), warmup=0)
+        note = f"{preset.name}: fine-tuning from pretrained weights at {why}, constant"
+    if any(overrides.get(k) is not None for k in ("lr", "schedule", "iters", "warmup")):
+        note += "; --lr/--schedule/--iters/--warmup as given"
+    base["recipe_note"] = note + scale_note
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    _resolve_auto(base, bool(overrides.get("allow_random_init")))
+    # absolute paths: config.json must let a resume (or a reader) find them from any folder
+    if base.get("val"):  # one folder or several
+        vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
+        base["val"] = tuple(absolute(v) for v in vals)
+    if base.get("embedding_weights"):
+        base["embedding_weights"] = absolute(base["embedding_weights"])
+    return TrainConfig(
+        data=[absolute(d) for d in data], output=absolute(output),
+        checkpoint=absolute(checkpoint) if checkpoint else None, model=model, scale=scale, **base,
+    )
+
+
+def absolute(path: str | Path) -> str:
+    """Absolute and normalised ("a/../b" -> "b"): the folder it was given from may be gone
+    when the run is resumed."""
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def load_run_config(run_dir: str | Path, iters: int | None = None, **settings: Any) -> TrainConfig:
+    """A run's configuration from its config.json, with --iters and RESUME_SETTINGS
+    changed where given (anything else would change the run: refused by the CLI)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise McirError("not a run folder (no config.json)", run_dir)
+    try:
+        data = json.loads(path.read_text())["config"]
+        data.setdefault("schedule_iters", data.get("iters"))  # runs from before the field existed
+        cfg = TrainConfig.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise McirError(f"config.json is damaged ({type(exc).__name__}: {str(exc)[:100]}); "
+                        "the run cannot be resumed from it", path) from None
+    changes: dict[str, Any] = {"output": str(run_dir)}
+    if iters is not None:
+        changes["iters"] = iters
+    for key, value in settings.items():
+        if key not in RESUME_SETTINGS:
+            raise ValueError(f"a resume cannot change {key}")
+        if value is not None:
+            changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_lambda(text: str) -> tuple[float | None, bool]:
+    """'1e-4' -> (1e-4, False); 'auto' -> (None, True): the preset's or the paper's λ as
+    the start of --lambda auto."""
+    if text.strip() == "auto":
+        return None, True
+    try:
+        return float(text), False
+    except ValueError:
+        raise McirError(f"--lambda must be a number or 'auto' (got {text!r})") from None
+
+
+def parse_band(text: str) -> tuple[float, float]:
+    """'0.01,0.10' -> (0.01, 0.10)."""
+    try:
+        band = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        band = ()
+    if len(band) != 2:
+        raise McirError(f"--ratio-band must be two numbers low,high such as 0.01,0.10 (got {text!r})")
+    return band  # type: ignore[return-value]
