@@ -1,0 +1,223 @@
+"""`mcir study`: the evidence, as a command. From one start checkpoint and one training
+folder, K seeds of plain fine-tuning and of MCIR (and chosen variants) at equal steps and
+identical data order, each evaluated on held-out benchmark folders; resumable arm by arm.
+
+A study folder holds `plan.json` (what was asked: a resume must ask the same),
+`runs/<arm>-s<seed>/` (ordinary run folders), `results/<arm>-s<seed>.json` and
+`results/start.json` (ordinary `mcir evaluate` results), then `study.json` and `study.md`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcir_cli.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
+from mcir_cli.errors import McirError
+from mcir_cli.fsutil import atomic_write_text, writable_target
+
+# built-in arms: what `--arm NAME` means without "=" settings
+BUILTIN_ARMS: dict[str, dict[str, Any]] = {
+    "plain": {"negative_init": "none"},  # the baseline every other arm is compared with
+    "mcir": {},  # mcir's defaults
+    "mcir-paper": {"negative_init": "mix", "negative_steps": "paper"},  # the authors' init, the paper's periods
+    "mcir-mix": {"negative_init": "mix"},
+    "mcir-copy": {"negative_init": "copy"},
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_PER_ARM = {"negative_init", "negative_steps", "negative_weight", "negative_mix", "lam", "lam_auto", "embedding",
+            "amp", "loss", "lr", "ema_decay"}
+
+OnEvent = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "mcir defaults"
+
+
+def _value(key: str, text: str) -> Any:
+    if key == "negative_steps":
+        return parse_steps(text.replace("/", ","))
+    if key == "lam_auto":
+        return text.lower() in ("1", "true", "yes", "on")
+    if key in ("negative_init", "embedding", "amp", "loss"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise McirError(f"--arm: {key}={text!r} is not a number") from None
+
+
+def parse_arm(text: str) -> Arm:
+    """'plain', 'mcir', 'mcir-paper', ... or 'NAME:key=value,key=value' (keys: TrainConfig
+    fields that differ between arms, e.g. lam=1e-3,negative_init=mix,negative_steps=100/500)."""
+    name, _, spec = text.partition(":")
+    name = name.strip()
+    if not name or "/" in name or name.startswith("."):
+        raise McirError(f"--arm needs a plain name (got {text!r})")
+    if not spec:
+        if name not in BUILTIN_ARMS:
+            raise McirError(f"--arm {name!r} is not built in ({', '.join(BUILTIN_ARMS)}); "
+                            "give settings as NAME:key=value,...")
+        return Arm(name, dict(BUILTIN_ARMS[name]))
+    settings: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, eq, val = item.partition("=")
+        key = key.strip().replace("-", "_")
+        key = "lam" if key == "lambda" else key
+        if not eq or key not in _PER_ARM:
+            raise McirError(f"--arm {name}: {item!r} is not key=value with a key among {', '.join(sorted(_PER_ARM))}")
+        settings[key] = _value(key, val.strip())
+    return Arm(name, settings)
+
+
+@dataclass
+class StudyPlan:
+    """What a study runs; saved as plan.json, and a resume must ask for the same."""
+
+    output: str
+    data: list[str]
+    benchmarks: list[str]
+    checkpoint: str | None = None
+    model: str | None = None
+    scale: int | None = None
+    arms: list[Arm] = field(default_factory=lambda: [parse_arm("plain"), parse_arm("mcir")])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    iters: int = 1000
+    common: dict[str, Any] = field(default_factory=dict)  # make_config overrides for every arm
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if "plain" not in names:
+            raise McirError("a study needs the 'plain' arm: every other arm is compared with it")
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise McirError(f"--arm names must be distinct, plain and at least one more (got {names})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise McirError(f"--seeds must be distinct integers (got {self.seeds})")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arms"] = [{"name": a.name, "settings": a.settings} for a in self.arms]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StudyPlan:
+        d = dict(d)
+        d["arms"] = [Arm(a["name"], a["settings"]) for a in d["arms"]]
+        return cls(**d)
+
+    def run_name(self, arm: Arm, seed: int) -> str:
+        return f"{arm.name}-s{seed}"
+
+    def config(self, arm: Arm, seed: int) -> TrainConfig:
+        root = Path(self.output)
+        overrides = {**self.common, **arm.settings, "seed": seed, "iters": self.iters, "device": self.device}
+        return make_config(self.data, root / "runs" / self.run_name(arm, seed), checkpoint=self.checkpoint,
+                           model=self.model, scale=self.scale, **overrides)
+
+
+def _check_same_plan(plan: StudyPlan, path: Path) -> None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise McirError(f"plan.json is damaged ({type(exc).__name__})", path) from None
+    ours = json.loads(json.dumps(plan.to_json()))
+    if saved != ours:
+        diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        raise McirError(f"this study folder was started with other settings ({', '.join(diff)} differ); "
+                        "continue it with the same flags, or choose a new --output", path)
+
+
+def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path) -> dict[str, Any]:
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    loaded = load_model(weights, plan.model, plan.scale)
+    result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
+    result["model"]["label"] = label
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None) -> Path:
+    """The arm's run folder, trained to plan.iters: a new run, a resume of an interrupted
+    one, or a finished one as it is."""
+    from mcir_cli.loop import retrain
+
+    cfg = plan.config(arm, seed)
+    run = Path(cfg.output)
+    callback = (lambda s: on_step(s.step)) if on_step else None
+    if (run / "config.json").exists():
+        result = retrain(load_run_config(run), on_step=callback, resume=True)
+    else:
+        result = retrain(cfg, on_step=callback)
+    if result.stop_kind == "signal":
+        raise KeyboardInterrupt
+    return run
+
+
+def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callable[[str, int], None] | None = None,
+              resume: bool = False) -> dict[str, Any]:
+    """Run every (arm, seed) not yet evaluated, then summarise. `resume` continues a
+    study folder (finished arms are kept as they are)."""
+    from mcir_cli.study_report import summarise, to_markdown
+
+    root = Path(plan.output)
+    if root.exists() and not resume:
+        raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
+    if resume and not (root / "plan.json").exists():
+        raise McirError("not a study folder (no plan.json)", root)
+    writable_target(root, "study folder")
+    if resume:
+        _check_same_plan(plan, root / "plan.json")
+    else:
+        (root / "results").mkdir(parents=True)
+        atomic_write_text(root / "plan.json", json.dumps(plan.to_json(), indent=2) + "\n")
+    jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    total = len(jobs) + 1
+    start = root / "results" / "start.json"
+    if not start.exists():  # the pretrained model itself: the table's first row
+        _evaluate(plan, plan.checkpoint, "start", start)
+    for done, (arm, seed) in enumerate(jobs, 1):
+        name = plan.run_name(arm, seed)
+        out = root / "results" / f"{name}.json"
+        if on_event:
+            on_event(name, done, total)
+        if out.exists():
+            continue
+        run = _train(plan, arm, seed, (lambda step, n=name: on_step(n, step)) if on_step else None)
+        _evaluate(plan, run / "model.safetensors", name, out)
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
+    summary = summarise(plan, results)
+    atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / "study.md", to_markdown(summary))
+    if on_event:
+        on_event("summary", total, total)
+    return summary
+
+
+def load_plan(root: str | Path) -> StudyPlan:
+    """The plan of an existing study folder (for `mcir study --resume DIR`)."""
+    path = Path(root) / "plan.json"
+    if not path.exists():
+        raise McirError("not a study folder (no plan.json)", Path(root))
+    try:
+        return StudyPlan.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise McirError(f"plan.json is damaged ({type(exc).__name__})", path) from None
+
+
+def plan_paths(output: str | Path, data: list[str | Path], benchmarks: list[str | Path],
+               checkpoint: str | Path | None) -> dict[str, Any]:
+    """Absolute paths, so a study resumes from any folder."""
+    return {"output": absolute(output), "data": [absolute(d) for d in data],
+            "benchmarks": [absolute(b) for b in benchmarks], "checkpoint": absolute(checkpoint) if checkpoint else None}
