@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import atomic_write
+from mcir_cli.fsutil import atomic_torch_save, atomic_write
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".pk", ".pkl", ".safetensors", ".bin")
 
@@ -207,21 +207,33 @@ def save_like(ckpt: Checkpoint, state_dict: Mapping[str, Tensor], path: str | Pa
     if Path(path).suffix == ".safetensors":  # the target's suffix decides the format
         return save_safetensors({ckpt.prefix + k: v for k, v in tensors.items()}, path, ckpt.metadata)
     obj = _wrap(ckpt, tensors)
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_torch_save(path, obj)
 
 
 def save_safetensors(
     state_dict: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write a safetensors file; metadata values that are not strings are stored as JSON."""
-    from safetensors.torch import save_file
+    """Write a safetensors file; metadata values that are not strings are stored as JSON.
+    The header is written with sorted keys: safetensors orders it by a hash map seeded per
+    process, so the same weights would give different bytes in every run."""
+    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     meta = {
         str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True)
         for k, v in (metadata or {}).items()
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    data = _canonical_safetensors(save(tensors, metadata=meta))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _canonical_safetensors(blob: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted (offsets are relative to the data
+    section, so only the header and its length change; padded to 8 bytes as the format says)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
 
 
 def match_keys(

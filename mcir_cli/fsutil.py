@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import unicodedata
 from collections.abc import Callable
@@ -97,6 +98,34 @@ def _write_error(path: Path, tmp: Path | None, exc: BaseException) -> McirError 
         reason = _WRITE_REASONS.get(code) or os.strerror(code)
     kept = "; the previous version is kept" if path.exists() else ""
     return McirError(f"cannot write: {reason}{kept}", path)
+
+
+def _interned(obj: object) -> object:
+    """The same structure with every string interned: pickle memoises by object identity,
+    so a key read back from a file ("step" of a resumed optimizer) and the same key made by
+    code would otherwise pickle to different bytes."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
+
+
+def atomic_torch_save(path: str | Path, obj: object) -> Path:
+    """torch.save through atomic_write, into an open file: given a path, torch names the
+    zip archive's records after it, so the random temp name would make two saves of the
+    same object differ byte for byte (and break the bit-exact resume guarantee)."""
+    import torch
+
+    canonical = _interned(obj)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(canonical, fh)
+
+    return atomic_write(path, write)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

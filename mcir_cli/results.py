@@ -134,19 +134,37 @@ def load_result(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise McirError(f"invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}",
                         path) from None
-    return _validate(data, path)
+    out = _validate(data, path)
+    out["_source"] = str(path)  # tells results of the same label apart in messages
+    return out
 
 
 # --------------------------------------------------------------------------- checks
 
 
+def _distinct_tails(paths: list[str]) -> list[str]:
+    """The shortest path endings that tell the files apart (a/X4.json, b/X4.json)."""
+    parts = [Path(p).parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        tails = ["/".join(p[-k:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return list(paths)
+
+
 def _labels(results: list[dict]) -> list[str]:
-    """Display labels, made unique ("x", "x (2)") when two results share one."""
+    """Display labels, made unique when two results share one: by the end of their file
+    paths ("X4 (a/X4.json)") when known, else by number ("x (2)")."""
     raw = [str(r.get("model", {}).get("label") or f"model {i + 1}") for i, r in enumerate(results)]
     out: list[str] = []
     for i, lab in enumerate(raw):
         if raw.count(lab) > 1:
-            lab = f"{lab} ({raw[: i + 1].count(lab)})"
+            same = [j for j, other in enumerate(raw) if other == lab]
+            sources = [results[j].get("_source") for j in same]
+            if all(sources) and len(set(sources)) == len(sources):
+                lab = f"{lab} ({_distinct_tails(sources)[same.index(i)]})"
+            else:
+                lab = f"{lab} ({raw[: i + 1].count(lab)})"
         out.append(lab)
     return out
 

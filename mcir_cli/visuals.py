@@ -374,8 +374,9 @@ def save_image(img: Image.Image, path: str | Path) -> Path:
 
 
 def slug(text: str) -> str:
-    """`text` as a safe file-name part (runs of other characters become "_")."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+    """`text` as a safe file-name part (runs of other characters become "_"; no leading
+    dot, so a dataset named ".." cannot climb out of --visuals)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_").lstrip(".") or "x"
 
 
 def write_delta_charts(comparison: Comparison, out_dir: str | Path, metric: str = "psnr") -> list[Path]:

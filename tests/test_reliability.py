@@ -426,3 +426,26 @@ def test_batch_memory_measures_this_machine():
     check_batch_memory(1, 8, 1, 1, "cpu")
     with pytest.raises(McirError, match="must be positive"):
         check_batch_memory(0, 48, 4, 3, "cpu")
+
+
+def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
+    """`mcir compare a/X4.json b/X4.json` named them "X4 (1)"/"X4 (2)" in its messages."""
+    import json as _json
+
+    from mcir_cli.results import _labels, load_result
+
+    result = {"conventions": {"y_channel": True, "crop_border": 4, "quantize": True}, "task": "sr",
+              "model": {"label": "X4", "scale": 4},
+              "datasets": {"S": {"psnr": 30.0, "ssim": 0.9, "images": [{"name": "a", "psnr": 30.0, "ssim": 0.9}]}}}
+    paths = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "X4.json").write_text(_json.dumps(result))
+        paths.append(tmp_path / sub / "X4.json")
+    assert _labels([load_result(p) for p in paths]) == ["X4 (a/X4.json)", "X4 (b/X4.json)"]
+
+
+def test_a_dataset_named_dotdot_stays_inside_visuals():
+    from mcir_cli.visuals import slug
+
+    assert slug("..") == "x" and slug("../etc") == "_etc" and slug("Set5") == "Set5"
