@@ -9,7 +9,7 @@
 #   mkdir -p .gpu_shared/data/sr .gpu_shared/data/train .gpu_shared/weights
 #   cp -r ../shared/data/sr/Set5 .gpu_shared/data/sr/
 #   cp -r ../shared/data/train/SunHays80_color_subset20 .gpu_shared/data/train/
-#   cp -r ../shared/weights/DCTLSA .gpu_shared/weights/
+#   cp -r ../shared/weights/DCTLSA ../shared/weights/IMDN .gpu_shared/weights/
 # Then one device call: run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu_shared"],
 # timeout_s=600), and copy the tables into docs/benchmarks.md with the card's name.
 set -uo pipefail
@@ -31,6 +31,11 @@ python3 -c "import torch, spandrel; print('torch', torch.__version__, 'spandrel'
 stage "CUDA tests (vmap vs loop on CUDA, autocast gap, Trainer defaults)"
 timeout 100 python3 -m pytest -q -s tests/test_cuda.py tests/test_metrics.py -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
 
+stage "bf16 negatives: rounding against the signal on CUDA (why --amp auto is fp32)"
+timeout 30 python3 benchmarks/negatives_precision.py --device cuda --steps 100 \
+    --checkpoint "$MCIR_SHARED/weights/IMDN/IMDN_x4.pth" --data "$MCIR_SHARED/data/train/SunHays80_color_subset20" \
+    2>&1 | tee "$OUT/negatives_precision.txt" | tail -8
+
 stage "step overhead, batch 32 x 64 (eager; mcir's default precision)"
 timeout 100 python3 benchmarks/step_overhead.py --device cuda --batch 32 --patch 64 --json "$OUT/step_32x64.json" 2>&1 | tail -30
 stage "step overhead, batch 8 x 48 (eager)"
@@ -44,6 +49,6 @@ timeout 40 python3 benchmarks/input_pipeline.py --batch 32 --patch 64 --step-ms 
     --data "$MCIR_SHARED/data/train/SunHays80_color_subset20" --json "$OUT/input_pipeline.json" 2>&1 | tail -15
 
 stage "step overhead, batch 32 x 64, torch.compile (compile time reported; may hit its limit)"
-timeout 200 python3 benchmarks/step_overhead.py --device cuda --batch 32 --patch 64 --compile --steps 10 --warmup 2 \
+timeout 170 python3 benchmarks/step_overhead.py --device cuda --batch 32 --patch 64 --compile --steps 10 --warmup 2 \
     --json "$OUT/step_32x64_compile.json" 2>&1 | tail -30
 stage "done"

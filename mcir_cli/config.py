@@ -54,9 +54,9 @@ class TrainConfig:
     lam: float = 1e-4
     lam_auto: bool = False
     ratio_band: tuple[float, float] = (0.01, 0.10)  # mcir's heuristic, not the paper's
-    negative_steps: tuple[int, ...] | None = None  # None: fitted_steps(iters)
+    negative_steps: tuple[int, ...] = PAPER_STEPS
     negative_weight: float = 0.1
-    negative_init: str = "copy"  # fine-tuning default; the authors' "mix" from scratch
+    negative_init: str = "mix"  # the authors' code (the paper is silent)
     negative_mix: float = 0.1
     batched_negatives: str = "auto"
     embedding: str = "vgg16"
@@ -86,8 +86,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule_iters is None:
             self.schedule_iters = self.iters
-        if self.negative_steps is None:
-            self.negative_steps = fitted_steps(self.iters)
         validate_config(self)
 
     def to_json(self) -> dict[str, Any]:
@@ -160,8 +158,9 @@ def validate_config(cfg: TrainConfig) -> None:
 def fitted_steps(iters: int, paper: tuple[int, ...] = PAPER_STEPS) -> tuple[int, ...]:
     """`--negative-steps auto`: the paper's periods when the run is long enough for the
     slowest to update MIN_UPDATES times, else the same ratios (1:5:10:20) shrunk until
-    it does (at least 1 each, strictly increasing where possible). The paper's periods in
-    a short fine-tune leave the slow negatives at their initialisation (docs/evidence.md)."""
+    it does (at least 1 each, strictly increasing where possible). An option: the paper's
+    periods leave a short fine-tune's slow negatives at their initialisation, yet measured
+    no worse there (docs/evidence.md)."""
     f = min(1.0, iters / (MIN_UPDATES * max(paper)))
     steps: list[int] = []
     for s in paper:
@@ -213,15 +212,11 @@ def _defaults(preset: Any, task: str | None, scale: int | None) -> tuple[Recipe,
         SPNSettings()
 
 
-def _resolve_auto(base: dict[str, Any], from_scratch: bool) -> None:
-    """SPN settings left at "auto": negatives copied from the pretrained weights when
-    fine-tuning (the authors' mix when training from scratch), periods fitted to the run
-    (why: docs/evidence.md)."""
-    if base.get("negative_init") in (None, "auto"):
-        base["negative_init"] = "mix" if from_scratch else "copy"
-    if base.get("negative_steps") in (None, "auto"):
+def _resolve_steps(base: dict[str, Any]) -> None:
+    """--negative-steps auto (fitted to this run's length) or paper, as numbers."""
+    if base.get("negative_steps") == "auto":
         base["negative_steps"] = fitted_steps(base["iters"])
-    elif base["negative_steps"] == "paper":
+    elif base.get("negative_steps") == "paper":
         base["negative_steps"] = PAPER_STEPS
 
 
@@ -254,9 +249,8 @@ def make_config(
     **overrides: Any,
 ) -> TrainConfig:
     """A run's configuration: the preset's recipe and [spn] values when `model` names a
-    preset, else fine-tuning defaults for a bare checkpoint (Adam 1e-5, constant lr, L1,
-    negatives copied from the checkpoint, periods fitted to the run); every override that
-    is not None wins.
+    preset, else fine-tuning defaults for a bare checkpoint (Adam 1e-5, constant lr, L1)
+    and the paper's SPN values; every override that is not None wins.
 
     A preset's recipe is a from-scratch schedule. Starting from its pretrained weights
     (the usual case), the run fine-tunes at the learning rate where that schedule ends,
@@ -282,7 +276,7 @@ def make_config(
         note += "; --lr/--schedule/--iters/--warmup as given"
     base["recipe_note"] = note + scale_note
     base.update({k: v for k, v in overrides.items() if v is not None})
-    _resolve_auto(base, bool(overrides.get("allow_random_init")))
+    _resolve_steps(base)
     # absolute paths: config.json must let a resume (or a reader) find them from any folder
     if base.get("val"):  # one folder or several
         vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
@@ -346,3 +340,46 @@ def parse_band(text: str) -> tuple[float, float]:
     if len(band) != 2:
         raise McirError(f"--ratio-band must be two numbers low,high such as 0.01,0.10 (got {text!r})")
     return band  # type: ignore[return-value]
+
+
+# keys a run file may not set: derived by make_config, or the identity of another run
+_DERIVED = ("schedule_iters", "recipe_note", "output")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """`retrain --config FILE`: a run.toml (TrainConfig's field names or the flags' names,
+    top level; a preset's [recipe] and [spn] tables with its key names) or a finished
+    run's config.json (to repeat it elsewhere). Returns TrainConfig field values; an
+    unknown key is a one-line error naming it and the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            raw = json.loads(text)
+            raw = raw.get("config", raw) if isinstance(raw, dict) else raw
+        else:
+            from mcir_cli.models import tomllib
+
+            raw = tomllib.loads(text)
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise McirError(f"cannot read the run file ({type(exc).__name__}: {str(exc)[:120]})", path) from None
+    if not isinstance(raw, dict):
+        raise McirError("a run file holds a table of settings", path)
+    flat: dict[str, Any] = {}
+    for section, names in (("recipe", {}), ("spn", {**_SPN_AS, "lambda": "lam"})):
+        for key, value in (raw.pop(section, None) or {}).items():
+            flat[names.get(key, key)] = value
+    for key, value in raw.items():
+        flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in _DERIVED:
+            continue
+        if key == "iterations":  # a preset's [recipe] name
+            key = "iters"
+        if key not in fields:
+            raise McirError(f"unknown key {key!r} (the keys are retrain's flags, e.g. iters, lr, lam, "
+                            "negative_steps)", path)
+        out[key] = tuple(value) if isinstance(value, list) and key != "data" else value
+    return out

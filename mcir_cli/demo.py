@@ -8,8 +8,8 @@ offline command on a built-in default, small enough for a few minutes on two CPU
    (preset `dctlsa-x4`, or `DCTLSA/X4.pt`); otherwise a small EDSR trained from scratch
    for a few hundred steps on the training photos (said loudly: the start is then weak).
 3. Two retrains from that same start, same seed and data order: MCIR (EMA negatives,
-   SPN loss, mcir's fine-tuning defaults: negatives copied from the start, the paper's
-   periods fitted to the run) and plain fine-tuning (`negative_init="none"`).
+   SPN loss, the authors' mix init, the paper's periods fitted to the demo's few steps:
+   `--negative-steps auto`) and plain fine-tuning (`negative_init="none"`).
    The SPN embedding is the pretrained VGG16 when torchvision's cache or
    `embedding_weights` has it, else a random VGG16 (said loudly: not the paper's loss).
 4. Evaluation of the start and both retrains on the test folder, the paired comparison
@@ -288,7 +288,7 @@ def run_demo(
                    "loss (mcir's heuristic band for the contrast ratio is 1–10 %; the paper gives none)")
             notes.append(msg)
             note(msg, "warn")
-    for name, init_kind in (("plain", "none"), ("mcir", "copy")):
+    for name, init_kind in (("plain", "none"), ("mcir", "mix")):
         t = time.perf_counter()
         cfg = TrainConfig(
             data=[str(train_dir)], output=str(out / "runs" / name), checkpoint=str(start_ckpt),

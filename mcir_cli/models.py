@@ -74,15 +74,15 @@ class Recipe:
 
 @dataclass(frozen=True)
 class SPNSettings:
-    """SPN defaults: the paper's λ and w, the authors' released embedding; negative init
-    and periods "auto" (config.make_config resolves them for the run; "paper" and the
-    authors' "mix" remain options)."""
+    """SPN defaults: the paper's λ, w and steps; the authors' released embedding and
+    negative init (mcir study measured no better choice for fine-tuning: docs/evidence.md).
+    steps may also be "auto" (fitted to the run) or "paper"."""
 
     lam: float = 1e-4
     weight: float = 0.1
-    steps: tuple[int, ...] | str = "auto"
+    steps: tuple[int, ...] | str = (100, 500, 1000, 2000)
     embedding: str = "vgg16"
-    negative_init: str = "auto"
+    negative_init: str = "mix"
     negative_mix: float = 0.1
 
 

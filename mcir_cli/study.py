@@ -22,9 +22,9 @@ from mcir_cli.fsutil import atomic_write_text, writable_target
 # built-in arms: what `--arm NAME` means without "=" settings
 BUILTIN_ARMS: dict[str, dict[str, Any]] = {
     "plain": {"negative_init": "none"},  # the baseline every other arm is compared with
-    "mcir": {},  # mcir's defaults
-    "mcir-paper": {"negative_init": "mix", "negative_steps": "paper"},  # the authors' init, the paper's periods
-    "mcir-mix": {"negative_init": "mix"},
+    "mcir": {},  # mcir's defaults (the authors' mix init, the paper's periods)
+    "mcir-paper": {"negative_init": "mix", "negative_steps": "paper"},  # the same, whatever the defaults become
+    "mcir-fitted": {"negative_init": "copy", "negative_steps": "auto"},  # copied negatives, periods fitted to the run
     "mcir-copy": {"negative_init": "copy"},
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -27,7 +27,7 @@ def test_demo_tiny(tmp_path, monkeypatch):
     for name in ("plain", "mcir"):
         assert (out / "runs" / name / "model.safetensors").is_file()
         cfg = json.loads((out / "runs" / name / "config.json").read_text())["config"]
-        assert cfg["negative_init"] == ("none" if name == "plain" else "copy")  # the fine-tuning default
+        assert cfg["negative_init"] == ("none" if name == "plain" else "mix")
         assert cfg["seed"] == 0 and cfg["iters"] == 4
     assert r.comparison.models == ["EDSR-small (start)", "plain fine-tuning", "MCIR"]
     assert r.head_to_head.models == ["plain fine-tuning", "MCIR"]

@@ -190,3 +190,31 @@ def test_negative_quality_is_logged(imdn, train_dir, tmp_path):
     copy = next(r for r in read_log(tmp_path / "copy") if "event" not in r)["neg_psnr"]
     mix = next(r for r in read_log(tmp_path / "mix") if "event" not in r)["neg_psnr"]
     assert min(copy) > 60 and max(mix) < 35
+
+
+def test_a_run_file_round_trips_a_run(imdn, train_dir, tmp_path):
+    """--config A/config.json repeats run A elsewhere: the same configuration and the same
+    bytes; a run.toml sets flags by name, and flags on the command line win."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(a),
+                              "--iters", "2", "--batch", "1", "--patch", "12", "--embedding", "pixel",
+                              "--lambda", "1e-3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["retrain", "--config", str(a / "config.json"), "--output", str(b)])
+    assert res.exit_code == 0, res.output
+    ca = json.loads((a / "config.json").read_text())["config"]
+    cb = json.loads((b / "config.json").read_text())["config"]
+    assert {k: v for k, v in ca.items() if k != "output"} == {k: v for k, v in cb.items() if k != "output"}
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(f'checkpoint = "{imdn}"\ndata = ["{train_dir}"]\niters = 1\nbatch = 1\npatch = 12\n'
+                        'embedding = "pixel"\ndevice = "cpu"\n[spn]\nlambda = 2e-3\nsteps = [1, 2]\n')
+    res = runner.invoke(app, ["retrain", "--config", str(run_toml), "--output", str(tmp_path / "c"),
+                              "--lambda", "5e-3"])
+    assert res.exit_code == 0, res.output
+    cc = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
+    assert (cc["lam"], cc["negative_steps"], cc["iters"]) == (5e-3, [1, 2], 1)
+    run_toml.write_text(run_toml.read_text() + "\n[recipe]\nlearning_rate = 1\n")
+    res = runner.invoke(app, ["retrain", "--config", str(run_toml), "--output", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "unknown key 'learning_rate'" in res.output and "run.toml" in res.output

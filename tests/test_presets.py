@@ -133,10 +133,10 @@ def test_preset_file_is_complete(name):
     assert p.description and p.source.startswith("https://")
     assert p.params == OFFICIAL_PARAMS[name]  # the TOML states the official count
     assert p.weights_file and p.weights_url and p.weights_url.startswith("https://")
-    # the MCIR paper's λ and w; periods and init "auto" (resolved per run by make_config)
+    # the MCIR paper's SPN settings
     assert p.spn.lam == 1e-4 and p.spn.weight == 0.1
-    assert p.spn.steps == "auto"
-    assert (p.spn.embedding, p.spn.negative_init, p.spn.negative_mix) == ("vgg16", "auto", 0.1)
+    assert p.spn.steps == (100, 500, 1000, 2000)
+    assert (p.spn.embedding, p.spn.negative_init, p.spn.negative_mix) == ("vgg16", "mix", 0.1)
     r = p.recipe
     assert r.optimizer in ("adam", "adamw") and len(r.betas) == 2
     assert r.schedule in ("multistep", "cosine", "constant")

@@ -51,7 +51,7 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     run = tmp_path / "RUN"
     res = runner.invoke(app, [
         "retrain", "--checkpoint", str(ckpt), "--data", str(train_dir), "--val", str(small_val),
-        "--iters", "8", "--batch", "2", "--patch", "16", "--negative-steps", "2,4,8", "--negative-init", "mix",
+        "--iters", "8", "--batch", "2", "--patch", "16", "--negative-steps", "2,4,8",
         "--embedding-init", "random", "--device", "cpu", "--output", str(run),
     ])
     assert res.exit_code == 0, res.output
@@ -319,12 +319,10 @@ def test_make_config_defaults_come_from_the_preset_or_the_paper():
 
     bare = make_config(["d"], "o", checkpoint="ckpt.pth")
     assert (bare.lr, bare.schedule, bare.loss, bare.batch, bare.patch) == (1e-5, "constant", "l1", 16, 48)
-    # the paper's λ and w; fine-tuning: negatives copied from the checkpoint, the paper's
-    # periods shrunk to the run (1000 steps: the slowest updates 4 times; docs/evidence.md)
-    assert (bare.lam, bare.negative_weight, bare.negative_steps) == (1e-4, 0.1, (12, 62, 125, 250))
-    assert (bare.negative_init, bare.negative_mix, bare.embedding) == ("copy", 0.1, "vgg16")
-    paper = make_config(["d"], "o", checkpoint="ckpt.pth", negative_init="mix", negative_steps="paper")
-    assert (paper.negative_init, paper.negative_steps) == ("mix", (100, 500, 1000, 2000))
+    assert (bare.lam, bare.negative_weight, bare.negative_steps) == (1e-4, 0.1, (100, 500, 1000, 2000))
+    assert (bare.negative_init, bare.negative_mix, bare.embedding) == ("mix", 0.1, "vgg16")
+    fitted = make_config(["d"], "o", checkpoint="ckpt.pth", negative_init="copy", negative_steps="auto")
+    assert (fitted.negative_init, fitted.negative_steps) == ("copy", (12, 62, 125, 250))  # the option
     # from pretrained weights: the recipe's optimizer, batch, patch and loss, at the lr
     # where its from-scratch schedule ends (2e-4 halved at 250k/400k/450k/475k), constant
     swin = make_config(["d"], "o", model="swinir-light", scale=4)
@@ -333,7 +331,6 @@ def test_make_config_defaults_come_from_the_preset_or_the_paper():
     assert "where its multistep schedule ends" in swin.recipe_note
     scratch = make_config(["d"], "o", model="swinir-light", scale=4, allow_random_init=True)
     assert (scratch.lr, scratch.schedule, scratch.iters) == (2e-4, "multistep", 500_000)
-    assert (scratch.negative_init, scratch.negative_steps) == ("mix", (100, 500, 1000, 2000))  # the authors' and the paper's
     assert scratch.milestones == (250_000, 400_000, 450_000, 475_000)
     nafnet = make_config(["d"], "o", model="nafnet-gopro-w32", lr=5e-5, iters=10)
     assert (nafnet.optimizer, nafnet.loss, nafnet.lr, nafnet.iters) == ("adamw", "psnr", 5e-5, 10)
@@ -421,8 +418,7 @@ def test_resume_keeps_the_runs_compile_decision(ckpt, train_dir, tmp_path):
 
 
 def test_channels_last_training_matches_nchw(ckpt, train_dir, tmp_path):
-    # mix: a copied negative makes l_neg ~1e-7 at first, where a relative comparison is noise
-    kw = dict(iters=3, embedding="vgg16", embedding_init="random", negative_init="mix")
+    kw = dict(iters=3, embedding="vgg16", embedding_init="random")
     retrain(config(ckpt, train_dir, tmp_path / "nchw", channels_last="off", **kw))
     retrain(config(ckpt, train_dir, tmp_path / "nhwc", channels_last="on", **kw))
     start = next(r for r in read_log(tmp_path / "nhwc") if r.get("event") == "start")

@@ -17,69 +17,71 @@ from mcir_cli.errors import McirError
 @handle_errors
 def retrain(
     ctx: typer.Context,
-    data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`."),
-    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
-    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout)."),
-    val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact)."),
-    iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's)."),
-    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16)."),
-    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) (default: preset or 48/128)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: a preset's: where its schedule ends (from scratch: its start); bare checkpoint: 1e-5)."),
-    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine (default: constant; from scratch: the preset's)."),
-    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps (default: preset or 0)."),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off)."),
-    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1)."),
-    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved."),
-    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one)."),
-    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: auto (default: the paper's 100,500,1000,2000 shrunk so the slowest updates 4 times in --iters), paper, or a list such as 100,500,1000,2000."),
-    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1)."),
-    negative_init: Optional[str] = typer.Option(None, help="copy (default when fine-tuning: negatives start at the pretrained weights) | mix (the authors' code; default --from-scratch) | random | frozen | none (plain fine-tuning)."),
-    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1)."),
-    batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call."),
-    embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel."),
-    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty."),
-    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss)."),
-    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches."),
-    train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default)."),
-    seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation."),
-    device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    amp: Optional[str] = typer.Option(None, help="auto (default: fp32 everywhere) | bf16-negatives (negatives and VGG in bf16 on CUDA) | bf16 (the target too) | fp32."),
-    val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end)."),
-    save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C)."),
-    log_every: int = typer.Option(1, help="Log every K steps."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
-    cache: str = typer.Option("auto", help="auto | on | off: keep decoded training images in RAM."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard)."),
-    from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init)."),
-    compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the target, negatives and embedding (auto: CUDA runs of >= 10k steps)."),
-    channels_last: str = typer.Option("auto", "--channels-last", help="auto | on | off: NHWC memory layout (auto: CUDA, convolution-dominated networks)."),
-    collapse_factor: float = typer.Option(10.0, help="Collapse guard: a reconstruction error above this x its running median rolls back and halves λ (the lr in a plain run)."),
-    val_drop: float = typer.Option(1.0, help="Collapse guard: a validation this many dB below the starting weights' rolls back too."),
-    tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory."),
+    data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts.", rich_help_panel="Data"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written).", rich_help_panel="Model"),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`.", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint).", rich_help_panel="Model"),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout).", rich_help_panel="Data"),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*", rich_help_panel="Validation"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist).", rich_help_panel="Run control"),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact).", rich_help_panel="Run control"),
+    iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's).", rich_help_panel="Optimisation"),
+    batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16).", rich_help_panel="Optimisation"),
+    patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) (default: preset or 48/128).", rich_help_panel="Optimisation"),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: a preset's: where its schedule ends (from scratch: its start); bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
+    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine (default: constant; from scratch: the preset's).", rich_help_panel="Optimisation"),
+    warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps (default: preset or 0).", rich_help_panel="Optimisation"),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value.", rich_help_panel="Optimisation"),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off).", rich_help_panel="Optimisation"),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1).", rich_help_panel="Optimisation"),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved.", rich_help_panel="MCIR / SPN"),
+    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters).", rich_help_panel="MCIR / SPN"),
+    negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1).", rich_help_panel="MCIR / SPN"),
+    negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default: 0.1·random + 0.9·θ) | copy | random | frozen | none (plain fine-tuning).", rich_help_panel="MCIR / SPN"),
+    negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1).", rich_help_panel="MCIR / SPN"),
+    batched_negatives: str = typer.Option("auto", help="auto | on | off: all negatives in one vmap call.", rich_help_panel="MCIR / SPN"),
+    embedding: Optional[str] = typer.Option(None, help="vgg16 (authors' config, default) | vgg19 (AECR-Net) | pixel.", rich_help_panel="MCIR / SPN"),
+    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty.", rich_help_panel="MCIR / SPN"),
+    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss).", rich_help_panel="MCIR / SPN"),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches.", rich_help_panel="Data"),
+    train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default).", rich_help_panel="Model"),
+    seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation.", rich_help_panel="Optimisation"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),
+    amp: Optional[str] = typer.Option(None, help="auto (default: fp32 everywhere) | bf16-negatives (negatives and VGG in bf16 on CUDA) | bf16 (the target too) | fp32.", rich_help_panel="Speed"),
+    val_every: int = typer.Option(0, help="Validate every K steps (0: only at the end).", rich_help_panel="Validation"),
+    save_every: int = typer.Option(0, help="Save a resumable state every K steps (0: at the end / on Ctrl-C).", rich_help_panel="Run control"),
+    log_every: int = typer.Option(1, help="Log every K steps.", rich_help_panel="Run control"),
+    workers: int = typer.Option(0, help="DataLoader worker processes.", rich_help_panel="Data"),
+    cache: str = typer.Option("auto", help="auto | on | off: keep decoded training images in RAM.", rich_help_panel="Data"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN/tensorboard (needs tensorboard).", rich_help_panel="Run control"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Allow a preset without pretrained weights (random init).", rich_help_panel="Model"),
+    compile: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the target, negatives and embedding (auto: CUDA runs of >= 10k steps).", rich_help_panel="Speed"),
+    channels_last: str = typer.Option("auto", "--channels-last", help="auto | on | off: NHWC memory layout (auto: CUDA, convolution-dominated networks).", rich_help_panel="Speed"),
+    collapse_factor: float = typer.Option(10.0, help="Collapse guard: a reconstruction error above this x its running median rolls back and halves λ (the lr in a plain run).", rich_help_panel="Run control"),
+    val_drop: float = typer.Option(1.0, help="Collapse guard: a validation this many dB below the starting weights' rolls back too.", rich_help_panel="Run control"),
+    tile: Optional[int] = typer.Option(None, help="Validate in tiles of this size (input pixels) to save GPU memory.", rich_help_panel="Validation"),
+    config: Optional[Path] = typer.Option(None, "--config", help="A run file: run.toml (keys: these flags' names; a preset's [recipe]/[spn] tables) or a finished run's config.json; flags given here win.", rich_help_panel="Run control"),
 ) -> None:
-    """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR)."""
+    """Fine-tune a pretrained model with EMA negative models and the SPN loss (MCIR).
+
+    Example: mcir retrain --checkpoint DCTLSA/X4.pt --data DIV2K/ --val Set5/ --iters 20000 -o runs/mcir
+
+    The baseline to compare with: the same command with --negative-init none.
+    """
     from mcir_cli.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
     from mcir_cli.distributed import DistContext
     from mcir_cli.loop import retrain as run_retrain
 
     dist = DistContext.from_env(device)
     if resume is not None:
+        if config is not None:
+            raise McirError("--resume continues the run as its config.json says; --config starts a new one")
         cfg = load_run_config(resume, iters, **_resume_settings(ctx, resume))
     else:
-        if not data:
-            raise McirError("give a training folder with --data DIR")
-        if output is None:
-            raise McirError("give a new run folder with --output RUN")
-        if checkpoint is None and model is None:
-            raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
         lam_value, lam_auto = parse_lambda(lam) if lam is not None else (None, False)
-        cfg = make_config(
-            data, output, checkpoint=checkpoint, model=model, scale=scale,
+        flags = dict(
+            data=data, output=output, checkpoint=checkpoint, model=model, scale=scale,
             task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
             lam=lam_value, lam_auto=lam_auto, ratio_band=parse_band(ratio_band),
@@ -93,6 +95,16 @@ def retrain(
             compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, val_drop=val_drop,
             tile=tile,
         )
+        if config is not None:
+            flags = _with_run_file(ctx, flags, config)
+        if not flags["data"]:
+            raise McirError("give a training folder with --data DIR")
+        if flags["output"] is None:
+            raise McirError("give a new run folder with --output RUN")
+        if flags["checkpoint"] is None and flags["model"] is None:
+            raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
+        cfg = make_config(flags.pop("data"), flags.pop("output"), checkpoint=flags.pop("checkpoint"),
+                          model=flags.pop("model"), scale=flags.pop("scale"), **flags)
     on_step, stop_bar = _progress_line(cfg.iters, dist.is_main)
     try:
         result = run_retrain(cfg, on_step=on_step, resume=resume is not None, dist=dist)
@@ -103,6 +115,21 @@ def retrain(
         _render_summary(result, cfg.lam_auto)
     if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
         raise typer.Exit(130 if result.stop_kind == "signal" else 1)
+
+
+# TrainConfig fields whose flag has another parameter name
+_PARAM_OF = {"lam_auto": "lam", "allow_random_init": "from_scratch"}
+
+
+def _with_run_file(ctx: typer.Context, flags: dict, path: Path) -> dict:
+    """The run file's values under the flags given on the command line."""
+    from mcir_cli.config import load_config_file
+
+    merged = dict(flags)
+    for key, value in load_config_file(path).items():
+        if not _given(ctx, _PARAM_OF.get(key, key)) or key not in flags:
+            merged[key] = value
+    return merged
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -31,7 +31,7 @@ def study(
     scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Training folder (repeatable)."),
     benchmark: Optional[list[Path]] = typer.Option(None, "--benchmark", help="Held-out benchmark folder every result is scored on (repeatable)."),
-    arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm: plain | mcir | mcir-paper | mcir-mix | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3). Default: plain and mcir."),
+    arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm: plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3). Default: plain and mcir."),
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order."),
     iters: int = typer.Option(1000, help="Steps of every run."),
     batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16)."),
