@@ -47,8 +47,12 @@ class RunLog:
                 log.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); logging to log.jsonl only")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(record) + "\n")
+            self.fh.flush()
+        except OSError as exc:  # a full disk: one line naming the file (the last state.pt is intact)
+            raise McirError(f"cannot write: {exc.strerror or exc}; the last saved state.pt is kept "
+                            "(free space, then --resume)", self.path) from None
         if self.tb is None:
             return
         event = record.get("event")

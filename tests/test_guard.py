@@ -237,3 +237,23 @@ def test_a_multi_scale_preset_takes_the_scale_of_its_training_data(tmp_path):
     assert cfg.scale == 4 and "x4: the one scale of the training data" in cfg.recipe_note
     with pytest.raises(McirError, match="several scales"):
         make_config([tmp_path / "nothing"], tmp_path / "run", model="swinir-light")
+
+
+def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
+    import errno
+
+    from mcir_cli.rundir import RunLog
+
+    log = RunLog(tmp_path / "log.jsonl")
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    log.fh = Full()
+    with pytest.raises(McirError, match="No space left on device") as info:
+        log.write({"step": 1})
+    assert "log.jsonl" in str(info.value)
