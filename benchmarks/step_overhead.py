@@ -83,7 +83,8 @@ NAMES = {
 # ---------------------------------------------------------------- model
 def build_model(preset_name: str, quick: bool, seed: int = 0) -> tuple[nn.Module, str, int]:
     """(restorer in [0, 1] -> [0, 1], description, scale); random weights."""
-    from mcir_cli.models import IOSpec, Restorer, from_preset, get_preset
+    from mcir_cli.models import Restorer, from_preset
+    from mcir_cli.recipes import IOSpec, get_preset
 
     try:
         preset = get_preset(preset_name)

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (one place for each concept)
 _API = {
-    "load_model": "mcir_cli.models", "LoadedModel": "mcir_cli.models",
+    "load_model": "mcir_cli.models", "LoadedModel": "mcir_cli.models", "get_preset": "mcir_cli.recipes",
     "TrainConfig": "mcir_cli.config", "make_config": "mcir_cli.config", "load_run_config": "mcir_cli.config",
     "retrain": "mcir_cli.loop", "Run": "mcir_cli.loop", "TrainResult": "mcir_cli.loop",
     "NegativeBank": "mcir_cli.negatives", "SPNLoss": "mcir_cli.losses", "make_embedding": "mcir_cli.losses",

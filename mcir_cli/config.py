@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
-from mcir_cli.models import OPTIMIZERS, SCHEDULES, Recipe, SPNSettings, check_noise_sigma, check_task_name, get_preset
+from mcir_cli.recipes import OPTIMIZERS, SCHEDULES, Recipe, SPNSettings, check_noise_sigma, check_task_name, get_preset
 
 NEGATIVE_INITS = ("mix", "copy", "random", "frozen", "none")
 AUTO_ON_OFF = ("auto", "on", "off")
@@ -358,7 +358,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raw = json.loads(text)
             raw = raw.get("config", raw) if isinstance(raw, dict) else raw
         else:
-            from mcir_cli.models import tomllib
+            from mcir_cli.recipes import tomllib
 
             raw = tomllib.loads(text)
     except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors

@@ -146,7 +146,8 @@ def make_data(root: Path, n_train: int = len(TRAIN_PHOTOS), n_test: int = len(TE
 def find_pretrained() -> tuple[Path | None, str]:
     """DCTLSA x4 weights: via the `dctlsa-x4` preset and $MCIR_WEIGHTS, or (when that
     preset is not shipped) `DCTLSA/X4.pt` under a folder in $MCIR_WEIGHTS."""
-    from mcir_cli.models import get_preset, resolve_weights
+    from mcir_cli.models import resolve_weights
+    from mcir_cli.recipes import get_preset
 
     try:
         path = resolve_weights(get_preset("dctlsa-x4"))

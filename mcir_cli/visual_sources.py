@@ -18,7 +18,8 @@ from mcir_cli.data import Dataset, discover, load_pair
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import sha256_file
 from mcir_cli.inference import resolve_device, restore
-from mcir_cli.models import LoadedModel, get_preset, load_checkpoint_model
+from mcir_cli.models import LoadedModel, load_checkpoint_model
+from mcir_cli.recipes import get_preset
 from mcir_cli.results import Comparison
 from mcir_cli.visuals import (
     auto_heat_scale,

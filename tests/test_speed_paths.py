@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _swinir_light(depths=(2, 2)) -> nn.Module:
     from spandrel.architectures.SwinIR import SwinIR
 
-    from mcir_cli.models import IOSpec, Restorer
+    from mcir_cli.models import Restorer
+
+    from mcir_cli.recipes import IOSpec
 
     torch.manual_seed(0)
     net = SwinIR(
@@ -44,7 +46,8 @@ def _dctlsa() -> nn.Module:
 
 
 def _edsr_light() -> nn.Module:
-    from mcir_cli.models import IOSpec, Restorer, from_preset, get_preset, presets_dir
+    from mcir_cli.models import Restorer, from_preset
+    from mcir_cli.recipes import IOSpec, get_preset, presets_dir
 
     if (presets_dir() / "edsr-light-x4.toml").exists():
         return from_preset(get_preset("edsr-light-x4")).restorer

@@ -295,7 +295,7 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
 
 def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
     """A user's own preset file: its [spn] values become the run's defaults; flags still win."""
-    from mcir_cli.models import presets_dir
+    from mcir_cli.recipes import presets_dir
 
     text = (presets_dir() / "dctlsa-x4.toml").read_text()
     spn = "[spn]\nlambda = 2e-4\nweight = 0.2\nsteps = [3, 7]\nembedding = \"pixel\"\nnegative_init = \"copy\"\nnegative_mix = 0.1\n"

@@ -34,7 +34,7 @@ def data_inspect(
     the number of pairs and the first few; a folder that fits nothing, or several layouts,
     gets one line naming what it holds and what was expected (exit code 2)."""
     from mcir_cli.layouts import recognise, scales_of
-    from mcir_cli.models import check_task_name
+    from mcir_cli.recipes import check_task_name
 
     check_task_name(task)
     scales = scales_of(folder)

@@ -122,7 +122,7 @@ def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> 
     """`--model swinir-light` (a preset in several scales) without --scale: the one scale
     the data folders hold (said in a note), else None (and the preset asks for --scale)."""
     from mcir_cli.layouts import infer_scale
-    from mcir_cli.models import get_preset
+    from mcir_cli.recipes import get_preset
 
     if model is None or scale is not None:
         return scale
@@ -142,7 +142,7 @@ def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> 
 def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
                          tile: int | None = None, tile_overlap: int = 0) -> None:
     """Flags of evaluate/compare, refused in one line before any work."""
-    from mcir_cli.models import check_noise_sigma, check_task_name
+    from mcir_cli.recipes import check_noise_sigma, check_task_name
 
     check_task_name(task)
     check_noise_sigma(noise_sigma)

@@ -42,7 +42,7 @@ def models_list(ctx: typer.Context) -> None:
     import spandrel
 
     from mcir_cli import archs
-    from mcir_cli.models import list_presets
+    from mcir_cli.recipes import list_presets
 
     table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS")
     for col in ("name", "task", "scale", "architecture", "params", "weights", "recipe source"):
