@@ -1,5 +1,5 @@
 """Crash safety to the last byte: a real `mcir retrain` killed with SIGKILL at every file
-write it makes (halfway through the temp file, and right after the rename), then resumed,
+write it makes (halfway through the temp file; and after the last rename), then resumed,
 ends with the same bytes as a run never killed; no half-written file ever replaces a good
 one, and no temp file survives. Deterministic: the kill is triggered by the N-th write,
 not by a timer."""
@@ -60,8 +60,8 @@ def _args(run: Path, val: Path) -> list[str]:
             "--embedding", "pixel", "--negative-steps", "1,2", "--device", "cpu"]
 
 
-def _mcir(driver: Path, args: list[str], tmp: Path, at: int = 0, phase: str = "none") -> subprocess.CompletedProcess:
-    env = {**os.environ, "KILL_AT": str(at), "KILL_PHASE": phase, "WRITES_FILE": str(tmp / "writes"),
+def _mcir(driver: Path, args: list[str], writes: Path, at: int = 0, phase: str = "none") -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILL_AT": str(at), "KILL_PHASE": phase, "WRITES_FILE": str(writes),
            "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(driver), *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -86,29 +86,39 @@ def val(tmp_path_factory) -> Path:
     return set5_crops(tmp_path_factory.mktemp("val"), ("bird",), 48)
 
 
+def _kill_and_resume(driver: Path, val: Path, tmp: Path, at: int, phase: str, want: dict, want_val: dict) -> None:
+    run = tmp / f"k{at}{phase}"
+    writes = tmp / f"writes-{at}{phase}"
+    killed = _mcir(driver, _args(run, val), writes, at, phase)
+    assert killed.returncode == -signal.SIGKILL, (at, phase, killed.stderr[-1500:])
+    if run.exists():
+        _complete(run)
+    # what the user does next: resume, or (nothing saved yet) the same command again
+    again = ["retrain", "--resume", str(run)] if (run / "config.json").exists() else _args(run, val)
+    res = _mcir(driver, again, writes)
+    assert res.returncode == 0, (at, phase, res.stderr[-1500:])
+    got = {n: (run / n).read_bytes() for n in COMPARED}
+    assert got == want, (at, phase, [n for n in COMPARED if got[n] != want[n]])
+    assert json.loads((run / "val.json").read_text()) == want_val, (at, phase)
+    assert not list(run.glob(".*.tmp")), (at, phase)
+
+
 @pytest.mark.slow
 def test_sigkill_at_every_write_then_resume_is_bit_exact(val, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     straight = tmp_path / "straight"
-    done = _mcir(driver, _args(straight, val), tmp_path)
+    done = _mcir(driver, _args(straight, val), tmp_path / "writes")
     assert done.returncode == 0, done.stderr[-2000:]
     writes = int((tmp_path / "writes").read_text())
     assert writes >= 10  # config, val/best at 0, state at 2, state, model, val/best, state at 3
     want = {n: (straight / n).read_bytes() for n in COMPARED}
     want_val = json.loads((straight / "val.json").read_text())
-    for at in range(1, writes + 1):
-        for phase in ("during", "after"):
-            run = tmp_path / f"k{at}{phase}"
-            killed = _mcir(driver, _args(run, val), tmp_path, at, phase)
-            assert killed.returncode == -signal.SIGKILL, (at, phase, killed.stderr[-1500:])
-            if run.exists():
-                _complete(run)
-            # what the user does next: resume, or (nothing saved yet) the same command again
-            again = (["retrain", "--resume", str(run)] if (run / "config.json").exists() else _args(run, val))
-            res = _mcir(driver, again, tmp_path)
-            assert res.returncode == 0, (at, phase, res.stderr[-1500:])
-            got = {n: (run / n).read_bytes() for n in COMPARED}
-            assert got == want, (at, phase, [n for n in COMPARED if got[n] != want[n]])
-            assert json.loads((run / "val.json").read_text()) == want_val, (at, phase)
-            assert not list(run.glob(".*.tmp")), (at, phase)
+    # killed halfway through write k = after write k-1 plus a torn temp file of k; only the
+    # moment after the last write (before the process would exit) needs an "after" kill
+    jobs = [(at, "during") for at in range(1, writes + 1)] + [(writes, "after")]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes at a time: the 2 cores
+        for job in [pool.submit(_kill_and_resume, driver, val, tmp_path, at, ph, want, want_val) for at, ph in jobs]:
+            job.result()
