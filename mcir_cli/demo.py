@@ -180,6 +180,20 @@ def choose_embedding(embedding_weights: str | Path | None) -> tuple[str, str | N
 # --------------------------------------------------------------------------- the demo
 
 
+@dataclass
+class _Notes:
+    """What the demo says as it goes (`say`) and keeps for its report (warnings)."""
+
+    say: Say | None
+    kept: list[str] = field(default_factory=list)
+
+    def __call__(self, msg: str, kind: str = "info") -> None:
+        if kind == "warn":
+            self.kept.append(msg)
+        if self.say:
+            self.say(msg, kind)
+
+
 def run_demo(
     output: str | Path,
     iters: int = 40,
@@ -200,20 +214,10 @@ def run_demo(
     say: Say | None = None,
     on_step: OnStep | None = None,
 ) -> DemoResult:
-    """Run the demo into the new folder `output` (refused if it exists)."""
-    from mcir_cli.checkpoint import save_safetensors
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.exports import write_exports
+    """Run the demo into the new folder `output` (refused if it exists): data, a start
+    model, plain and MCIR retrains from it, their evaluation, comparison and pictures."""
+    from mcir_cli.config import fitted_steps
     from mcir_cli.fsutil import atomic_write_text
-    from mcir_cli.models import load_model
-    from mcir_cli.config import TrainConfig, fitted_steps
-    from mcir_cli.loop import retrain
-    from mcir_cli.results import compare_results
-    from mcir_cli.visual_sources import write_comparison_visuals
-
-    def note(msg: str, kind: str = "info") -> None:
-        if say:
-            say(msg, kind)
 
     out = Path(output)
     if out.exists():
@@ -223,102 +227,130 @@ def run_demo(
         raise McirError(f"--iters must be at least 1 (got {iters})")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    notes: list[str] = []
+    note = _Notes(say)
     emb_init, emb_weights, emb_pretrained = choose_embedding(embedding_weights)
     out.mkdir(parents=True)
 
-    # 1. data
     train_dir, test_dir, train_names, test_names = make_data(out / "data", n_train, n_test, SCALE, note)
     note(f"data: {len(train_names)} training photos in {train_dir}, "
          f"{len(test_names)} test photos in {test_dir} (x{SCALE}, MATLAB bicubic)")
     timings["data"] = time.perf_counter() - t0
 
-    # 2. the starting model
     runs: dict[str, Path] = {}
+    start = _start_model(out, train_dir, runs, timings, note, use_pretrained=use_pretrained, patch=patch,
+                         pretrain_iters=pretrain_iters, seed=seed, device=device, on_step=on_step)
+    lr = (1e-5 if start["pretrained"] else 1e-4) if lr is None else lr
+    emb_text = "VGG16 relu1_2/2_2/3_3 with ImageNet weights (the authors' embedding)" if emb_pretrained else \
+        "VGG16 with RANDOM weights"
+    lam = _demo_lambda(lam, emb_pretrained, note)
+    steps = fitted_steps(iters)
+    common = dict(checkpoint=str(start["ckpt"]), scale=SCALE, task="sr", iters=iters, batch=batch, patch=patch,
+                  lr=lr, schedule="constant", lam=lam, negative_steps=steps, embedding="vgg16",
+                  embedding_weights=emb_weights, embedding_init=emb_init, seed=seed, device=device, cache="on")
+    _retrain_both(out, train_dir, common, runs, timings, note, on_step)
+    ratio = mean_contrast_ratio(runs["mcir"] / "log.jsonl")
+    if ratio is not None and not 0.01 <= ratio <= 0.10:
+        note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
+             "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
+             + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)", "warn")
+    scored = _score_and_compare(out, test_dir, start, runs, timings, device=device, top_k=top_k,
+                                n_resamples=n_resamples, seed=seed)
+    timings["total"] = time.perf_counter() - t0
+    result = DemoResult(
+        output=out, model=start["text"], pretrained=start["pretrained"], embedding=emb_text,
+        embedding_pretrained=emb_pretrained, train_images=train_names, test_images=test_names,
+        runs=runs, summary=out / "summary.md", notes=note.kept, timings=timings, lam=lam, contrast_ratio=ratio,
+        **scored,
+    )
+    atomic_write_text(result.summary, summary_markdown(result, iters, batch, patch, lr, steps))
+    return result
+
+
+def _start_model(out: Path, train_dir: Path, runs: dict[str, Path], timings: dict[str, float], note: _Notes, *,
+                 use_pretrained: bool, patch: int, pretrain_iters: int, seed: int, device: str,
+                 on_step: OnStep | None) -> dict[str, Any]:
+    """DCTLSA x4 pretrained when $MCIR_WEIGHTS has it, else a small EDSR trained here."""
     pretrained_path, found_by = find_pretrained() if use_pretrained else (None, "")
     if pretrained_path is not None:
-        start_ckpt = pretrained_path
-        start_label = "DCTLSA (start)"
-        model_text = f"DCTLSA x4 pretrained on DIV2K ({pretrained_path}, found via {found_by})"
-        pretrained = True
-        lr = 1e-5 if lr is None else lr
-        note(f"model: {model_text}")
-    else:
-        from mcir_cli.archs import build_edsr
+        text = f"DCTLSA x4 pretrained on DIV2K ({pretrained_path}, found via {found_by})"
+        note(f"model: {text}")
+        return {"ckpt": pretrained_path, "label": "DCTLSA (start)", "text": text, "pretrained": True}
+    from mcir_cli.archs import build_edsr
+    from mcir_cli.checkpoint import save_safetensors
+    from mcir_cli.config import TrainConfig
+    from mcir_cli.loop import retrain
 
-        pretrained = False
-        t = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_edsr(scale=SCALE, n_resblocks=4, n_feats=32)
-        init = out / "runs" / "scratch-init.safetensors"
-        save_safetensors(net.state_dict(), init, {"architecture": "EDSR", "note": "mcir demo random init"})
-        model_text = (f"a small EDSR (4 blocks x 32 features) trained from scratch here for "
-                      f"{pretrain_iters} steps (no pretrained weights found: set $MCIR_WEIGHTS to "
-                      "a folder holding DCTLSA/X4.pt for the real thing)")
-        msg = ("no pretrained model found offline: " + model_text
-               + " -- a weak start, so the numbers show the mechanics, not the paper's gain")
-        notes.append(msg)
-        note(msg, "warn")
-        cfg = TrainConfig(data=[str(train_dir)], output=str(out / "runs" / "start"), checkpoint=str(init),
-                          scale=SCALE, task="sr", iters=pretrain_iters, batch=8, patch=patch, lr=5e-4,
-                          schedule="cosine", eta_min=5e-5, negative_init="none", seed=seed,
-                          device=device, cache="on")
-        res = retrain(cfg, on_step=(lambda s: on_step("start", s.step, pretrain_iters)) if on_step else None)
-        runs["start"] = res.run_dir
-        start_ckpt = res.run_dir / "model.safetensors"
-        start_label = "EDSR-small (start)"
-        lr = 1e-4 if lr is None else lr
-        timings["pretrain"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_edsr(scale=SCALE, n_resblocks=4, n_feats=32)
+    init = out / "runs" / "scratch-init.safetensors"
+    save_safetensors(net.state_dict(), init, {"architecture": "EDSR", "note": "mcir demo random init"})
+    text = (f"a small EDSR (4 blocks x 32 features) trained from scratch here for "
+            f"{pretrain_iters} steps (no pretrained weights found: set $MCIR_WEIGHTS to "
+            "a folder holding DCTLSA/X4.pt for the real thing)")
+    note("no pretrained model found offline: " + text
+         + " -- a weak start, so the numbers show the mechanics, not the paper's gain", "warn")
+    cfg = TrainConfig(data=[str(train_dir)], output=str(out / "runs" / "start"), checkpoint=str(init),
+                      scale=SCALE, task="sr", iters=pretrain_iters, batch=8, patch=patch, lr=5e-4,
+                      schedule="cosine", eta_min=5e-5, negative_init="none", seed=seed,
+                      device=device, cache="on")
+    res = retrain(cfg, on_step=(lambda s: on_step("start", s.step, pretrain_iters)) if on_step else None)
+    runs["start"] = res.run_dir
+    timings["pretrain"] = time.perf_counter() - t
+    return {"ckpt": res.run_dir / "model.safetensors", "label": "EDSR-small (start)", "text": text,
+            "pretrained": False}
 
-    # 3. two retrains from the same start
+
+def _demo_lambda(lam: float | None, emb_pretrained: bool, note: _Notes) -> float:
+    if not emb_pretrained:
+        note("the pretrained VGG16 weights are not available offline (torchvision cache empty, no "
+             "--embedding-weights): the SPN term uses a RANDOM VGG16 and is NOT the paper's loss", "warn")
+    if lam is not None:
+        return lam
     if emb_pretrained:
-        emb_text = "VGG16 relu1_2/2_2/3_3 with ImageNet weights (the authors' embedding)"
-    else:
-        emb_text = "VGG16 with RANDOM weights"
-        msg = ("the pretrained VGG16 weights are not available offline (torchvision cache empty, no "
-               "--embedding-weights): the SPN term uses a RANDOM VGG16 and is NOT the paper's loss")
-        notes.append(msg)
-        note(msg, "warn")
-    steps = fitted_steps(iters)
-    if lam is None:
-        lam = PAPER_LAMBDA if emb_pretrained else RANDOM_VGG_LAMBDA
-        if not emb_pretrained:
-            msg = (f"λ raised from the paper's {PAPER_LAMBDA:g} to {lam:g}: a random VGG16's "
-                   "features are far smaller, and at 1e-4 the SPN term would be ~0.005 % of the "
-                   "loss (mcir's heuristic band for the contrast ratio is 1–10 %; the paper gives none)")
-            notes.append(msg)
-            note(msg, "warn")
+        return PAPER_LAMBDA
+    note(f"λ raised from the paper's {PAPER_LAMBDA:g} to {RANDOM_VGG_LAMBDA:g}: a random VGG16's "
+         "features are far smaller, and at 1e-4 the SPN term would be ~0.005 % of the "
+         "loss (mcir's heuristic band for the contrast ratio is 1–10 %; the paper gives none)", "warn")
+    return RANDOM_VGG_LAMBDA
+
+
+def _retrain_both(out: Path, train_dir: Path, common: dict[str, Any], runs: dict[str, Path],
+                  timings: dict[str, float], note: _Notes, on_step: OnStep | None) -> None:
+    """Plain fine-tuning and MCIR from the same start, seed and patches."""
+    from mcir_cli.config import TrainConfig
+    from mcir_cli.loop import retrain
+
+    iters, steps = common["iters"], common["negative_steps"]
     for name, init_kind in (("plain", "none"), ("mcir", "mix")):
         t = time.perf_counter()
-        cfg = TrainConfig(
-            data=[str(train_dir)], output=str(out / "runs" / name), checkpoint=str(start_ckpt),
-            scale=SCALE, task="sr", iters=iters, batch=batch, patch=patch, lr=lr,
-            schedule="constant", lam=lam, negative_steps=steps, negative_init=init_kind,
-            embedding="vgg16", embedding_weights=emb_weights, embedding_init=emb_init,
-            seed=seed, device=device, cache="on",
-        )
+        cfg = TrainConfig(data=[str(train_dir)], output=str(out / "runs" / name), negative_init=init_kind, **common)
         what = "plain fine-tuning (L1 only)" if init_kind == "none" else (
             f"MCIR (L1 - λ·SPN, 4 EMA negatives, periods {'/'.join(map(str, steps))})")
-        note(f"retrain {name}: {what}, {iters} steps, batch {batch}, patch {patch}, lr {lr:g}")
+        note(f"retrain {name}: {what}, {iters} steps, batch {common['batch']}, patch {common['patch']}, "
+             f"lr {common['lr']:g}")
         res = retrain(cfg, on_step=(lambda s, n=name: on_step(n, s.step, iters)) if on_step else None)
         if res.stopped_early:
-            notes.append(f"{name}: {res.stopped_early}")
             note(f"{name}: {res.stopped_early}", "warn")
         runs[name] = res.run_dir
         timings[f"retrain {name}"] = time.perf_counter() - t
-    ratio = mean_contrast_ratio(runs["mcir"] / "log.jsonl")
-    if ratio is not None and not 0.01 <= ratio <= 0.10:
-        msg = (f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
-               "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
-               + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)")
-        notes.append(msg)
-        note(msg, "warn")
 
-    # 4. evaluate, compare, draw
+
+def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: dict[str, Path],
+                       timings: dict[str, float], *, device: str, top_k: int, n_resamples: int,
+                       seed: int) -> dict[str, Any]:
+    """Evaluate the start and both retrains, compare them, draw the pictures."""
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.exports import write_exports
+    from mcir_cli.fsutil import atomic_write_text
+    from mcir_cli.models import load_model
+    from mcir_cli.results import compare_results
+    from mcir_cli.visual_sources import write_comparison_visuals
+
     t = time.perf_counter()
-    labels = {"start": start_label, "plain": "plain fine-tuning", "mcir": "MCIR"}
-    ckpts = {"start": Path(start_ckpt), "plain": runs["plain"] / "model.safetensors",
+    labels = {"start": start["label"], "plain": "plain fine-tuning", "mcir": "MCIR"}
+    ckpts = {"start": Path(start["ckpt"]), "plain": runs["plain"] / "model.safetensors",
              "mcir": runs["mcir"] / "model.safetensors"}
     models, results, result_files = {}, {}, {}
     for key in ("start", "plain", "mcir"):
@@ -329,10 +361,8 @@ def run_demo(
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         models[key], results[key], result_files[labels[key]] = model, res, path
     timings["evaluate"] = time.perf_counter() - t
-
     t = time.perf_counter()
-    comp = compare_results([results["start"], results["plain"], results["mcir"]],
-                           n_resamples=n_resamples, seed=seed)
+    comp = compare_results([results["start"], results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
     h2h = compare_results([results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
     datasets = {name: _dataset(root) for name, root in results["start"]["data"].items()}
     vis_dir = out / "visuals"
@@ -343,17 +373,8 @@ def run_demo(
     visuals = [*main_vis["strips"], *main_vis["charts"], *h2h_vis["strips"], *h2h_vis["charts"]]
     comparison_json = write_exports(comp, {"json": out / "comparison.json"})[0]
     timings["compare + visuals"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-
-    result = DemoResult(
-        output=out, model=model_text, pretrained=pretrained, embedding=emb_text,
-        embedding_pretrained=emb_pretrained, train_images=train_names, test_images=test_names,
-        runs=runs, results=result_files, comparison=comp, head_to_head=h2h,
-        summary=out / "summary.md", comparison_json=comparison_json, visuals=visuals,
-        notes=notes, timings=timings, lam=lam, contrast_ratio=ratio,
-    )
-    atomic_write_text(result.summary, summary_markdown(result, iters, batch, patch, lr, steps))
-    return result
+    return {"results": result_files, "comparison": comp, "head_to_head": h2h,
+            "comparison_json": comparison_json, "visuals": visuals}
 
 
 def mean_contrast_ratio(log_path: Path) -> float | None:
@@ -400,7 +421,7 @@ def summary_markdown(r: DemoResult, iters: int, batch: int, patch: int, lr: floa
         f"- MCIR: L1 − λ·SPN with λ = {r.lam:g}"
         + (f" (mean contrast ratio λ·l_neg/l_rec {r.contrast_ratio:.2%})" if r.contrast_ratio is not None else "")
         + ", 4 EMA negatives (w = 0.1, update periods "
-        f"{'/'.join(map(str, steps))} = the paper's 100/500/1000/2000 scaled to {iters} steps), "
+        f"{'/'.join(map(str, steps))} = the paper's 100/500/1000/2000 fitted to {iters} steps), "
         f"embedding {r.embedding}.",
         "",
     ]
