@@ -371,7 +371,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             flat[names.get(key, key)] = value
     for key, value in raw.items():
         flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for key, value in flat.items():
         if key in _DERIVED:
@@ -381,5 +381,43 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if key not in fields:
             raise McirError(f"unknown key {key!r} (the keys are retrain's flags, e.g. iters, lr, lam, "
                             "negative_steps)", path)
-        out[key] = tuple(value) if isinstance(value, list) and key != "data" else value
+        if key == "lam" and value == "auto":
+            out["lam_auto"] = True
+            continue
+        out[key] = _typed(key, value, fields[key], path)
     return out
+
+
+def _typed(key: str, value: Any, annotation: str, path: Path) -> Any:
+    """A run file's value checked against its field's type (one line naming the key)."""
+    def bad(what: str) -> McirError:
+        return McirError(f"key {key!r} must be {what} (got {value!r})", path)
+
+    if value is None:
+        return None
+    if key in ("data", "val"):  # one folder or several
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise bad("a folder or a list of folders")
+        return items if key == "data" else tuple(items)
+    if key == "negative_steps" and value in ("auto", "paper"):
+        return value
+    if annotation.startswith("tuple"):
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad("a list of numbers")
+        return tuple(value)
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if "str" in annotation and not isinstance(value, str):
+        raise bad("a string")
+    return value

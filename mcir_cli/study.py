@@ -43,17 +43,22 @@ class Arm:
         return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "mcir defaults"
 
 
-def _value(key: str, text: str) -> Any:
+def _value(arm: str, key: str, text: str) -> Any:
     if key == "negative_steps":
-        return parse_steps(text.replace("/", ","))
+        try:
+            return parse_steps(text.replace("/", ","))
+        except McirError:
+            raise McirError(f"--arm {arm}: negative_steps={text!r} is not auto, paper or a list such as 100/500") from None
     if key == "lam_auto":
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise McirError(f"--arm {arm}: lam_auto={text!r} is not true or false")
         return text.lower() in ("1", "true", "yes", "on")
     if key in ("negative_init", "embedding", "amp", "loss"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise McirError(f"--arm: {key}={text!r} is not a number") from None
+        raise McirError(f"--arm {arm}: {key}={text!r} is not a number") from None
 
 
 def parse_arm(text: str) -> Arm:
@@ -75,7 +80,9 @@ def parse_arm(text: str) -> Arm:
         key = "lam" if key == "lambda" else key
         if not eq or key not in _PER_ARM:
             raise McirError(f"--arm {name}: {item!r} is not key=value with a key among {', '.join(sorted(_PER_ARM))}")
-        settings[key] = _value(key, val.strip())
+        if key in settings:
+            raise McirError(f"--arm {name}: {key} is given twice")
+        settings[key] = _value(name, key, val.strip())
     return Arm(name, settings)
 
 
@@ -172,6 +179,7 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
     from mcir_cli.study_report import summarise, to_markdown
 
     root = Path(plan.output)
+    check_plan(plan)  # bad input is found before anything is written or trained
     if root.exists() and not resume:
         raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
     if resume and not (root / "plan.json").exists():
@@ -203,6 +211,21 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
     if on_event:
         on_event("summary", total, total)
     return summary
+
+
+def check_plan(plan: StudyPlan) -> None:
+    """Every folder there and every arm's configuration valid, before any work."""
+    for flag, paths in (("--data", plan.data), ("--benchmark", plan.benchmarks)):
+        for p in paths:
+            if not Path(p).exists():
+                raise McirError(f"{flag}: folder not found", p)
+    if plan.checkpoint and not Path(plan.checkpoint).is_file():
+        raise McirError("--checkpoint: file not found", plan.checkpoint)
+    for arm in plan.arms:
+        try:
+            plan.config(arm, plan.seeds[0])
+        except McirError as exc:
+            raise McirError(f"--arm {arm.name}: {exc}") from None
 
 
 def load_plan(root: str | Path) -> StudyPlan:

@@ -218,3 +218,25 @@ def test_a_run_file_round_trips_a_run(imdn, train_dir, tmp_path):
     run_toml.write_text(run_toml.read_text() + "\n[recipe]\nlearning_rate = 1\n")
     res = runner.invoke(app, ["retrain", "--config", str(run_toml), "--output", str(tmp_path / "d")])
     assert res.exit_code == 2 and "unknown key 'learning_rate'" in res.output and "run.toml" in res.output
+
+
+@pytest.mark.parametrize("line, message", [
+    ('iters = "two"', "key 'iters' must be an integer"),
+    ('lr = "1e-5"', "key 'lr' must be a number"),
+    ("batch = 1.5", "key 'batch' must be an integer"),
+    ("train_bn = 1", "key 'train_bn' must be true or false"),
+])
+def test_a_run_file_with_a_wrong_type_is_one_line(imdn, train_dir, tmp_path, line, message):
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(f'checkpoint = "{imdn}"\ndata = "{train_dir}"\ndevice = "cpu"\n{line}\n')
+    res = runner.invoke(app, ["retrain", "--config", str(run_toml), "--output", str(tmp_path / "r")])
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_file_may_say_lambda_auto(tmp_path):
+    from mcir_cli.config import load_config_file
+
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('lambda = "auto"\ndata = "x"\n')
+    assert load_config_file(run_toml) == {"lam_auto": True, "data": ["x"]}

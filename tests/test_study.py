@@ -106,3 +106,18 @@ def test_clustered_statistics():
     assert clustered_stats(noise)["ci"][0] < 0 < clustered_stats(noise)["ci"][1]
     assert verdict(clustered_stats(-better)).startswith("worse")
     assert clustered_stats(np.zeros((2, 5)))["p"] == 1.0
+
+
+def test_bad_study_input_is_refused_before_any_work(bench, tmp_path):
+    for arm, msg in (("x:lam=-1", "--arm x: --lambda must be a number >= 0"),
+                     ("x:negative_init=bogus", "--arm x: --negative-init must be one of"),
+                     ("x:lam_auto=maybe", "lam_auto='maybe' is not true or false"),
+                     ("x:lam=1e-3,lam=2e-3", "lam is given twice")):
+        with pytest.raises(McirError, match=msg):
+            run_study(_plan(tmp_path / "s", bench, arms=[parse_arm("plain"), parse_arm(arm)]))
+        assert not (tmp_path / "s").exists()
+    with pytest.raises(McirError, match="--benchmark: folder not found"):
+        run_study(_plan(tmp_path / "s", tmp_path / "nosuch"))
+    assert not (tmp_path / "s").exists()
+    res = runner.invoke(app, ["study", "--resume", str(tmp_path / "s"), "--iters", "5"])
+    assert res.exit_code == 2 and "(remove --iters)" in res.output

@@ -129,6 +129,8 @@ def _with_run_file(ctx: typer.Context, flags: dict, path: Path) -> dict:
     for key, value in load_config_file(path).items():
         if not _given(ctx, _PARAM_OF.get(key, key)) or key not in flags:
             merged[key] = value
+        elif key == "lam" and flags["lam"] is None:  # --lambda auto starts from the file's λ
+            merged[key] = value
     return merged
 
 
@@ -188,6 +190,9 @@ def _render_summary(result, lam_auto: bool) -> None:
         at = ("the starting weights: no step beat them" if result.best_step == 0 else f"step {result.best_step}")
         conv = f" ({result.val_conventions})" if result.val_conventions else ""
         console.print(f"  best validation PSNR: {result.best_psnr:.2f} dB at {at}{conv}", highlight=False)
+    if result.collapses:
+        console.print(f"  [yellow]collapse guard: {result.collapses} event{'s' if result.collapses != 1 else ''} "
+                      "(rolled back; see the collapse lines in log.jsonl)[/]", highlight=False)
     if result.mean_ratio is not None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
@@ -196,5 +201,5 @@ def _render_summary(result, lam_auto: bool) -> None:
         advice = "" if inside else f" — outside mcir's heuristic band; {retry}"
         console.print(
             f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
-            f"(band {lo:.0%}–{hi:.0%}, mcir's heuristic, not from the paper){advice}", highlight=False,
+            f"(band {lo:.0%}–{hi:.0%}, mcir's heuristic, not from the paper){advice}", highlight=False, soft_wrap=True,
         )

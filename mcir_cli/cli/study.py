@@ -26,6 +26,7 @@ def _seeds(text: str) -> list[int]:
 @app.command()
 @handle_errors
 def study(
+    ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only)."),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given)."),
     scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
@@ -48,6 +49,10 @@ def study(
     from mcir_cli.study import StudyPlan, load_plan, parse_arm, plan_paths, run_study
 
     if resume is not None:
+        given = [next((o for o in p.opts if o.startswith("--")), p.name) for p in ctx.command.params
+                 if p.name != "resume" and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+        if given:
+            raise McirError(f"--resume continues the study as its plan.json says (remove {', '.join(given)})", resume)
         plan = load_plan(resume)
     else:
         if output is None or not data or not benchmark:
@@ -76,7 +81,12 @@ def study(
                 runs[name] = bar.add_task(f"  {name}", total=plan.iters)
             bar.update(runs[name], completed=step)
 
-        summary = run_study(plan, on_event, on_step, resume=resume is not None)
+        try:
+            summary = run_study(plan, on_event, on_step, resume=resume is not None)
+        except KeyboardInterrupt:
+            err_console.print(f"[yellow]interrupted: finished arms are kept; continue with "
+                              f"mcir study --resume {plan.output}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     _render(summary, Path(plan.output))
 
 
