@@ -29,7 +29,7 @@ def read_pair_list(path: Path, task: str | None = None) -> Found:
         for cand in ((base / p) if not p.is_absolute() else p, base / text.lstrip("/")):
             if cand.is_file():
                 return cand
-        raise McirError(f"line {line}: {text} not found", path)
+        raise McirError(f"line {line}: {text} not found (each line is `lq<TAB>gt`, paths relative to the list)", path)
 
     pairs = []
     try:
