@@ -28,7 +28,7 @@ stage "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, spandrel; print('torch', torch.__version__, 'spandrel', spandrel.__version__)"
 
-stage "CUDA tests (vmap vs loop on CUDA, autocast gap, Trainer defaults)"
+stage "CUDA tests (vmap vs loop on CUDA, autocast gap, retrain defaults)"
 timeout 100 python3 -m pytest -q -s tests/test_cuda.py tests/test_metrics.py -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 stage "bf16 negatives: rounding against the signal on CUDA (why --amp auto is fp32)"

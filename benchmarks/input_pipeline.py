@@ -1,7 +1,7 @@
 """Can the data pipeline keep up with training? Patches/s of PatchDataset vs what a step eats.
 
 Measures the patches per second that `mcir_cli.data.PatchDataset` delivers through a
-`torch.utils.data.DataLoader` (as `Trainer.batches` builds it) for workers 0 and 2 and
+`torch.utils.data.DataLoader` (as `loop.Run.batches` builds it) for workers 0 and 2 and
 the decoded-image cache on and off, on an HR-only folder (LR made per patch by MATLAB
 bicubic, the `--data` default for SR), and divides it by the patches per second a plain
 training step consumes (batch / step time). A ratio below 1 means the GPU would wait.

@@ -4,14 +4,14 @@ Five measurements on the same model, batch and patch (ms/step = median over the 
 steps; on CUDA every step is bracketed by torch.cuda.synchronize()):
 
   (a) eager plain   the BasicSR way: fp32, model(lq) -> L1 -> backward -> Adam step
-  (b) mcir plain    mcir's step (Trainer.train_step without negatives): the target in fp32
-                    (--amp bf16: bf16 autocast), channels_last where the Trainer's decision
+  (b) mcir plain    mcir's step (step.spn_step without negatives): the target in fp32
+                    (--amp bf16: bf16 autocast), channels_last where retrain's decision
                     says so, optional torch.compile (--compile), one host sync per step
   (c) naive SPN     the authors' README way: N deep-copied negatives run one after another
                     in fp32, one VGG call per negative plus one for the output
-  (d) mcir SPN      Trainer.train_step: NegativeBank (vmap on CUDA, loop on CPU, as the
-                    Trainer's "auto"), SPNLoss (one embedding call for the output, one
-                    batched call for all N negatives); negatives + VGG in bf16 on CUDA
+  (d) mcir SPN      step.spn_step: NegativeBank (vmap on CUDA, loop on CPU, as
+                    retrain's "auto"), SPNLoss (one embedding call for the output, one
+                    batched call for all N negatives); precision as --amp (auto: fp32)
   (e) mcir parts    the pieces of (d) timed separately and summed: target fwd+bwd+step,
                     negatives forward, embedding + SPN loss (+ its backward to the output)
 
@@ -275,7 +275,7 @@ def eager_plain(s: Setting) -> Callable[[], Any]:
 
 def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.Tensor, Any, Any]:
     """(raw model, module to call, optimizer, input, bank, spn loss) set up the way
-    Trainer does: channels_last (model, input, embedding) per the decision, the
+    retrain does: channels_last (model, input, embedding) per the decision, the
     negatives stacked from the model, then torch.compile of all three parts."""
     model = s.target()
     lq = s.lq

@@ -2,7 +2,7 @@
 
 Both are decisions, not guesses at run time: `compile_decision` and
 `channels_last_decision` return (yes/no, a one-line note saying what was decided and
-why); the Trainer logs the notes and writes them to log.jsonl. `compile_training`
+why); the training loop logs the notes and writes them to log.jsonl. `compile_training`
 compiles the three parts of an SPN step.
 """
 
@@ -165,7 +165,7 @@ def compile_training(
     compiles `bank`'s batched forward (`NegativeBank.compile`) and `spn.embedding` in place.
     Compiled wrappers share the raw modules' parameters (the optimizer, the EMA updates
     and state_dict() keep using the raw modules). `mode` is torch.compile's (e.g.
-    "reduce-overhead" for CUDA graphs: training shapes are static); the Trainer uses the
+    "reduce-overhead" for CUDA graphs: training shapes are static); `retrain` uses the
     default until a GPU measurement shows CUDA graphs pay (benchmarks/step_overhead.py
     --compile-mode)."""
     if bank is not None:

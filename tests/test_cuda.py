@@ -1,6 +1,6 @@
 """GPU paths, run on a CUDA machine (benchmarks/gpu_check.sh); skipped where there is none.
 
-CPU CI cannot reach these: vmap'd negatives on CUDA in bf16, the Trainer's CUDA defaults
+CPU CI cannot reach these: vmap'd negatives on CUDA in bf16, retrain's CUDA defaults
 (vmap negatives, bf16, channels_last decision), and whether CUDA's vmap has the autocast
 gap measured on CPU (tests/test_speed_paths.py).
 """
