@@ -66,11 +66,16 @@ class CollapseGuard:
         self.dominated = int(state.get("dominated", 0))
 
 
-def validation_collapse(psnr: float, start_psnr: float | None, drop_db: float) -> str | None:
+def validation_collapse(psnr: float | None, start_psnr: float | None, drop_db: float) -> str | None:
     """A validation far below the starting weights' is a collapse, however finite the
-    losses looked (DCTLSA x4 with λ = 1: 32.52 -> 28.02 dB in 20 steps, below bicubic)."""
-    if start_psnr is None or not math.isfinite(psnr) or psnr >= start_psnr - drop_db:
-        return None if math.isfinite(psnr) else "non-finite validation PSNR"
+    losses looked (DCTLSA x4 with λ = 1: 32.52 -> 28.02 dB in 20 steps, below bicubic).
+    None (no validation: DDP ranks other than 0 do not validate) is no collapse."""
+    if psnr is None:
+        return None
+    if not math.isfinite(psnr):
+        return "non-finite validation PSNR"
+    if start_psnr is None or psnr >= start_psnr - drop_db:
+        return None
     return f"validation PSNR {psnr:.2f} dB is {start_psnr - psnr:.2f} dB below the start's {start_psnr:.2f}"
 
 

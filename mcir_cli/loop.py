@@ -154,6 +154,8 @@ class Run:
                     t_last, since = self.log_step(logger, s, ratio, t_last, since)
                 if cfg.val_every and st.step % cfg.val_every == 0 and st.step < cfg.iters:
                     reason = validation_collapse(self.validate(logger, result), st.start_psnr, cfg.val_drop)
+                    if self.dist.any(reason is not None):  # rank 0 validates; every rank rolls back with it
+                        reason = reason or "validation collapse on rank 0"
                     if reason and self.collapse(reason, st.step, logger, result):
                         break
                     if reason:

@@ -129,6 +129,7 @@ def test_validation_collapse():
     assert "below the start" in validation_collapse(28.02, 32.52, 1.0)
     assert validation_collapse(28.0, None, 1.0) is None
     assert validation_collapse(float("nan"), 32.5, 1.0) == "non-finite validation PSNR"
+    assert validation_collapse(None, 32.5, 1.0) is None  # a DDP rank that does not validate
 
 
 # --------------------------------------------------------------------------- config
