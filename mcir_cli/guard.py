@@ -30,8 +30,11 @@ class CollapseGuard:
 
     factor: float = 10.0
     window: int = 100
-    errors: deque = field(default_factory=lambda: deque(maxlen=100))
+    errors: deque = field(default_factory=deque)
     dominated: int = 0  # consecutive steps where the SPN term outweighed L_rec
+
+    def __post_init__(self) -> None:
+        self.errors = deque(self.errors, maxlen=self.window)  # the window, not a second 100
 
     def check(self, loss: float, grad_norm: float, error: float, ratio: float) -> str | None:
         """The reason this step is a collapse, or None for a healthy one."""
