@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate_many import ModelsProgress, evaluate_checkpoints
+from mcir_cli.evaluate_many import ModelsProgress, Scoring, evaluate_checkpoints
 from mcir_cli.exports import check_export_paths, write_exports
 from mcir_cli.fsutil import writable_target
-from mcir_cli.results import Comparison, compare_results, load_result
+from mcir_cli.result_files import load_result
+from mcir_cli.results import Comparison, compare_results
 from mcir_cli.visual_sources import (
     StripProgress,
     VisualsUnavailable,
@@ -64,12 +65,7 @@ def run_compare(
     *,
     checkpoints: Sequence[Path] = (),
     data: Sequence[Path] = (),
-    scale: int | None = None,
-    task: str | None = None,
-    y_channel: bool | None = None,
-    crop_border: int | None = None,
-    device: str = "auto",
-    tile: int | None = None,
+    scoring: Scoring = Scoring(),
     exports: dict[str, Path | None] | None = None,
     visuals: Path | None = None,
     labels: Sequence[str] | None = None,
@@ -80,7 +76,8 @@ def run_compare(
     visuals_progress: StripProgress | None = None,
 ) -> CompareRun:
     """Compare result JSONs (`results`), or `checkpoints` scored here on `data` with
-    identical conventions; the first is the baseline. Writes the `exports`
+    identical conventions (`scoring`, whose device and tile also run the models for the
+    visuals); the first is the baseline. Writes the `exports`
     ({"json"|"markdown"|"csv"|"latex": path or None}) and, with `visuals`, the strips and
     Δ charts of the `top_k` most changed images per dataset. Outputs are refused before
     any work; visuals that cannot be made are reported in `visuals_error`, after the
@@ -92,10 +89,8 @@ def run_compare(
     if results:
         result_dicts = [load_result(p) for p in results]
     else:
-        result_dicts, loaded, datasets = evaluate_checkpoints(
-            list(checkpoints), list(data), scale=scale, task=task, y_channel=y_channel,
-            crop_border=crop_border, device=device, tile=tile, progress=progress,
-        )
+        result_dicts, loaded, datasets = evaluate_checkpoints(list(checkpoints), list(data), scoring,
+                                                              progress=progress)
     _apply_labels(result_dicts, labels)
     comparison = compare_results(result_dicts, n_resamples=n_resamples, seed=seed)
     run = CompareRun(comparison, write_exports(comparison, targets))
@@ -105,7 +100,7 @@ def run_compare(
         if results:
             loaded, datasets = load_visual_sources(result_dicts, list(results))
         run.visuals = write_comparison_visuals(
-            comparison, loaded, datasets or {}, visuals, top_k, device=device, tile=tile,
+            comparison, loaded, datasets or {}, visuals, top_k, device=scoring.device, tile=scoring.tile,
             noise=result_dicts[0].get("noise"), progress=visuals_progress,
         )
     except VisualsUnavailable as exc:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mcir_cli.config_checks import validate_config
 from mcir_cli.errors import McirError
-from mcir_cli.recipes import OPTIMIZERS, SCHEDULES, Recipe, SPNSettings, check_noise_sigma, check_task_name, get_preset
+from mcir_cli.recipes import Hyperparameters, Recipe, SPNSettings, get_preset
 
-NEGATIVE_INITS = ("mix", "copy", "random", "frozen", "none")
-AUTO_ON_OFF = ("auto", "on", "off")
-AMP_CHOICES = ("auto", "fp32", "bf16-negatives", "bf16")
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
 MIN_UPDATES = 4  # --negative-steps auto: the slowest negative updates at least this often
 # settings a resume may change: they decide when to log, save and validate and how data
@@ -24,9 +21,9 @@ MIN_UPDATES = 4  # --negative-steps auto: the slowest negative updates at least 
 RESUME_SETTINGS = ("workers", "save_every", "log_every", "val_every", "tensorboard")
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; validated when built, saved as config.json."""
+@dataclass(frozen=True)
+class _Inputs:
+    """config.json's first fields: what a run starts from, where it writes, how long it runs."""
 
     data: list[str]
     output: str
@@ -37,20 +34,16 @@ class TrainConfig:
     val: tuple[str, ...] | str | None = None  # validation folders (a str in older config.json)
     iters: int = 1000
     schedule_iters: int | None = None  # the horizon of the lr schedule: iters at the run's start
-    batch: int = 16
-    patch: int = 48
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | multistep | cosine
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.5
-    eta_min: float = 0.0
-    warmup: int = 0
-    grad_clip: float | None = None
-    ema_decay: float = 0.0  # > 0: an EMA of the weights is validated and written (KAIR E_decay)
-    loss: str = "l1"
+
+
+@dataclass(frozen=True)
+class TrainConfig(Hyperparameters, _Inputs):
+    """Everything a run depends on; validated when built, saved as config.json; a value
+    (`dataclasses.replace` makes a changed one, validated again). Its fields, in
+    config.json's order: those of `_Inputs`, the `Hyperparameters` a preset's `Recipe`
+    shares (recipes.py), then the SPN and run settings below (a dataclass takes its bases'
+    fields from the last base first)."""
+
     lam: float = 1e-4
     lam_auto: bool = False
     ratio_band: tuple[float, float] = (0.01, 0.10)  # mcir's heuristic, not the paper's
@@ -85,7 +78,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule_iters is None:
-            self.schedule_iters = self.iters
+            object.__setattr__(self, "schedule_iters", self.iters)  # frozen: set once, here
         validate_config(self)
 
     def to_json(self) -> dict[str, Any]:
@@ -96,63 +89,6 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: tuple(v) if isinstance(v, list) and k != "data" else v for k, v in data.items() if k in names}
         return cls(**kwargs)
-
-
-def _check_choice(flag: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise McirError(f"{flag} must be one of {', '.join(str(a) for a in allowed if a)} (got {value!r})")
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    if cfg.iters < 1:
-        raise McirError(f"--iters must be at least 1 (got {cfg.iters})")
-    if cfg.batch < 1 or cfg.patch < 1:
-        raise McirError("--batch and --patch must be positive")
-    if not math.isfinite(cfg.lam) or cfg.lam < 0:
-        raise McirError(f"--lambda must be a number >= 0 (got {cfg.lam}); the SPN term is subtracted already")
-    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
-        raise McirError(f"--lr must be a positive number (got {cfg.lr})")
-    if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):
-        raise McirError(f"--grad-clip must be a positive number (got {cfg.grad_clip}); leave it out for no clipping")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise McirError(f"--ema-decay must be in [0, 1) (got {cfg.ema_decay}); 0 turns the EMA off")
-    if not 0.0 <= cfg.negative_mix <= 1.0:
-        raise McirError(f"--negative-mix must be in [0, 1] (got {cfg.negative_mix})")
-    if not cfg.negative_steps or any(int(s) != s or s < 1 for s in cfg.negative_steps):
-        raise McirError(f"--negative-steps must be positive integers (got {list(cfg.negative_steps)})")
-    if not 0.0 <= cfg.negative_weight <= 1.0:
-        raise McirError(f"--negative-weight must be in [0, 1] (got {cfg.negative_weight})")
-    if cfg.log_every < 1:
-        raise McirError(f"--log-every must be at least 1 (got {cfg.log_every})")
-    for flag, value in (("--val-every", cfg.val_every), ("--save-every", cfg.save_every), ("--workers", cfg.workers), ("--warmup", cfg.warmup)):
-        if value < 0:
-            raise McirError(f"{flag} must be >= 0 (got {value})")
-    if len(cfg.ratio_band) != 2 or not 0 <= cfg.ratio_band[0] < cfg.ratio_band[1]:
-        raise McirError(f"--ratio-band must be two numbers low,high with 0 <= low < high (got {cfg.ratio_band})")
-    if cfg.tile is not None and cfg.tile < 8:
-        raise McirError(f"--tile must be at least 8 pixels (got {cfg.tile})")
-    if cfg.collapse_factor <= 1:
-        raise McirError(f"--collapse-factor must be above 1 (got {cfg.collapse_factor})")
-    if not (math.isfinite(cfg.val_drop) and cfg.val_drop > 0):
-        raise McirError(f"--val-drop must be a positive number of dB (got {cfg.val_drop})")
-
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Bad flags are one-line errors before anything is read or written."""
-    _check_numbers(cfg)
-    check_noise_sigma(cfg.noise_sigma)
-    check_task_name(cfg.task)
-    _check_choice("--negative-init", cfg.negative_init, NEGATIVE_INITS)
-    _check_choice("--schedule", cfg.schedule, SCHEDULES)
-    _check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
-    for flag, value in (("--compile", cfg.compile), ("--channels-last", cfg.channels_last),
-                        ("--batched-negatives", cfg.batched_negatives), ("--cache", cfg.cache)):
-        _check_choice(flag, value, AUTO_ON_OFF)
-    _check_choice("--embedding-init", cfg.embedding_init, ("pretrained", "random"))
-    _check_choice("--amp", cfg.amp, (None, *AMP_CHOICES, "none"))
-    if cfg.lam_auto and cfg.loss == "psnr":
-        raise McirError("--lambda auto steers λ·l_neg/l_rec, which needs a positive reconstruction loss; "
-                        "the PSNR loss is signed (give a fixed --lambda)")
 
 
 def fitted_steps(iters: int, paper: tuple[int, ...] = PAPER_STEPS) -> tuple[int, ...]:
@@ -198,8 +134,8 @@ def fine_tune_lr(recipe: Any) -> tuple[float, str]:
     return recipe.lr, f"its constant lr {recipe.lr:g}"
 
 
-# Recipe and SPNSettings fields whose TrainConfig field has another name
-_RECIPE_AS = {"iterations": None}  # a recipe's iterations apply only from scratch
+# SPNSettings fields whose TrainConfig field has another name (a Recipe's Hyperparameters
+# are TrainConfig's own; its iterations apply only from scratch)
 _SPN_AS = {"lam": "lam", "weight": "negative_weight", "steps": "negative_steps", "embedding": "embedding",
            "negative_init": "negative_init", "negative_mix": "negative_mix"}
 
@@ -262,7 +198,7 @@ def make_config(
     task = overrides.get("task") or (preset.task if preset else None)
     recipe, spn = _defaults(preset, task, scale or (preset.scale if preset else None))
     base: dict[str, Any] = {"task": task, "iters": 1000}
-    base.update({f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe) if f.name not in _RECIPE_AS})
+    base.update({f.name: getattr(recipe, f.name) for f in dataclasses.fields(Hyperparameters)})
     base.update({_SPN_AS[f.name]: getattr(spn, f.name) for f in dataclasses.fields(SPNSettings)})
     note = "bare checkpoint: fine-tuning defaults (Adam, lr 1e-5 constant, L1)"
     if preset and overrides.get("allow_random_init"):

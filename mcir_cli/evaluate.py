@@ -10,7 +10,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -194,32 +195,30 @@ def evaluate_model(
     result["inference"] = {"tile": tile, "tile_overlap": overlap if tile else None,
                            "amp": "bf16" if amp == "bf16" and dev.type == "cuda" else "fp32"}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
-    save_dir = Path(save_images) if save_images else None
-    staging = _staging_dir(save_dir) if save_dir is not None else None
-    try:
+    with _staged(Path(save_images) if save_images else None) as staging:
         result["datasets"] = {
-            d.name: score_dataset(
-                model,
-                d,
-                conv,
-                device=dev,
-                tile=tile,
-                overlap=overlap,
-                amp=amp,
-                save_dir=staging,
-                noise_sigma=noise_sigma,
-                noise_seed=noise_seed,
-                progress=progress,
-            )
+            d.name: score_dataset(model, d, conv, device=dev, tile=tile, overlap=overlap, amp=amp, save_dir=staging,
+                                  noise_sigma=noise_sigma, noise_seed=noise_seed, progress=progress)
             for d in datasets
         }
-    except BaseException:
-        if staging is not None:  # a failed run leaves nothing behind
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if staging is not None and save_dir is not None:
-        _publish(staging, save_dir)
     return result
+
+
+@contextmanager
+def _staged(target: Path | None) -> Iterator[Path | None]:
+    """The folder the images for `target` are saved in (None: no images): a staging folder
+    published as `target` when the block ends, removed when it fails (a failed run leaves
+    nothing behind)."""
+    if target is None:
+        yield None
+        return
+    staging = _staging_dir(target)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, target)
 
 
 def _staging_dir(target: Path) -> Path:
@@ -298,7 +297,7 @@ def evaluate_bicubic(
     from mcir_cli.resize import imresize
 
     colour: dict[str, bool] = {}
-    staging = _staging_dir(Path(save_images)) if save_images is not None else None
+    staging: Path | None = None  # set by _staged below, before any output is made
 
     def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
         if d.scale < 2:
@@ -311,16 +310,9 @@ def evaluate_bicubic(
             _save_output(staging, d, pair, out)
         return out, pair.lq or pair.gt
 
-    try:
-        result = _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
-                                {"architecture": "MATLAB imresize", "label": "bicubic"})
-    except BaseException:
-        if staging is not None:  # a failed run leaves nothing behind
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if staging is not None:
-        _publish(staging, Path(save_images))  # type: ignore[arg-type]
-    return result
+    with _staged(Path(save_images) if save_images is not None else None) as staging:
+        return _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
+                              {"architecture": "MATLAB imresize", "label": "bicubic"})
 
 
 def _score_outputs(

@@ -5,6 +5,7 @@ kept for its pictures. Kept next to `evaluate.py`, which scores one model."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mcir_cli.data import Dataset, discover_all
@@ -13,6 +14,22 @@ from mcir_cli.evaluate import evaluate_model
 from mcir_cli.models import LoadedModel, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
+
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How checkpoints are scored, the same for each (None: the task's and checkpoint's
+    defaults, `Conventions.for_task`); `device` and `tile` also run the models for the
+    pictures."""
+
+    scale: int | None = None
+    task: str | None = None
+    y_channel: bool | None = None
+    crop_border: int | None = None
+    device: str = "auto"
+    tile: int | None = None
+
 
 _GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
 
@@ -31,13 +48,8 @@ def checkpoint_label(path: str | Path) -> str:
 def evaluate_checkpoints(
     checkpoints: list[Path],
     data: list[Path],
+    scoring: Scoring = Scoring(),
     *,
-    scale: int | None = None,
-    task: str | None = None,
-    y_channel: bool | None = None,
-    crop_border: int | None = None,
-    device: str = "auto",
-    tile: int | None = None,
     progress: ModelsProgress | None = None,
 ) -> tuple[list[dict], list[LoadedModel], dict[str, Dataset]]:
     """Evaluate every checkpoint on the same folders with identical conventions (what
@@ -46,7 +58,7 @@ def evaluate_checkpoints(
     Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
     total)` is called per image. The models are kept for the visuals."""
     # all models first: checkpoints that cannot be compared are refused before any scoring
-    models = [load_model(path, None, scale) for path in checkpoints]
+    models = [load_model(path, None, scoring.scale) for path in checkpoints]
     scales = {m.scale for m in models}
     if len(scales) > 1:
         found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
@@ -60,8 +72,9 @@ def evaluate_checkpoints(
             if progress:
                 progress(label, name, done, total)
 
-        res = evaluate_model(model, data, task=task, y_channel=y_channel, crop_border=crop_border,
-                             device=device, tile=tile, progress=per_image)
+        res = evaluate_model(model, data, task=scoring.task, y_channel=scoring.y_channel,
+                             crop_border=scoring.crop_border, device=scoring.device, tile=scoring.tile,
+                             progress=per_image)
         res["model"]["label"] = label
         results.append(res)
     first = models[0]

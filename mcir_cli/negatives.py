@@ -15,12 +15,12 @@ parameters are views of the same stacked storage, so both paths always see the s
 weights and an EMA update is a single in-place op per parameter.
 
 The negatives never appear in the target's parameters: the bank is a plain class, and
-every stacked tensor has requires_grad=False.
+every stacked tensor has requires_grad=False. `negative_init.py` builds it (starting
+weights, skeleton, views); this module holds its schedule, updates, forward and state.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,36 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mcir_cli.negative_init import RandomModel, canonical_names, check_settings, initial_weights, meta_copy, view_modules
+
 log = logging.getLogger("mcir")
 
-INIT_MODES = ("mix", "copy", "random", "frozen")
 STATE_FORMAT = 1
-
-
-def _reset_all(module: nn.Module) -> nn.Module:
-    """Re-initialise every submodule that has a `reset_parameters()` method."""
-    for sub in module.modules():
-        reset = getattr(sub, "reset_parameters", None)
-        if callable(reset):
-            reset()
-    return module
-
-
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Run `build` with the CPU generator seeded, leaving every global RNG untouched.
-
-    Only the CPU generator is seeded (not `torch.manual_seed`, which would also seed -- or
-    lazily queue a seed for -- every CUDA device): random models are built on the CPU so
-    that they do not depend on the training device.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
-        return build()
-
-
-def _split_path(name: str) -> tuple[str, str]:
-    owner, _, leaf = name.rpartition(".")
-    return owner, leaf
 
 
 class NegativeBank:
@@ -90,21 +65,10 @@ class NegativeBank:
         init: str = "mix",
         mix: float = 0.1,
         seed: int = 0,
-        random_model: Callable[[], nn.Module] | None = None,
+        random_model: RandomModel | None = None,
         batched: bool | str = "auto",
     ) -> None:
-        steps = [int(s) for s in steps]
-        if not steps:
-            raise ValueError("NegativeBank needs at least one negative (steps is empty)")
-        if any(s < 1 for s in steps):
-            raise ValueError(f"negative update steps must be >= 1, got {steps}")
-        if init not in INIT_MODES:
-            raise ValueError(f"unknown negative init {init!r}; expected one of {INIT_MODES}")
-        if not 0.0 <= float(weight) <= 1.0:
-            raise ValueError(f"EMA weight must be in [0, 1], got {weight}")
-        if batched not in (True, False, "auto"):
-            raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")
-        self.steps = steps
+        self.steps = check_settings(steps, init, weight, batched)
         self.weight = float(weight)
         self.init = init
         self.mix = float(mix)
@@ -119,109 +83,16 @@ class NegativeBank:
         self.compile_backend: str | None = None
         self._compile_mode: str | None = None
         self.fallback_reason: str | None = None
-
-        # Canonical names: named_parameters()/named_buffers() without duplicates (tied
-        # weights appear once, functional_call re-ties them).
-        t_params = dict(target.named_parameters())
-        t_buffers = dict(target.named_buffers())
-        self.param_names = [n for n, p in t_params.items() if p.is_floating_point()]
-        # Non-floating parameters (rare) are treated like buffers: copied, never mixed.
-        self.buffer_names = [n for n, p in t_params.items() if not p.is_floating_point()]
-        self.buffer_names += list(t_buffers)
-
-        n = len(steps)
-        with torch.no_grad():
-            theta = [t_params[k].detach() for k in self.param_names]
-            rows: list[list[Tensor]] = []
-            for i in range(n):
-                if init in ("copy", "frozen"):
-                    rows.append([p.clone() for p in theta])
-                    continue
-                rand = self._random_params(i, random_model)
-                if init == "random":
-                    rows.append(rand)
-                else:  # mix
-                    a = self.mix
-                    rows.append([a * r + (1.0 - a) * p for r, p in zip(rand, theta)])
-            self.params: dict[str, Tensor] = {
-                k: torch.stack([rows[i][j] for i in range(n)]).contiguous()
-                for j, k in enumerate(self.param_names)
-            }
-            src = {**t_params, **t_buffers}
-            self.buffers: dict[str, Tensor] = {
-                k: torch.stack([src[k].detach()] * n).clone() for k in self.buffer_names
-            }
-        for t in (*self.params.values(), *self.buffers.values()):
-            t.requires_grad_(False)
-
-        # Stateless skeleton: a copy of the target with every tensor on the meta device.
-        # It is the vmap base and the template of the loop path's modules.
-        self._skeleton = self._meta_copy(target)
+        self.param_names, self.buffer_names = canonical_names(target)
+        self.params, self.buffers = initial_weights(target, (self.param_names, self.buffer_names), self.num,
+                                                    init, self.mix, self.seed, random_model)
+        self._skeleton = meta_copy(target)  # the vmap base and the loop path's template
         self._modules: list[nn.Module] = []
         self._rebuild_views()
 
-    # ------------------------------------------------------------------ construction
-    def _random_params(self, i: int, random_model: Callable[[], nn.Module] | None) -> list[Tensor]:
-        def build() -> nn.Module:
-            if random_model is not None:
-                return random_model()
-            fresh = copy.deepcopy(self.target).to("cpu")
-            return _reset_all(fresh)
-
-        fresh = _seeded(self.seed + i, build)
-        named = dict(fresh.named_parameters())
-        refs = dict(self.target.named_parameters())
-        out = []
-        for k in self.param_names:
-            ref = refs[k]
-            if k not in named or named[k].shape != ref.shape:
-                raise ValueError(
-                    f"random_model() does not match the target: parameter {k!r} "
-                    f"{'missing' if k not in named else tuple(named[k].shape)} vs {tuple(ref.shape)}"
-                )
-            out.append(named[k].detach().to(device=ref.device, dtype=ref.dtype))
-        return out
-
-    @staticmethod
-    def _meta_copy(target: nn.Module) -> nn.Module:
-        # Copy the module structure without copying the weights: swap every parameter and
-        # buffer for a meta tensor in the memo, so deepcopy never duplicates real storage.
-        memo: dict[int, Any] = {}
-        for p in target.parameters():
-            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
-        for b in target.buffers():
-            memo[id(b)] = torch.empty_like(b, device="meta")
-        skel = copy.deepcopy(target, memo)
-        skel.eval()
-        for p in skel.parameters():
-            p.requires_grad_(False)
-        return skel
-
     def _rebuild_views(self) -> None:
         """Make N modules whose parameters/buffers are views of the stacked storage."""
-        alias: dict[str, str] = {}  # every (possibly tied) name -> canonical name
-        canon = {id(p): k for k, p in self.target.named_parameters()}
-        for k, p in self.target.named_parameters(remove_duplicate=False):
-            alias[k] = canon[id(p)]
-        canon_b = {id(b): k for k, b in self.target.named_buffers()}
-        for k, b in self.target.named_buffers(remove_duplicate=False):
-            alias[k] = canon_b[id(b)]
-        modules = []
-        for i in range(self.num):
-            m = copy.deepcopy(self._skeleton)
-            for k in alias:
-                owner_name, leaf = _split_path(k)
-                owner = m.get_submodule(owner_name)
-                src = alias[k]
-                if src in self.params:
-                    owner._parameters[leaf] = nn.Parameter(self.params[src][i], requires_grad=False)
-                elif leaf in owner._parameters:  # non-float parameter
-                    owner._parameters[leaf] = nn.Parameter(self.buffers[src][i], requires_grad=False)
-                else:
-                    owner._buffers[leaf] = self.buffers[src][i]
-            m.eval()
-            modules.append(m)
-        self._modules = modules
+        self._modules = view_modules(self.target, self._skeleton, self.params, self.buffers, self.num)
 
     # ------------------------------------------------------------------ schedule
     @property

@@ -1,6 +1,7 @@
 """Tasks, presets (`presets/*.toml`) and their recipes: what a preset is, read and checked
 in one place; `models` builds networks from them."""
 
+from __future__ import annotations
 
 import difflib
 import importlib
@@ -41,24 +42,34 @@ def check_noise_sigma(sigma: float | None) -> None:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """The original training recipe of a preset (what its paper/repository used)."""
+class Hyperparameters:
+    """The training hyperparameters a preset's `Recipe` and a run's `config.TrainConfig`
+    share, declared once (in config.json's order); the defaults are a run's."""
 
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
     batch: int = 16
     patch: int = 48  # LR patch for SR, image patch otherwise
-    iterations: int = 500_000
-    schedule: str = "multistep"  # multistep | cosine | constant
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | multistep | cosine
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
     eta_min: float = 0.0
     warmup: int = 0
-    loss: str = "l1"
     grad_clip: float | None = None
-    ema_decay: float = 0.0  # EMA of the weights (KAIR's E_decay, BasicSR's ema_decay); 0: none
+    ema_decay: float = 0.0  # > 0: an EMA of the weights is validated and written (KAIR E_decay, BasicSR ema_decay)
+    loss: str = "l1"
+
+
+@dataclass(frozen=True)
+class Recipe(Hyperparameters):
+    """The original training recipe of a preset (what its paper/repository used): its
+    hyperparameters, from scratch (a preset's defaults differ from a run's in these two)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "multistep"
+    iterations: int = 500_000
 
 
 @dataclass(frozen=True)

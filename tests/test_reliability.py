@@ -432,7 +432,8 @@ def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
     """`mcir compare a/X4.json b/X4.json` named them "X4 (1)"/"X4 (2)" in its messages."""
     import json as _json
 
-    from mcir_cli.results import _labels, load_result
+    from mcir_cli.alignment import display_labels as _labels
+    from mcir_cli.result_files import load_result
 
     result = {"conventions": {"y_channel": True, "crop_border": 4, "quantize": True}, "task": "sr",
               "model": {"label": "X4", "scale": 4},
