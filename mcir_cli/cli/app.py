@@ -37,9 +37,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.")
+models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.\n\n"
+                         "Alone, `mcir models` prints the presets table.\n\nExample: mcir models inspect DCTLSA/X4.pt")
 app.add_typer(models_app, name="models")
-data_app = typer.Typer(help="What a dataset folder is: the published layout found, task, scale, pairs.", no_args_is_help=True)
+data_app = typer.Typer(help="What a dataset folder is: the published layout found, task, scale, pairs.\n\n"
+                       "Example: mcir data inspect DIV2K/ --scale 4", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 

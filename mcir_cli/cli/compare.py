@@ -60,26 +60,29 @@ def _show(run: CompareRun, visuals: Path | None) -> None:
 @handle_errors
 def compare(
     results: Optional[list[Path]] = typer.Argument(None, help="Result JSONs from `mcir evaluate --output` (the first is the baseline)."),
-    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="Instead of JSONs: checkpoints to evaluate with identical conventions (repeatable; the first is the baseline)."),
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable)."),
-    scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (checked against the checkpoints)."),
-    task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise."),
-    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR)."),
-    crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: scale for SR)."),
-    device: str = typer.Option("auto", help="auto | cuda | cpu (evaluation and visuals)."),
-    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (new file)."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report (new file)."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores and deltas as CSV (new file)."),
-    latex: Optional[Path] = typer.Option(None, "--latex", help="Write a booktabs LaTeX table (new file)."),
-    visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts."),
-    label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: from the file names)."),
-    top_k: int = typer.Option(3, help="Strips for the k images per dataset with the largest |Δ PSNR|."),
-    resamples: int = typer.Option(10_000, help="Bootstrap / permutation resamples."),
-    seed: int = typer.Option(0, help="Seed of the resampling."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="Instead of JSONs: checkpoints to evaluate with identical conventions (repeatable; the first is the baseline).", rich_help_panel="Inputs"),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable).", rich_help_panel="Inputs"),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: from the file names).", rich_help_panel="Inputs"),
+    scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
+    task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Scoring"),
+    crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: the scale for SR, 0 otherwise).", rich_help_panel="Scoring"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu (evaluation and visuals).", rich_help_panel="Speed"),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images, in evaluation and visuals (default: whole images).", rich_help_panel="Speed"),
+    resamples: int = typer.Option(10_000, help="Bootstrap / permutation resamples.", rich_help_panel="Statistics"),
+    seed: int = typer.Option(0, help="Seed of the resampling.", rich_help_panel="Statistics"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON (new file).", rich_help_panel="Output"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown report (new file).", rich_help_panel="Output"),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores and deltas as CSV (new file).", rich_help_panel="Output"),
+    latex: Optional[Path] = typer.Option(None, "--latex", help="Write a booktabs LaTeX table (new file).", rich_help_panel="Output"),
+    visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts.", rich_help_panel="Output"),
+    top_k: int = typer.Option(3, help="With --visuals: strips for the k images per dataset with the largest |Δ PSNR|.", rich_help_panel="Output"),
 ) -> None:
-    """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals."""
-    from mcir_cli.compare import run_compare
+    """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals.
+
+    Example: mcir compare --checkpoint DCTLSA/X4.pt --checkpoint runs/mcir/model.safetensors --data Set5/ --visuals visuals/ --markdown report.md
+    """
+    from mcir_cli.compare import Scoring, run_compare
 
     _compare_inputs(results or [], checkpoint or [], data or [], {
         "--data": data, "--scale": scale is not None, "--task": task is not None,
@@ -99,8 +102,9 @@ def compare(
             bar.update(bars[key], completed=done, total=total)
 
         run = run_compare(
-            results or [], checkpoints=checkpoint or [], data=data or [], scale=scale, task=task,
-            y_channel=y_channel, crop_border=crop_border, device=device, tile=tile,
+            results or [], checkpoints=checkpoint or [], data=data or [],
+            scoring=Scoring(scale=scale, task=task, y_channel=y_channel, crop_border=crop_border,
+                            device=device, tile=tile),
             exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
             visuals=visuals, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
             progress=lambda lab, name, done, total: advance(f"{lab}: {name}", done, total),

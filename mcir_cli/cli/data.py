@@ -24,15 +24,18 @@ def _rel(path: Path, root: Path) -> str:
 @handle_errors
 def data_inspect(
     folder: Path = typer.Argument(..., help="A dataset folder as published (or a list file of lq gt pairs)."),
-    scale: Optional[int] = typer.Option(None, help="SR scale, when the folder holds several (default: the smallest)."),
-    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: the layout's)."),
-    show: int = typer.Option(5, min=0, help="How many pairs to list."),
+    scale: Optional[int] = typer.Option(None, help="SR scale, when the folder holds several (default: the smallest).", rich_help_panel="Data"),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: the layout's).", rich_help_panel="Data"),
+    show: int = typer.Option(5, min=0, help="How many pairs to list (0: none).", rich_help_panel="Output"),
 ) -> None:
     """The layout a folder matches, its task, scale(s) and first pairs; or why none fits.
 
     Prints the published layout found (DIV2K, RESIDE, GoPro, ...), the task, the scale(s),
     the number of pairs and the first few; a folder that fits nothing, or several layouts,
-    gets one line naming what it holds and what was expected (exit code 2)."""
+    gets one line naming what it holds and what was expected (exit code 2).
+
+    Example: mcir data inspect DIV2K/ --scale 4 --show 3
+    """
     from mcir_cli.layouts import recognise, scales_of
     from mcir_cli.recipes import check_task_name
 

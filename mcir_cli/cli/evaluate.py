@@ -43,25 +43,28 @@ def results_table(result: dict[str, Any], title: str | None = None) -> Table:
 @app.command()
 @handle_errors
 def evaluate(
-    data: list[Path] = typer.Option(..., "--data", help="Benchmark folder (repeatable)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors); architecture auto-detected."),
-    model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`) or a preset .toml."),
-    restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method instead of a model."),
-    bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model."),
-    scale: Optional[int] = typer.Option(None, help="SR scale (defaults to the model's)."),
-    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout)."),
-    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise)."),
-    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge (default: scale for SR, 0 otherwise)."),
-    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ on the 0–255 scale added to clean images."),
-    noise_seed: int = typer.Option(0, help="Seed of the added noise."),
-    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images; tiles see less context, so attention models score slightly differently."),
-    tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels)."),
-    device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    amp: Optional[str] = typer.Option(None, help="bf16: autocast on CUDA (scores then differ slightly from fp32); default fp32."),
-    save_images: Optional[Path] = typer.Option(None, help="Write restored images to this folder."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON."),
+    data: list[Path] = typer.Option(..., "--data", help="Benchmark folder (repeatable).", rich_help_panel="Data"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors); architecture auto-detected.", rich_help_panel="Model"),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`) or a preset .toml.", rich_help_panel="Model"),
+    restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method (a folder) instead of a model.", rich_help_panel="Model"),
+    bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model.", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, help="SR scale (default: the model's; a preset in several scales: the one the data holds).", rich_help_panel="Model"),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout).", rich_help_panel="Data"),
+    y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Metrics"),
+    crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge before scoring (default: the scale for SR, 0 otherwise).", rich_help_panel="Metrics"),
+    noise_sigma: Optional[float] = typer.Option(None, help="Denoising: Gaussian noise σ (0–255 scale) added to clean images (default: none; a clean-only denoising folder needs it).", rich_help_panel="Data"),
+    noise_seed: int = typer.Option(0, help="Seed of the added noise.", rich_help_panel="Data"),
+    tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images (default: whole images); tiles see less context, so attention models score slightly differently.", rich_help_panel="Speed"),
+    tile_overlap: int = typer.Option(32, help="Overlap between tiles (input pixels).", rich_help_panel="Speed"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),
+    amp: Optional[str] = typer.Option(None, help="fp32 | bf16 (autocast on CUDA; scores then differ slightly from fp32) (default: fp32).", rich_help_panel="Speed"),
+    save_images: Optional[Path] = typer.Option(None, help="Write restored images to this folder (new or empty; default: not saved).", rich_help_panel="Output"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON (new file), for `mcir compare`.", rich_help_panel="Output"),
 ) -> None:
-    """Score a model (or restored images) on benchmark folders with BasicSR's PSNR/SSIM."""
+    """Score a model (or restored images) on benchmark folders with BasicSR's PSNR/SSIM.
+
+    Example: mcir evaluate --checkpoint DCTLSA/X4.pt --data Set5/ --data Set14/ -o dctlsa.json
+    """
     from mcir_cli.evaluate import evaluate_bicubic, evaluate_model, evaluate_restored
     from mcir_cli.models import load_model
 

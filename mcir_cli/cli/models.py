@@ -72,7 +72,10 @@ def models_list(ctx: typer.Context) -> None:
 @models_app.command("inspect")
 @handle_errors
 def models_inspect(file: Path = typer.Argument(..., help="A checkpoint file.")) -> None:
-    """What a checkpoint is: architecture, scale, channels, parameters, wrapper."""
+    """What a checkpoint is: architecture, scale, channels, parameters, wrapper.
+
+    Example: mcir models inspect runs/mcir/model.safetensors
+    """
     from mcir_cli.models import load_checkpoint_model
 
     loaded = load_checkpoint_model(file)

@@ -27,25 +27,28 @@ def _seeds(text: str) -> list[int]:
 @handle_errors
 def study(
     ctx: typer.Context,
-    checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given)."),
-    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint)."),
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="Training folder (repeatable)."),
-    benchmark: Optional[list[Path]] = typer.Option(None, "--benchmark", help="Held-out benchmark folder every result is scored on (repeatable)."),
-    arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm: plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3). Default: plain and mcir."),
-    seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order."),
-    iters: int = typer.Option(1000, help="Steps of every run."),
-    batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16)."),
-    patch: Optional[int] = typer.Option(None, help="Input patch size (default: preset or 48/128)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: as `mcir retrain`)."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="λ of the MCIR arms (default: preset or the paper's 1e-4)."),
-    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG16 weights when torchvision's cache is empty."),
-    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss)."),
-    device: str = typer.Option("auto", help="auto | cuda | cpu"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New study folder."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the study in this folder (finished arms are kept)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Training folder (repeatable).", rich_help_panel="Data"),
+    benchmark: Optional[list[Path]] = typer.Option(None, "--benchmark", help="Held-out benchmark folder every result is scored on (repeatable).", rich_help_panel="Data"),
+    checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only).", rich_help_panel="Model"),
+    model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given).", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
+    arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
+    seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
+    iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
+    batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16).", rich_help_panel="Optimisation"),
+    patch: Optional[int] = typer.Option(None, help="Input patch size (default: preset or 48/128).", rich_help_panel="Optimisation"),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: as `mcir retrain`: where a preset's schedule ends; bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="λ of the MCIR arms (default: preset or the paper's 1e-4).", rich_help_panel="MCIR / SPN"),
+    embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG16 weights when torchvision's cache is empty.", rich_help_panel="MCIR / SPN"),
+    embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss).", rich_help_panel="MCIR / SPN"),
+    device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New study folder (must not exist).", rich_help_panel="Run control"),
+    resume: Optional[Path] = typer.Option(None, help="Continue the study in this folder (finished arms are kept).", rich_help_panel="Run control"),
 ) -> None:
-    """Prove it: K seeds of plain fine-tuning vs MCIR at equal steps, scored on held-out benchmarks."""
+    """Prove it: K seeds of plain fine-tuning vs MCIR at equal steps, scored on held-out benchmarks.
+
+    Example: mcir study --checkpoint IMDN_x4.pth --data DIV2K/ --benchmark Set5/ --benchmark Set14/ --arm plain --arm mcir --arm mcir-fitted --iters 2000 -o studies/imdn
+    """
     from mcir_cli.study import StudyPlan, load_plan, parse_arm, plan_paths, run_study
 
     if resume is not None:
