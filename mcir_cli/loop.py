@@ -60,6 +60,17 @@ class TrainResult:
     mean_ratio: float | None = None  # mean contrast ratio λ·l_neg/|l_rec| over the run's steps
     ratio_band: tuple[float, float] = (0.01, 0.10)
     stop_kind: str | None = None  # "signal" or "collapses" when the run stopped before --iters
+    stop_signal: str | None = None  # which signal stopped it (e.g. "SIGTERM"); None on another rank
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run; 128 + the signal's number (the shell's convention: 130 for
+        Ctrl-C, 143 for SIGTERM); 1 for a stop by the collapse guard."""
+        if self.stop_kind is None:
+            return 0
+        if self.stop_kind == "signal":
+            return 128 + int(signal.Signals[self.stop_signal or "SIGINT"])
+        return 1
     val_conventions: str | None = None  # how the validation PSNR was measured
 
 
@@ -163,7 +174,7 @@ class Run:
                 if cfg.save_every and st.step % cfg.save_every == 0:
                     self.save_state()
                 if self.dist.any(self.stop_request is not None):
-                    result.stop_kind = "signal"
+                    result.stop_kind, result.stop_signal = "signal", self.stop_request
                     result.stopped_early = (f"{self.stop_request or 'signal on another rank'} at step {st.step}: "
                                             f"state saved, continue with --resume {self.folder.root}")
                     break

@@ -276,6 +276,7 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     trainer.on_step = on_step
     result = trainer.train()
     assert result.steps == 3 and "SIGTERM at step 3" in result.stopped_early and "--resume" in result.stopped_early
+    assert result.exit_code == 143  # 128 + SIGTERM, what a shell or a job scheduler expects
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 3
     assert (tmp_path / "run" / "model.safetensors").exists()
     res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "run"), "--data", str(train_dir)])
@@ -495,7 +496,7 @@ def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(train_dir
 
 def test_cli_exit_code_says_the_run_stopped_early(train_dir, tmp_path):
     """A run stopped by the collapse guard is not a finished run: exit 1, so that
-    `mcir retrain ... && mcir evaluate ...` does not carry on (a signal stop exits 130)."""
+    `mcir retrain ... && mcir evaluate ...` does not carry on (a signal stop exits 128 + its number: 130, 143)."""
     imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     run = tmp_path / "run"
     res = runner.invoke(app, [

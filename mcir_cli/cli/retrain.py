@@ -114,7 +114,7 @@ def retrain(
     if dist.is_main:
         _render_summary(result, cfg.lam_auto)
     if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
-        raise typer.Exit(130 if result.stop_kind == "signal" else 1)
+        raise typer.Exit(result.exit_code)
 
 
 # TrainConfig fields whose flag has another parameter name
