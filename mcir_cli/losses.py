@@ -14,6 +14,8 @@ All images are float tensors in [0, 1], NCHW.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import math
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcir_cli.errors import McirError
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- reconstruction
 
@@ -157,10 +161,16 @@ def download_vgg_state_dict(kind: str) -> dict[str, Tensor]:
     `weights_only=False`, so mcir calls torch.hub itself, and checks the file's sha256
     against the prefix its name carries (vgg16-397923af.pth)."""
     cached = vgg_cache_path(kind)
-    return torch.hub.load_state_dict_from_url(
-        _vgg_weights_enum(kind).url, model_dir=str(cached.parent), map_location="cpu",
-        progress=False, check_hash=True, file_name=cached.name, weights_only=True,
-    )
+    said = io.StringIO()  # torch.hub writes "Downloading: ..." to stderr even offline: logged instead
+    try:
+        with contextlib.redirect_stderr(said):
+            return torch.hub.load_state_dict_from_url(
+                _vgg_weights_enum(kind).url, model_dir=str(cached.parent), map_location="cpu",
+                progress=False, check_hash=True, file_name=cached.name, weights_only=True,
+            )
+    finally:
+        if said.getvalue().strip():
+            log.info("%s", said.getvalue().strip())
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

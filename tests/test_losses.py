@@ -316,3 +316,26 @@ def test_make_embedding_pixel_and_unknown():
     assert emb(x)[0] is x and emb.layer_weights == [1.0] and emb.description
     with pytest.raises(McirError):
         make_embedding("resnet")
+
+
+def test_pretrained_vgg_offline_is_one_line_and_nothing_else_on_stderr(tmp_path, capfd, monkeypatch):
+    """With an empty torch.hub cache and no network, the error is mcir's one line naming
+    where the file goes; torch.hub's own "Downloading: ..." line does not reach stderr."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(McirError) as err:
+            VGGEmbedding("vgg16")
+    finally:
+        torch.hub.set_dir(before)
+    msg = str(err.value)
+    assert "not available" in msg and str(tmp_path / "hub" / "checkpoints" / vgg_weight_file_name("vgg16")) in msg
+    assert "\n" not in msg
+    assert capfd.readouterr().err == ""
