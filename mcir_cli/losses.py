@@ -161,9 +161,9 @@ def download_vgg_state_dict(kind: str) -> dict[str, Tensor]:
     `weights_only=False`, so mcir calls torch.hub itself, and checks the file's sha256
     against the prefix its name carries (vgg16-397923af.pth)."""
     cached = vgg_cache_path(kind)
-    said = io.StringIO()  # torch.hub writes "Downloading: ..." to stderr even offline: logged instead
+    said = io.StringIO()  # torch.hub prints "Downloading: ..." to stdout even offline: logged instead
     try:
-        with contextlib.redirect_stderr(said):
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             return torch.hub.load_state_dict_from_url(
                 _vgg_weights_enum(kind).url, model_dir=str(cached.parent), map_location="cpu",
                 progress=False, check_hash=True, file_name=cached.name, weights_only=True,

@@ -320,7 +320,8 @@ def test_make_embedding_pixel_and_unknown():
 
 def test_pretrained_vgg_offline_is_one_line_and_nothing_else_on_stderr(tmp_path, capfd, monkeypatch):
     """With an empty torch.hub cache and no network, the error is mcir's one line naming
-    where the file goes; torch.hub's own "Downloading: ..." line does not reach stderr."""
+    where the file goes; torch.hub's own "Downloading: ..." line reaches neither stdout (where
+a piped table would carry it) nor stderr."""
     import socket
 
     def no_network(*args, **kwargs):
@@ -338,4 +339,4 @@ def test_pretrained_vgg_offline_is_one_line_and_nothing_else_on_stderr(tmp_path,
     msg = str(err.value)
     assert "not available" in msg and str(tmp_path / "hub" / "checkpoints" / vgg_weight_file_name("vgg16")) in msg
     assert "\n" not in msg
-    assert capfd.readouterr().err == ""
+    assert capfd.readouterr() == ("", "")
