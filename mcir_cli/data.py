@@ -123,14 +123,42 @@ def load_pair(
     if lq.shape[0] != gt.shape[0]:
         raise McirError(f"{lq.shape[0]} channels, but its ground truth has {gt.shape[0]}", pair.lq)
     lh, lw = lq.shape[-2:]
-    gh, gw = gt.shape[-2:]
-    if not _centred(dataset, gt, lh, lw) and (gh // s != lh or gw // s != lw):
-        raise McirError(
-            f"size {lw}x{lh} x{s} does not match its ground truth {pair.gt.name} ({gw}x{gh}) "
-            "even after mod-crop",
-            pair.lq,
-        )
+    problem = size_mismatch(dataset, pair, (lw, lh), (gt.shape[-1], gt.shape[-2]))
+    if problem:
+        raise McirError(problem, pair.lq)
     return lq, _align(dataset, gt, (lh * s, lw * s))
+
+
+def size_mismatch(dataset: Dataset, pair: Pair, lq_wh: tuple[int, int], gt_wh: tuple[int, int]) -> str | None:
+    """Why an input of lq_wh cannot be paired with its ground truth of gt_wh (both after
+    a side-by-side split), or None: SR takes the GT mod-cropped to lq x scale; the other
+    tasks the same size, or a larger GT centre-cropped where the layout says so."""
+    (lw, lh), (gw, gh), s = lq_wh, gt_wh, dataset.scale
+    centred = dataset.gt_crop == "center" and s == 1 and gh >= lh and gw >= lw
+    if centred or (gh // s == lh and gw // s == lw):
+        return None
+    return (f"size {lw}x{lh} x{s} does not match its ground truth {pair.gt.name} ({gw}x{gh}) "
+            "even after mod-crop")
+
+
+def pair_size_problems(dataset: Dataset) -> list[tuple[Pair, str]]:
+    """Every pair whose sizes `load_pair` would refuse, from the file headers alone."""
+    from mcir_cli.imageio import image_size
+
+    problems = []
+    for pair in dataset.pairs:
+        gw, gh = image_size(pair.gt)
+        if pair.lq is None:
+            if dataset.scale > 1 and (gw < dataset.scale or gh < dataset.scale):
+                problems.append((pair, f"ground truth {gw}x{gh} is too small for x{dataset.scale}"))
+            continue
+        lw, lh = image_size(pair.lq)
+        if dataset.side_by_side:
+            gw, lw = gw // 2, lw // 2
+        problem = size_mismatch(dataset, pair, (lw, lh), (gw, gh))
+        if problem:
+            problems.append((pair, problem))
+    return problems
 
 
 def iter_pairs(

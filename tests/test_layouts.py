@@ -125,6 +125,22 @@ def test_div2k_as_unzipped_trains_on_train_only(tmp_path, images):
     assert [i["name"] for i in j["datasets"]["DIV2K"]["images"]] == ["0001", "0002", "0003"]
 
 
+def test_inspect_finds_an_lr_file_that_does_not_match_its_hr(tmp_path, images):
+    """An LR file of the wrong size (here x3 in the X4 folder) is found by `data inspect`
+    from the headers: exit 2, the file and both sizes named, the table still shown."""
+    root = div2k(tmp_path / "DIV2K", images, valid=False, unknown=False)
+    assert row(inspect(root), "sizes").startswith("every pair")
+    bad = put(root / "DIV2K_train_LR_bicubic" / "X4" / "0002x4.png", lr(images[1], 3))
+    res = runner.invoke(app, ["data", "inspect", str(root)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert row(res.output, "sizes").startswith("1 of 3 pairs do not match")
+    err = res.output.strip().splitlines()[-1]
+    h, w = images[1].shape[-2:]
+    assert err.startswith("error: ") and "0002x4.png" in " ".join(res.output.split())
+    assert f"{-(-w // 3)}x{-(-h // 3)} x4 does not match" in " ".join(res.output.split()), res.output
+    assert bad.is_file()
+
+
 def test_div2k_lr_unknown_and_valid_by_pointing_at_them(tmp_path, images):
     root = div2k(tmp_path / "DIV2K", images)
     unknown = recognise(root / "DIV2K_train_LR_unknown")

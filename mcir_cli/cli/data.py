@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from mcir_cli.cli.app import console, data_app, handle_errors
+from mcir_cli.errors import McirError
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -31,11 +32,14 @@ def data_inspect(
     """The layout a folder matches, its task, scale(s) and first pairs; or why none fits.
 
     Prints the published layout found (DIV2K, RESIDE, GoPro, ...), the task, the scale(s),
-    the number of pairs and the first few; a folder that fits nothing, or several layouts,
-    gets one line naming what it holds and what was expected (exit code 2).
+    the number of pairs and the first few, and checks from the file headers that every
+    input matches its ground truth (LR x scale, or the same size); a folder that fits
+    nothing, several layouts, or pairs that do not match get one line naming the file and
+    the problem (exit code 2).
 
     Example: mcir data inspect DIV2K/ --scale 4 --show 3
     """
+    from mcir_cli.data import pair_size_problems
     from mcir_cli.layouts import recognise, scales_of
     from mcir_cli.recipes import check_task_name
 
@@ -56,12 +60,23 @@ def data_inspect(
          if found.task == "sr" else "1 (input and target the same size)"),
         ("pairs", f"{len(found.pairs):,}"),
     ]
+    problems = pair_size_problems(found)
+    rows.append(("sizes", f"{len(problems):,} of {len(found.pairs):,} pairs do not match (see below)" if problems
+                 else "every pair's input and ground truth match (file headers)"))
     notes += found.notes
     if notes:
         rows.append(("notes", "\n".join(notes)))
     for k, v in rows:
         table.add_row(k, escape(v))
     console.print(table)
+    _show_pairs(found, show)
+    if problems:
+        pair, problem = problems[0]
+        more = f" ({len(problems) - 1} more pairs like it)" if len(problems) > 1 else ""
+        raise McirError(f"{problem}{more}", pair.lq or pair.gt)
+
+
+def _show_pairs(found: Any, show: int) -> None:
     if not show or not found.pairs:
         return
     pairs = Table(title=f"first {min(show, len(found.pairs))} of {len(found.pairs):,} pairs")
