@@ -23,7 +23,7 @@ _API = {
     "load_result": "mcir_cli.result_files", "paired_stats": "mcir_cli.stats",
     "psnr": "mcir_cli.metrics", "ssim": "mcir_cli.metrics",
     "imresize": "mcir_cli.resize", "read_image": "mcir_cli.imageio", "StudyPlan": "mcir_cli.study",
-    "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors",
+    "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.plot",
 }
 __all__ = ["__version__", *_API]
 

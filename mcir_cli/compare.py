@@ -9,6 +9,7 @@ module only runs them in order and reports what happened; the CLI renders it.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class CompareRun:
     written: list[Path]  # export files, in the order asked for
     visuals: dict[str, Any] | None = None  # `write_comparison_visuals`' report, when made
     visuals_error: str | None = None  # why asked-for visuals could not be made
+    report: Path | None = None  # the HTML report, when asked for
 
 
 def check_visuals_folder(folder: Path | None) -> None:
@@ -68,6 +70,7 @@ def run_compare(
     scoring: Scoring = Scoring(),
     exports: dict[str, Path | None] | None = None,
     visuals: Path | None = None,
+    html: Path | None = None,
     labels: Sequence[str] | None = None,
     top_k: int = 3,
     n_resamples: int = 10_000,
@@ -79,10 +82,11 @@ def run_compare(
     identical conventions (`scoring`, whose device and tile also run the models for the
     visuals); the first is the baseline. Writes the `exports`
     ({"json"|"markdown"|"csv"|"latex": path or None}) and, with `visuals`, the strips and
-    Δ charts of the `top_k` most changed images per dataset. Outputs are refused before
-    any work; visuals that cannot be made are reported in `visuals_error`, after the
-    exports are written."""
-    targets = check_export_paths(exports or {})
+    Δ charts of the `top_k` most changed images per dataset, and with `html` one
+    self-contained report (the strips too, made in a temporary folder beside it when
+    `visuals` is not given). Outputs are refused before any work; visuals that cannot be
+    made are reported in `visuals_error`, after the exports are written."""
+    targets = check_export_paths({**(exports or {}), "html": html})
     check_visuals_folder(visuals)
     loaded: list[Any] = []
     datasets: dict[str, Any] | None = None
@@ -94,15 +98,39 @@ def run_compare(
     _apply_labels(result_dicts, labels)
     comparison = compare_results(result_dicts, n_resamples=n_resamples, seed=seed)
     run = CompareRun(comparison, write_exports(comparison, targets))
-    if visuals is None:
+    if html is None:
+        if visuals is not None:
+            _draw(run, result_dicts, list(results), loaded, datasets, visuals, top_k, scoring, visuals_progress)
         return run
+    with tempfile.TemporaryDirectory(dir=html.parent, prefix=f".{html.name}.") as scratch:
+        folder = visuals if visuals is not None else Path(scratch)
+        _draw(run, result_dicts, list(results), loaded, datasets, folder, top_k, scoring, visuals_progress)
+        run.report = _write_report(run, html, folder)
+    if visuals is None:  # the strips were only for the report
+        run.visuals = None
+    return run
+
+
+def _draw(run: CompareRun, result_dicts: list[dict], results: list[Path], loaded: list[Any],
+          datasets: dict[str, Any] | None, folder: Path, top_k: int, scoring: Scoring,
+          progress: StripProgress | None) -> None:
+    """The strips and Δ charts into `folder`; why not, in `run.visuals_error`."""
     try:
         if results:
-            loaded, datasets = load_visual_sources(result_dicts, list(results))
+            loaded, datasets = load_visual_sources(result_dicts, results)
         run.visuals = write_comparison_visuals(
-            comparison, loaded, datasets or {}, visuals, top_k, device=scoring.device, tile=scoring.tile,
-            noise=result_dicts[0].get("noise"), progress=visuals_progress,
+            run.comparison, loaded, datasets or {}, folder, top_k, device=scoring.device, tile=scoring.tile,
+            noise=result_dicts[0].get("noise"), progress=progress,
         )
     except VisualsUnavailable as exc:
         run.visuals_error = str(exc)
-    return run
+
+
+def _write_report(run: CompareRun, html: Path, folder: Path) -> Path:
+    from mcir_cli.report import comparison_report, run_folders, write_report
+
+    notes = [f"no comparison strips: {run.visuals_error}"] if run.visuals_error else []
+    strips = run.visuals["strips"] if run.visuals else []
+    text = comparison_report(run.comparison, strips=strips, strips_root=folder,
+                             runs=run_folders(run.comparison), notes=notes)
+    return write_report(html, text)

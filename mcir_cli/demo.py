@@ -1,9 +1,9 @@
 """`mcir demo`: the whole path (data -> model -> two retrains -> evaluation -> proof) in one
 offline command on a built-in default, small enough for a few minutes on two CPU cores.
 
-1. Data: photos bundled with scikit-image, shrunk, written as an HR-only training folder
-   (`data/train/`) and a benchmark folder (`data/test/HR/` + `LR_bicubic/X4/`, LR made
-   with MATLAB-exact bicubic). Training and test photos are disjoint.
+1. Data (`demo_data.py`): photos bundled with scikit-image, shrunk, written as an HR-only
+   training folder (`data/train/`) and a benchmark folder (`data/test/HR/` +
+   `LR_bicubic/X4/`). Training and test photos are disjoint.
 2. Model: DCTLSA x4 pretrained on DIV2K when its weights are found under $MCIR_WEIGHTS
    (preset `dctlsa-x4`, or `DCTLSA/X4.pt`); otherwise a small EDSR trained from scratch
    for a few hundred steps on the training photos (said loudly: the start is then weak).
@@ -13,7 +13,8 @@ offline command on a built-in default, small enough for a few minutes on two CPU
    The SPN embedding is the pretrained VGG16 when torchvision's cache or
    `embedding_weights` has it, else a random VGG16 (said loudly: not the paper's loss).
 4. Evaluation of the start and both retrains on the test folder, the paired comparison
-   (table + evidence sentences), the visuals and `summary.md`.
+   (table + evidence sentences), the visuals, `summary.md` and `report.html` (the same
+   as one self-contained page, with the runs' training curves).
 """
 
 from __future__ import annotations
@@ -28,20 +29,13 @@ from typing import Any
 
 import torch
 
+from mcir_cli.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
-SCALE = 4
-# Disjoint sets of scikit-image's bundled photos (grey ones are stored as RGB).
-TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina", "colorwheel")
-TEST_PHOTOS = ("chelsea", "immunohistochemistry", "stereo_motorcycle", "camera", "coins",
-               "moon", "grass", "gravel")
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
-TRAIN_MAX_SIDE = 256  # HR pixels
-TEST_MAX_SIDE = 192
 
-Say = Callable[[str, str], None]  # (message, kind: "info" | "warn")
 OnStep = Callable[[str, int, int], None]  # (run name, step, total)
 
 
@@ -59,85 +53,14 @@ class DemoResult:
     comparison: Any  # results.Comparison of start, plain, MCIR
     head_to_head: Any  # results.Comparison of plain (baseline) vs MCIR
     summary: Path
+    report: Path  # report.html: everything on one self-contained page
+    curves: Path  # curves.png: both retrains' training curves (`mcir plot`)
     comparison_json: Path
     visuals: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     lam: float = 1e-4
     contrast_ratio: float | None = None  # mean λ·l_neg/l_rec of the MCIR run
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _photo(name: str) -> torch.Tensor:
-    """A scikit-image sample photo as a float CHW RGB tensor in [0, 1]."""
-    import numpy as np
-    import skimage.data
-
-    img = getattr(skimage.data, name)()
-    if isinstance(img, tuple):  # stereo pairs: the left view
-        img = img[0]
-    arr = np.asarray(img)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    arr = arr[..., :3]
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float() / 255.0
-
-
-def _shrink(img: torch.Tensor, max_side: int, multiple: int) -> torch.Tensor:
-    """Downscale (MATLAB bicubic, uint8 levels) so the longer side is <= max_side, then
-    crop to a multiple of `multiple`."""
-    from mcir_cli.data import mod_crop
-    from mcir_cli.resize import imresize
-
-    h, w = img.shape[-2:]
-    if max(h, w) > max_side:
-        f = max_side / max(h, w)
-        size = (max(multiple, round(h * f)), max(multiple, round(w * f)))
-        img = (imresize(img.double(), size=size).clamp(0, 1) * 255).round().float() / 255
-    return mod_crop(img, multiple)
-
-
-def make_data(root: Path, n_train: int = len(TRAIN_PHOTOS), n_test: int = len(TEST_PHOTOS),
-              scale: int = SCALE, say: Say | None = None) -> tuple[Path, Path, list[str], list[str]]:
-    """Write `root/train/<photo>.png` (HR only) and `root/test/HR/<photo>.png` +
-    `root/test/LR_bicubic/X{s}/<photo>x{s}.png`. Photos that scikit-image cannot provide
-    (e.g. not downloadable offline) are skipped; too few is a McirError."""
-    from mcir_cli.imageio import write_image
-    from mcir_cli.resize import imresize
-
-    def take(names: tuple[str, ...], n: int) -> list[tuple[str, torch.Tensor]]:
-        got = []
-        for name in names:
-            if len(got) == n:
-                break
-            try:
-                got.append((name, _photo(name)))
-            except Exception as exc:  # noqa: BLE001 - a photo pooch cannot fetch offline
-                if say:
-                    say(f"scikit-image photo {name!r} unavailable ({type(exc).__name__}); skipped", "warn")
-        return got
-
-    try:
-        import skimage.data  # noqa: F401
-    except ImportError:
-        raise McirError("mcir demo needs scikit-image for its photos: pip install scikit-image") from None
-    train = take(TRAIN_PHOTOS, n_train)
-    test = take(TEST_PHOTOS, n_test)
-    if len(train) < min(2, n_train) or len(test) < min(2, n_test):
-        raise McirError("too few scikit-image sample photos are available for the demo")
-    train_dir, test_dir = root / "train", root / "test"
-    for name, img in train:
-        write_image(train_dir / f"{name}.png", _shrink(img, TRAIN_MAX_SIDE, scale))
-    for name, img in test:
-        hr = _shrink(img, TEST_MAX_SIDE, scale)
-        write_image(test_dir / "HR" / f"{name}.png", hr)
-        lr = (imresize(hr.double(), 1 / scale).clamp(0, 1) * 255).round().float() / 255
-        write_image(test_dir / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png", lr)
-    return train_dir, test_dir, [n for n, _ in train], [n for n, _ in test]
 
 
 # --------------------------------------------------------------------------- choices
@@ -256,14 +179,30 @@ def run_demo(
     scored = _score_and_compare(out, test_dir, start, runs, timings, device=device, top_k=top_k,
                                 n_resamples=n_resamples, seed=seed)
     timings["total"] = time.perf_counter() - t0
+    strips = scored.pop("strips")
     result = DemoResult(
         output=out, model=start["text"], pretrained=start["pretrained"], embedding=emb_text,
-        embedding_pretrained=emb_pretrained, train_images=train_names, test_images=test_names,
-        runs=runs, summary=out / "summary.md", notes=note.kept, timings=timings, lam=lam, contrast_ratio=ratio,
-        **scored,
+        embedding_pretrained=emb_pretrained, train_images=train_names, test_images=test_names, runs=runs,
+        summary=out / "summary.md", report=out / "report.html", curves=out / "curves.png",
+        notes=note.kept, timings=timings, lam=lam,
+        contrast_ratio=ratio, **scored,
     )
     atomic_write_text(result.summary, summary_markdown(result, iters, batch, patch, lr, steps))
+    _write_report(result, strips)
     return result
+
+
+def _write_report(r: DemoResult, strips: list[Path]) -> None:
+    """report.html (both comparisons, the strips and the two retrains' curves) and
+    curves.png (the curves alone, as `mcir plot` draws them)."""
+    from mcir_cli.plot import plot_runs
+    from mcir_cli.report import comparison_report, write_report
+
+    runs = {label: r.runs[key] for key, label in (("plain", "plain fine-tuning"), ("mcir", "MCIR"))}
+    plot_runs(list(runs.values()), r.curves, labels=list(runs))
+    write_report(r.report, comparison_report(
+        r.comparison, strips=strips, strips_root=r.output / "visuals", runs=runs, title="mcir demo",
+        notes=r.notes, extra=[("MCIR vs plain fine-tuning (baseline: plain)", r.head_to_head)]))
 
 
 def _start_model(out: Path, train_dir: Path, runs: dict[str, Path], timings: dict[str, float], note: _Notes, *,
@@ -374,7 +313,8 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     comparison_json = write_exports(comp, {"json": out / "comparison.json"})[0]
     timings["compare + visuals"] = time.perf_counter() - t
     return {"results": result_files, "comparison": comp, "head_to_head": h2h,
-            "comparison_json": comparison_json, "visuals": visuals}
+            "comparison_json": comparison_json, "visuals": visuals,
+            "strips": [*main_vis["strips"], *h2h_vis["strips"]]}
 
 
 def mean_contrast_ratio(log_path: Path) -> float | None:
@@ -434,7 +374,9 @@ def summary_markdown(r: DemoResult, iters: int, batch: int, patch: int, lr: floa
               "(one heat scale per set), for the images with the largest |Δ PSNR|.", ""]
     for p in r.visuals:
         lines.append(f"![{rel(p)}]({rel(p)})")
-    lines += ["", "## Files", ""]
+    lines += ["", "## Files", "", f"- `{rel(r.report)}`: this report as one self-contained page, with the "
+              "retrains' training curves (open it in a browser)", f"- `{rel(r.curves)}`: the training curves "
+              "of both retrains (`mcir plot runs/plain runs/mcir`)"]
     for name, run in r.runs.items():
         lines.append(f"- run `{name}`: `{rel(run)}/` (model.safetensors, config.json, log.jsonl)")
     for label, path in r.results.items():

@@ -208,9 +208,25 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
     summary = summarise(plan, results)
     atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(root / "study.md", to_markdown(summary))
+    _write_report(plan, summary, results, root / "report.html")
     if on_event:
         on_event("summary", total, total)
     return summary
+
+
+def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, Any], path: Path) -> None:
+    """report.html: the table, each arm's Δ vs plain with per-image charts (each image's
+    Δ averaged over seeds), and every run's training curves."""
+    from mcir_cli.report import study_report, write_report
+    from mcir_cli.study_report import delta_matrix
+
+    per_image: dict[str, dict[str, tuple[list[str], list[float]]]] = {}
+    for arm in summary["deltas"]:
+        for d in summary["datasets"]:
+            mat, names = delta_matrix(results, arm, plan.seeds, d)
+            per_image.setdefault(arm, {})[d] = (names, mat.mean(axis=0).tolist())
+    runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
+    write_report(path, study_report(summary, per_image, runs))
 
 
 def check_plan(plan: StudyPlan) -> None:

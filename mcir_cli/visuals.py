@@ -1,6 +1,7 @@
-"""Pictures that show where a retrained model differs: comparison strips, divergence heat
-maps and per-image delta bar charts. Pillow + numpy + torch only (no matplotlib), and
-drawing only: finding and re-running the models is `visual_sources.py`'s job.
+"""Pictures that show where a retrained model differs: comparison strips and divergence
+heat maps (Pillow + numpy + torch), and the per-image Δ charts of a comparison (drawn by
+`charts.py` with matplotlib). Drawing only: finding and re-running the models is
+`visual_sources.py`'s job.
 
 Layout of `comparison_strip` (all sizes in pixels, H x W = GT size, c = crop size):
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,6 @@ MAX_CROP = 48  # largest zoom-crop side
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 BOX = (0, 255, 255)  # outline of the zoomed region on the full panels
-GREEN = (46, 160, 67)
-RED = (207, 34, 46)
-GRID = (90, 90, 90)
 
 _FONT: Any = None
 
@@ -274,91 +272,6 @@ def largest_delta_images(per_image_deltas: dict[str, float], k: int) -> list[str
     return [name for name, _ in items[:k]]
 
 
-def delta_bar_chart(names: Sequence[str], deltas: Sequence[float], title: str,
-                    size: tuple[int, int] = (720, 360), unit: str = "dB",
-                    metric: str = "PSNR") -> Image.Image:
-    """Per-image delta bars sorted from largest gain to largest loss (green up, red down),
-    a zero line, y ticks at the extremes, the best/worst image named under the axis.
-    Non-finite deltas are left out (and counted in the x label). Returns an image of
-    exactly `size`."""
-    if len(names) != len(deltas):
-        raise ValueError("names and deltas differ in length")
-    width, height = size
-    left_m, right_m, top_m, bottom_m = 64, 12, 2 * LABEL_H + 4, 2 * LABEL_H + 4
-    if width < left_m + right_m + 10 or height < top_m + bottom_m + 10:
-        raise ValueError(f"chart size {size} is too small")
-    img = Image.new("RGB", size, BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    _text(draw, (4, 2), title, width - 8)
-    _text(draw, (4, LABEL_H + 2), f"delta {metric} ({unit})", left_m + 200)
-
-    pairs = [(str(n), float(d)) for n, d in zip(names, deltas)]
-    finite = sorted(((n, d) for n, d in pairs if math.isfinite(d)), key=lambda nd: (-nd[1], nd[0]))
-    skipped = len(pairs) - len(finite)
-    px0, px1 = left_m, width - right_m
-    py0, py1 = top_m, height - bottom_m
-    draw.line((px0, py0, px0, py1), fill=GRID)
-
-    if not finite:
-        _text(draw, (px0 + 4, (py0 + py1) // 2), "no finite deltas to plot", px1 - px0 - 8)
-        return img
-
-    lo, hi, y_of = _y_axis([d for _, d in finite], py0, py1)
-    y_zero = y_of(0.0)
-    n = len(finite)
-    _draw_bars(draw, [d for _, d in finite], px0, px1, y_of)
-    fmt = "{:+.2f}" if unit == "dB" else "{:+.4f}"
-    ticks = {y_zero: "0"}
-    if hi > 0:
-        ticks[y_of(hi)] = fmt.format(hi)
-    if lo < 0:
-        ticks[y_of(lo)] = fmt.format(lo)
-    for y, label in ticks.items():
-        draw.line((px0 - 3, y, px0, y), fill=TEXT)
-        _text(draw, (2, max(0, y - 6)), label, left_m - 8)
-    xlabel = f"{n} images, sorted by delta"
-    if skipped:
-        xlabel += f" ({skipped} non-finite left out)"
-    _text(draw, (px0, py1 + 4), xlabel, px1 - px0)
-    (best, best_d), (worst, worst_d) = finite[0], finite[-1]
-    extremes = f"best: {best} ({fmt.format(best_d)}), worst: {worst} ({fmt.format(worst_d)})"
-    _text(draw, (px0, py1 + 4 + LABEL_H), extremes, px1 - px0)
-    return img
-
-
-def _y_axis(values: list[float], py0: int, py1: int) -> tuple[float, float, Callable[[float], int]]:
-    """(lo, hi, y_of): the range of the values widened to include 0 (-1..1 when all are
-    0), and the pixel row of a value, with 5 % headroom on each side that has bars."""
-    arr = np.array(values)
-    lo, hi = min(0.0, float(arr.min())), max(0.0, float(arr.max()))
-    if hi - lo == 0:
-        lo, hi = -1.0, 1.0
-    pad = 0.05 * (hi - lo)
-    lo_v, hi_v = lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0)
-
-    def y_of(v: float) -> int:
-        return int(round(py0 + (hi_v - v) / (hi_v - lo_v) * (py1 - py0)))
-
-    return lo, hi, y_of
-
-
-def _draw_bars(draw: ImageDraw.ImageDraw, values: list[float], px0: int, px1: int,
-               y_of: Callable[[float], int]) -> None:
-    """One bar per value between x = px0 and px1 (green up, red down), and the zero line."""
-    y_zero = y_of(0.0)
-    slot = (px1 - px0 - 2) / len(values)
-    gap = 1 if slot >= 4 else 0
-    for i, d in enumerate(values):
-        x0 = px0 + 2 + int(math.floor(i * slot))
-        x1 = max(x0, px0 + 2 + int(math.floor((i + 1) * slot)) - 1 - gap)
-        y = y_of(d)
-        if d > 0:
-            draw.rectangle((x0, y, x1, y_zero), fill=GREEN)
-        elif d < 0:
-            draw.rectangle((x0, y_zero, x1, y), fill=RED)
-    draw.line((px0, y_zero, px1, y_zero), fill=TEXT)
-
-
 # --------------------------------------------------------------------------- saving
 
 
@@ -380,19 +293,24 @@ def slug(text: str) -> str:
 
 
 def write_delta_charts(comparison: Comparison, out_dir: str | Path, metric: str = "psnr") -> list[Path]:
-    """For a `results.Comparison`: one bar chart per later model and dataset,
-    `delta_<metric>_<dataset>.png` (two models) or `delta_<metric>_<dataset>_<label>.png`.
-    Returns the paths written."""
+    """For a `results.Comparison`: one Δ chart per later model and dataset (`charts.delta_figure`:
+    per-image bars named by image, the mean Δ and its bootstrap 95 % CI from the
+    comparison's stats), `delta_<metric>_<dataset>.png` (two models) or
+    `delta_<metric>_<dataset>_<label>.png`. Returns the paths written."""
+    from mcir_cli.charts import delta_figure, save_figure
+
     out_dir = Path(out_dir)
     written = []
     for label in comparison.models[1:]:
         for ds in comparison.datasets:
             deltas = comparison.image_deltas(ds, label, metric)
+            stat = comparison.stat(ds, label, metric)
             name = f"delta_{metric}_{slug(ds)}"
             if len(comparison.models) > 2:
                 name += f"_{slug(label)}"
-            chart = delta_bar_chart(list(deltas), list(deltas.values()),
-                                    f"{ds}: {metric.upper()} {label} - {comparison.baseline}, per image",
-                                    unit="dB" if metric == "psnr" else "", metric=metric.upper())
-            written.append(save_image(chart, out_dir / f"{name}.png"))
+            fig = delta_figure(list(deltas), list(deltas.values()), metric=metric.upper(),
+                               unit="dB" if metric == "psnr" else "",
+                               title=f"{ds}: {metric.upper()} {label} − {comparison.baseline}, per image",
+                               mean=stat.mean_delta, ci=(stat.ci_low, stat.ci_high))
+            written.append(save_figure(fig, out_dir / f"{name}.png"))
     return written

@@ -43,6 +43,28 @@ def test_demo_tiny(tmp_path, monkeypatch):
         assert f"]({p.relative_to(out).as_posix()})" in summary
     for label in ("start", "plain", "mcir"):
         assert "data" in json.loads((out / "results" / f"{label}.json").read_text())
+    _check_report(r, tmp_path)
+    with Image.open(out / "curves.png") as img:
+        assert img.size[0] > 400 and len(set(img.convert("RGB").getdata())) > 20
+
+
+def _check_report(r, tmp_path):
+    """report.html renders in a real browser, holds both comparisons as their JSON and the
+    curves of both retrains, and names the weak start."""
+    from tests.browser import render
+    from tests.test_report import parsed
+
+    rendered = render(r.report, tmp_path / "browser")
+    assert rendered.console == []
+    dom = parsed(rendered.dom)
+    # 2 + 1 strips, 2 + 1 Δ charts, 1 figure of curves
+    assert dom.body["data-probe-images-ok"] == "true" and int(dom.body["data-probe-images"]) == 7
+    main = json.loads((r.output / "comparison.json").read_text())
+    cells = [c for c in dom.cells if c["section"] == "main" and c["kind"] == "score" and c["metric"] == "psnr"]
+    assert {(c["model"], c["column"]): c["text"] for c in cells} == {
+        (m, col): f"{main['table'][m][col]['psnr']:.2f}" for m in main["table"] for col in main["table"][m]}
+    assert "MCIR vs plain fine-tuning" in rendered.dom and "How the runs trained" in rendered.dom
+    assert "from scratch" in rendered.dom
 
 
 def test_demo_refuses_an_existing_folder(tmp_path):

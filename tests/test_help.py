@@ -22,6 +22,7 @@ PANELS = {
     ("compare",): ["Arguments", "Inputs", "Scoring", "Speed", "Statistics", "Output"],
     ("study",): ["Data", "Model", "Arms", "Optimisation", "MCIR / SPN", "Speed", "Run control"],
     ("demo",): ["Run control", "Speed", "MCIR / SPN"],
+    ("plot",): ["Arguments", "Output", "Legend"],
     ("models",): ["Commands"],
     ("models", "inspect"): ["Arguments"],
     ("data",): ["Commands"],

@@ -61,6 +61,32 @@ def test_study_cli_end_to_end(bench, tmp_path):
     md = (out / "study.md").read_text()
     assert "| start |" in md and "Y channel" in md and "seeds better" in md
     assert "lam on Set5crops" in " ".join(res.output.split())
+    _check_report(out, summary, tmp_path)
+
+
+def _check_report(out: Path, summary: dict, tmp_path: Path) -> None:
+    """report.html in a real browser: no console output, every image decoded, the DOM's
+    numbers those of study.json, the curves of all six runs."""
+    from tests.browser import render
+    from tests.test_report import parsed
+
+    rendered = render(out / "report.html", tmp_path / "browser")
+    assert rendered.console == []
+    dom = parsed(rendered.dom)
+    assert dom.body["data-probe-images-ok"] == "true" and dom.body["data-probe-overflow"] == "false"
+    # a Δ chart per arm (2) and one figure of curves
+    assert int(dom.body["data-probe-images"]) == 3
+    seen = 0
+    for c in dom.cells:
+        if c["kind"] == "study-score":
+            row = summary["table"][c["model"]][c["column"]]
+            digits = 2 if c["metric"] == "psnr" else 4
+            assert c["text"].split(" ± ")[0] == f"{row[c['metric']]:.{digits}f}", c
+            seen += 1
+        elif c["kind"] == "study-delta":
+            assert c["text"] == f"{summary['deltas'][c['model']]['datasets'][c['column']]['mean']:+.4f}", c
+            seen += 1
+    assert seen == 4 * 2 + 2  # 4 rows x (PSNR, SSIM) on one dataset; 2 arms' Δ
 
 
 def test_interrupted_study_resumes_without_redoing_finished_arms(bench, tmp_path):

@@ -1,8 +1,9 @@
-"""visuals.py: strip layout (exact sizes), divergence maps, heat colours, bar charts."""
+"""visuals.py: strip layout (exact sizes), divergence maps, heat colours, the Δ charts of a comparison."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from mcir_cli.visuals import (
     SEP,
     comparison_strip,
     crop_size,
-    delta_bar_chart,
     divergence_map,
     heatmap_image,
     largest_delta_images,
@@ -141,32 +141,6 @@ def test_strip_rejects_mismatched_sizes(images):
         comparison_strip(lq, base, new, gt, crop_box=(30, 0, 50, 10))
 
 
-def test_bar_chart():
-    names = ["a", "b", "c", "d", "e"]
-    deltas = [0.3, -0.2, 0.1, math.inf, -0.05]
-    chart = delta_bar_chart(names, deltas, "Set5: PSNR retrained - baseline")
-    assert chart.size == (720, 360)
-    arr = np.asarray(chart)
-    assert (arr == (46, 160, 67)).all(-1).any() and (arr == (207, 34, 46)).all(-1).any()
-    small = delta_bar_chart(names, deltas, "t", size=(200, 120))
-    assert small.size == (200, 120)
-    empty = delta_bar_chart([], [], "nothing")
-    assert empty.size == (720, 360)
-    zero = delta_bar_chart(["a"], [0.0], "zero")
-    assert zero.size == (720, 360)
-    with pytest.raises(ValueError):
-        delta_bar_chart(["a"], [], "bad")
-
-
-def test_bar_chart_green_up_red_down():
-    chart = np.asarray(delta_bar_chart(["up", "down"], [1.0, -1.0], "t", size=(300, 200)))
-    green = np.argwhere(np.all(chart == (46, 160, 67), axis=-1))
-    red = np.argwhere(np.all(chart == (207, 34, 46), axis=-1))
-    # sorted largest first: the green bar is left of and above the red one
-    assert green[:, 1].max() < red[:, 1].min()
-    assert green[:, 0].max() < red[:, 0].min()
-
-
 def test_largest_delta_images():
     d = {"a": 0.1, "b": -0.5, "c": 0.3, "d": float("nan"), "e": -0.3}
     assert largest_delta_images(d, 2) == ["b", "c"]
@@ -183,16 +157,78 @@ def test_save_image_atomic(tmp_path):
         assert back.format == "PNG" and back.size == (7, 5)
 
 
-def test_write_delta_charts(tmp_path):
-    def res(label, vals):
-        return {"conventions": {"y_channel": True, "crop_border": 4, "quantize": "uint8"},
-                "model": {"checkpoint": f"{label}.pth", "label": label},
-                "datasets": {"Set 5": {"psnr": float(np.mean(vals)), "ssim": 0.9,
-                                       "images": [{"name": f"i{k}", "psnr": v, "ssim": 0.9}
-                                                  for k, v in enumerate(vals)]}}}
+def _result(label, vals, ssim=None):
+    ssim = ssim or [0.9] * len(vals)
+    return {"conventions": {"y_channel": True, "crop_border": 4, "quantize": "uint8"},
+            "model": {"checkpoint": f"{label}.pth", "label": label},
+            "datasets": {"Set 5": {"psnr": float(np.mean(vals)), "ssim": float(np.mean(ssim)),
+                                   "images": [{"name": f"i{k}", "psnr": v, "ssim": s}
+                                              for k, (v, s) in enumerate(zip(vals, ssim))]}}}
 
-    comp = compare_results([res("b", [30.0, 31.0]), res("n", [30.5, 30.0])], n_resamples=10)
+
+@pytest.fixture
+def drawn_charts(monkeypatch):
+    """The figures write_delta_charts saves, by file name (then saved for real)."""
+    import mcir_cli.charts as charts
+
+    figures = {}
+    real = charts.save_figure
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        return real(fig, path)
+
+    monkeypatch.setattr(charts, "save_figure", keep)
+    return figures
+
+
+def _ci_extent(ax):
+    (band,) = [p for p in ax.patches if p.get_gid() == "ci"]
+    ax.get_xlim()  # the view limits are up to date
+    verts = band.get_transform().transform(band.get_path().vertices)
+    xs = ax.transData.inverted().transform(verts)[:, 0]
+    return float(xs.min()), float(xs.max())
+
+
+def test_write_delta_charts(tmp_path, drawn_charts):
+    base = [30.0, 31.0, 29.0, 28.5, 32.0, 30.2]
+    new = [30.5, 30.0, 29.3, math.inf, 32.4, 30.1]  # i3: infinite on one side, left out
+    comp = compare_results([_result("b", base), _result("n", new)], n_resamples=200)
     paths = write_delta_charts(comp, tmp_path)
     assert [p.name for p in paths] == ["delta_psnr_Set_5.png"]
     with Image.open(paths[0]) as im:
-        assert im.size == (720, 360)
+        assert im.format == "PNG" and im.size == (720, 360)
+    fig = drawn_charts["delta_psnr_Set_5.png"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    stat = comp.stat("Set 5", "n", "psnr")
+    # one bar per finite Δ, named by image, from the largest gain down
+    bars = [p for p in ax.patches if p.get_gid() == "delta"]
+    assert len(bars) == stat.n == 5
+    names = [t.get_text() for t in sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])]
+    assert names == ["i0", "i4", "i2", "i5", "i1"]
+    assert sorted(round(b.get_width(), 9) for b in bars) == [-1.0, -0.1, 0.3, 0.4, 0.5]
+    # the mean and the bootstrap CI are the comparison's own numbers
+    assert _ci_extent(ax) == pytest.approx((stat.ci_low, stat.ci_high))
+    (mean,) = [line for line in ax.lines if line.get_gid() == "mean"]
+    assert mean.get_xdata()[0] == pytest.approx(stat.mean_delta)
+    assert ax.get_xlabel() == "Δ PSNR (dB)"
+    assert fig.get_suptitle() == "Set 5: PSNR n − b, per image"
+    ticks = [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks()) if ax.get_xlim()[0] <= v <= ax.get_xlim()[1]]
+    assert "0.0" in ticks and "−0.5" in ticks and "0.5" in ticks
+    notes = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert any("1 with a non-finite Δ left out" in t for t in notes)
+
+
+def test_write_delta_charts_several_models_and_ssim(tmp_path, drawn_charts):
+    results = [_result("b", [30.0, 31.0], [0.90, 0.80]), _result("n1", [30.5, 30.0], [0.91, 0.82]),
+               _result("n 2", [30.0, 31.5], [0.90, 0.79])]
+    comp = compare_results(results, n_resamples=50)
+    paths = write_delta_charts(comp, tmp_path, metric="ssim")
+    assert [p.name for p in paths] == ["delta_ssim_Set_5_n1.png", "delta_ssim_Set_5_n_2.png"]
+    ax = drawn_charts["delta_ssim_Set_5_n_2.png"].axes[0]
+    assert ax.get_xlabel() == "Δ SSIM"
+    stat = comp.stat("Set 5", "n 2", "ssim")
+    assert _ci_extent(ax) == pytest.approx((stat.ci_low, stat.ci_high))
+    top_down = sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    assert [t.get_text() for t in top_down] == ["i0", "i1"]  # i0 unchanged, i1 lost 0.01

@@ -48,7 +48,11 @@ def _show(run: CompareRun, visuals: Path | None) -> None:
                    f"seed {comp.seed}; sign-flip permutation p):", render_evidence(comp))
     for path in run.written:
         console.print(f"written: {path}", highlight=False)
-    if run.visuals_error is not None:  # asked for and not made: the exit code says so
+    if run.report is not None:
+        if run.visuals_error is not None and visuals is None:
+            print_notes([f"the report has no comparison strips: {run.visuals_error}"])
+        console.print(f"report: {run.report}", highlight=False)
+    if run.visuals_error is not None and visuals is not None:  # asked for and not made: the exit code says so
         raise McirError(f"--visuals could not be made ({run.visuals_error}); the table and exports above are complete")
     if run.visuals is not None:
         print_notes(run.visuals["skipped"])
@@ -76,11 +80,12 @@ def compare(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores and deltas as CSV (new file).", rich_help_panel="Output"),
     latex: Optional[Path] = typer.Option(None, "--latex", help="Write a booktabs LaTeX table (new file).", rich_help_panel="Output"),
     visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts.", rich_help_panel="Output"),
-    top_k: int = typer.Option(3, help="With --visuals: strips for the k images per dataset with the largest |Δ PSNR|.", rich_help_panel="Output"),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML report (new file): table, evidence, per-image charts, strips, and training curves when the models come from run folders.", rich_help_panel="Output"),
+    top_k: int = typer.Option(3, help="With --visuals or --html: strips for the k images per dataset with the largest |Δ PSNR|.", rich_help_panel="Output"),
 ) -> None:
     """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals.
 
-    Example: mcir compare --checkpoint DCTLSA/X4.pt --checkpoint runs/mcir/model.safetensors --data Set5/ --visuals visuals/ --markdown report.md
+    Example: mcir compare --checkpoint DCTLSA/X4.pt --checkpoint runs/mcir/model.safetensors --data Set5/ --html report.html --markdown report.md
     """
     from mcir_cli.compare import Scoring, run_compare
 
@@ -106,7 +111,7 @@ def compare(
             scoring=Scoring(scale=scale, task=task, y_channel=y_channel, crop_border=crop_border,
                             device=device, tile=tile),
             exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
-            visuals=visuals, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
+            visuals=visuals, html=html, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
             progress=lambda lab, name, done, total: advance(f"{lab}: {name}", done, total),
             visuals_progress=lambda done, total: advance("visuals", done, total),
         )

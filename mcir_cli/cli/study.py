@@ -112,4 +112,4 @@ def _render(summary: dict[str, Any], root: Path) -> None:
             console.print(f"  {arm} on {d}: {s['mean']:+.3f} dB [{lo:+.3f}, {hi:+.3f}], better on {s['win_rate']:.0%} "
                           f"of (seed, image) pairs, {s['seeds_better']}/{s['seeds']} seeds, p = {s['p']:.3g} — "
                           f"{s['verdict']}", highlight=False, soft_wrap=True)
-    console.print(f"written: {root / 'study.json'}, {root / 'study.md'}", highlight=False)
+    console.print(f"written: {root / 'study.json'}, {root / 'study.md'}, {root / 'report.html'}", highlight=False)
