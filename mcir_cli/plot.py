@@ -3,7 +3,7 @@
 A run folder (`mcir retrain --output RUN`) logs one JSON object a line to `RUN/log.jsonl`:
 step records (step, l_rec, l_neg, ratio, lam, lr, grad_norm, it_s, neg_psnr) and events
 ("start", "val", "collapse", "negative_update", ..., "end"); `RUN/config.json` holds the
-run's `ratio_band`. Reading them is here; drawing is `charts.curves_figure`.
+run's `ratio_band`. Reading them is here; drawing is `curves.curves_figure`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.charts import RunCurves, chart_format, curves_figure, save_figure
+from mcir_cli.charts import chart_format, save_figure
+from mcir_cli.curves import RunCurves, curves_figure
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
@@ -99,7 +100,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunCurves:
 
 def plot_runs(runs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Draw the training curves of the run folders `runs` on one figure
-    (`charts.curves_figure`) and write it to `out` (.png, .svg or .pdf). `labels`: one per
+    (`curves.curves_figure`) and write it to `out` (.png, .svg or .pdf). `labels`: one per
     run (default: the folders' distinct names). The output is checked first (a known
     format, not an existing file: mcir never overwrites one, a folder it can be written
     in), then every run is read; each problem is one McirError line."""

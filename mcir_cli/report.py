@@ -110,7 +110,7 @@ def table_html(comp: Comparison, section: str) -> str:
                                    model=lab, column=col, metric=metric))
         rows.append(f"<tr><th>{esc(comp.delta_label(lab))}</th>{''.join(cells)}</tr>")
     sub = "".join("<th>PSNR (dB)</th><th>SSIM</th>" for _ in comp.columns)
-    return (f'<div class="scroll"><table class="scores"><thead><tr><th rowspan="2">model</th>'
+    return ('<div class="scroll"><table class="scores"><thead><tr><th rowspan="2">model</th>'
             + "".join(f'<th colspan="2">{esc(c)}</th>' for c in comp.columns)
             + f"</tr><tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
@@ -242,7 +242,8 @@ def curves_section(runs: dict[str, Path]) -> str:
     PSNR over steps), one colour per run."""
     if not runs:
         return ""
-    from mcir_cli.charts import curves_figure, figure_bytes
+    from mcir_cli.charts import figure_bytes
+    from mcir_cli.curves import curves_figure
     from mcir_cli.plot import load_run
 
     fig = curves_figure([load_run(path, label) for label, path in runs.items()])

@@ -15,14 +15,12 @@ from mcir_cli.charts import (
     GAIN,
     LOSS,
     MAX_NAMED,
-    RunCurves,
     chart_format,
-    curves_figure,
-    default_ratio_band,
     delta_figure,
     figure_bytes,
     save_figure,
 )
+from mcir_cli.curves import RunCurves, curves_figure, default_ratio_band
 from mcir_cli.errors import McirError
 
 
