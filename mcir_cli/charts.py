@@ -144,48 +144,61 @@ def delta_figure(names: Sequence[str], deltas: Sequence[float], *, metric: str =
             ax.set_yticks([])
             ax.text(0.5, 0.5, "no finite Δ to plot", transform=ax.transAxes, ha="center", va="center")
         else:
-            values = [d for _, d in finite]
-            y = [n - 1 - i for i in range(n)]  # the first (largest gain) at the top
-            colours = [GAIN if d > 0 else LOSS if d < 0 else NEUTRAL for d in values]
-            bars = ax.barh(y, values, height=0.8 if n <= MAX_NAMED else 1.0, color=colours,
-                           linewidth=0, label="_per-image Δ")
-            for bar in bars:
-                bar.set_gid("delta")
-            ax.set_ylim(-0.6, n - 0.4)
-            named, stride, font = _named_rows(n, height)
-            ax.set_yticks([y[i] for i in named], [plain_text(_short(finite[i][0])) for i in named])
-            ax.tick_params(axis="y", length=0, labelsize=font)
-            if n > MAX_NAMED:
-                rows = f" (1 row in {stride}, so that names do not overlap)" if stride > 1 else ""
-                note.append(f"names shown for the {EXTREMES_NAMED} highest and lowest Δ{rows}")
-            reach = max([abs(v) for v in values] + ([abs(mean)] if show_mean else [])  # type: ignore[arg-type]
-                        + ([abs(lo_ci), abs(hi_ci)] if show_ci else []))
-            reach = reach * 1.08 if reach > 0 else 1.0
-            ax.set_xlim(-reach, reach)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10], symmetric=True))
-            ax.grid(axis="x", color="0.9", linewidth=0.6)
-            ax.set_axisbelow(True)
+            _draw_bars(ax, finite, height, note, [mean] if show_mean else [],  # type: ignore[list-item]
+                       [lo_ci, hi_ci] if show_ci else [])
         ax.axvline(0.0, color="black", linewidth=0.9, gid="zero")
-        handles: list[Any] = []
-        wins = sum(d > 0 for _, d in finite)
-        losses = sum(d < 0 for _, d in finite)
-        if wins:
-            handles.append(Patch(color=GAIN, label=f"better ({wins})"))
-        if losses:
-            handles.append(Patch(color=LOSS, label=f"worse ({losses})"))
-        if n - wins - losses:
-            handles.append(Patch(color=NEUTRAL, label=f"unchanged ({n - wins - losses})"))
-        if show_ci:
-            handles.append(ax.axvspan(lo_ci, hi_ci, color=MEAN, alpha=0.15, linewidth=0, gid="ci", zorder=0.6,
-                                      label=plain_text(f"95 % bootstrap CI [{_num(lo_ci)}, {_num(hi_ci)}]")))
-        if show_mean:
-            handles.append(ax.axvline(mean, color=MEAN, linestyle="--", linewidth=1.3, gid="mean",  # type: ignore[arg-type]
-                                      label=plain_text(f"mean Δ {_with_unit(mean, unit)}")))  # type: ignore[arg-type]
-        if handles:  # above the bars, under the title: never over a bar
-            ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(handles), 5),
-                      frameon=False, borderaxespad=0.2)
+        _legend(ax, [d for _, d in finite], mean if show_mean else None, (lo_ci, hi_ci) if show_ci else None, unit)
         fig.supxlabel(textwrap.fill("; ".join(note), 120), fontsize=8, color="0.3")
     return fig
+
+
+def _draw_bars(ax: Any, finite: list[tuple[str, float]], height: float, note: list[str],
+               means: list[float], cis: list[float]) -> None:
+    """The bars (sorted, the largest gain at the top), their names and a symmetric x axis
+    that reaches every bar, the mean and the CI."""
+    n = len(finite)
+    values = [d for _, d in finite]
+    y = [n - 1 - i for i in range(n)]
+    colours = [GAIN if d > 0 else LOSS if d < 0 else NEUTRAL for d in values]
+    bars = ax.barh(y, values, height=0.8 if n <= MAX_NAMED else 1.0, color=colours, linewidth=0,
+                   label="_per-image Δ")
+    for bar in bars:
+        bar.set_gid("delta")
+    ax.set_ylim(-0.6, n - 0.4)
+    named, stride, font = _named_rows(n, height)
+    ax.set_yticks([y[i] for i in named], [plain_text(_short(finite[i][0])) for i in named])
+    ax.tick_params(axis="y", length=0, labelsize=font)
+    if n > MAX_NAMED:
+        rows = f" (1 row in {stride}, so that names do not overlap)" if stride > 1 else ""
+        note.append(f"names shown for the {EXTREMES_NAMED} highest and lowest Δ{rows}")
+    reach = max(abs(v) for v in [*values, *means, *cis])
+    reach = reach * 1.08 if reach > 0 else 1.0
+    ax.set_xlim(-reach, reach)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10], symmetric=True))
+    ax.grid(axis="x", color="0.9", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _legend(ax: Any, values: list[float], mean: float | None, ci: tuple[float, float] | None, unit: str) -> None:
+    """Counts of better/worse/unchanged, the CI band and the mean line, above the bars."""
+    handles: list[Any] = []
+    wins, losses = sum(d > 0 for d in values), sum(d < 0 for d in values)
+    if wins:
+        handles.append(Patch(color=GAIN, label=f"better ({wins})"))
+    if losses:
+        handles.append(Patch(color=LOSS, label=f"worse ({losses})"))
+    if len(values) - wins - losses:
+        handles.append(Patch(color=NEUTRAL, label=f"unchanged ({len(values) - wins - losses})"))
+    if ci is not None:
+        lo, hi = ci
+        handles.append(ax.axvspan(lo, hi, color=MEAN, alpha=0.15, linewidth=0, gid="ci", zorder=0.6,
+                                  label=plain_text(f"95 % bootstrap CI [{_num(lo)}, {_num(hi)}]")))
+    if mean is not None:
+        handles.append(ax.axvline(mean, color=MEAN, linestyle="--", linewidth=1.3, gid="mean",
+                                  label=plain_text(f"mean Δ {_with_unit(mean, unit)}")))
+    if handles:  # above the bars, under the title: never over a bar
+        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(len(handles), 5),
+                  frameon=False, borderaxespad=0.2)
 
 
 def _named_rows(n: int, height: float) -> tuple[list[int], int, float]:

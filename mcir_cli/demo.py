@@ -171,11 +171,7 @@ def run_demo(
                   lr=lr, schedule="constant", lam=lam, negative_steps=steps, embedding="vgg16",
                   embedding_weights=emb_weights, embedding_init=emb_init, seed=seed, device=device, cache="on")
     _retrain_both(out, train_dir, common, runs, timings, note, on_step)
-    ratio = mean_contrast_ratio(runs["mcir"] / "log.jsonl")
-    if ratio is not None and not 0.01 <= ratio <= 0.10:
-        note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
-             "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
-             + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)", "warn")
+    ratio = _check_ratio(runs["mcir"], note)
     scored = _score_and_compare(out, test_dir, start, runs, timings, device=device, top_k=top_k,
                                 n_resamples=n_resamples, seed=seed)
     timings["total"] = time.perf_counter() - t0
@@ -315,6 +311,16 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     return {"results": result_files, "comparison": comp, "head_to_head": h2h,
             "comparison_json": comparison_json, "visuals": visuals,
             "strips": [*main_vis["strips"], *h2h_vis["strips"]]}
+
+
+def _check_ratio(run: Path, note: _Notes) -> float | None:
+    """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band."""
+    ratio = mean_contrast_ratio(run / "log.jsonl")
+    if ratio is not None and not 0.01 <= ratio <= 0.10:
+        note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
+             "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
+             + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)", "warn")
+    return ratio
 
 
 def mean_contrast_ratio(log_path: Path) -> float | None:
