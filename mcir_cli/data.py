@@ -317,3 +317,20 @@ class PatchDataset(torch.utils.data.Dataset):
             t = int(torch.randint(8, (1,), generator=g))
             lq, gt = dihedral(lq, t), dihedral(gt, t)
         return lq.float().contiguous(), gt.float().contiguous()
+
+
+class RankIndices(torch.utils.data.Sampler):
+    """Sample indices of one rank, made lazily: for step k of `steps` (counted from the
+    data position `base`) the rank takes base + (k·W + rank)·B + j, j < B."""
+
+    def __init__(self, base: int, steps: int, batch: int, world: int, rank: int) -> None:
+        self.base, self.steps, self.batch, self.world, self.rank = base, steps, batch, world, rank
+
+    def __len__(self) -> int:
+        return self.steps * self.batch
+
+    def __iter__(self) -> Iterator[int]:
+        B, W = self.batch, self.world
+        for k in range(self.steps):
+            start = self.base + (k * W + self.rank) * B
+            yield from range(start, start + B)

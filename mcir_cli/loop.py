@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mcir_cli.config import TrainConfig
+from mcir_cli.data import RankIndices
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 from mcir_cli.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse
@@ -72,23 +73,6 @@ class TrainResult:
             return 128 + int(signal.Signals[self.stop_signal or "SIGINT"])
         return 1
     val_conventions: str | None = None  # how the validation PSNR was measured
-
-
-class RankIndices(torch.utils.data.Sampler):
-    """Sample indices of one rank, made lazily: for step k of `steps` (counted from the
-    data position `base`) the rank takes base + (k·W + rank)·B + j, j < B."""
-
-    def __init__(self, base: int, steps: int, batch: int, world: int, rank: int) -> None:
-        self.base, self.steps, self.batch, self.world, self.rank = base, steps, batch, world, rank
-
-    def __len__(self) -> int:
-        return self.steps * self.batch
-
-    def __iter__(self) -> Iterator[int]:
-        B, W = self.batch, self.world
-        for k in range(self.steps):
-            start = self.base + (k * W + self.rank) * B
-            yield from range(start, start + B)
 
 
 class Run:
