@@ -52,12 +52,17 @@ def check_visuals_folder(folder: Path | None) -> None:
     writable_target(folder, "--visuals folder")
 
 
+def _check_label_count(labels: Sequence[str] | None, models: int) -> None:
+    """--label names every model, in order, or none (checked before any scoring)."""
+    if labels and len(labels) != models:
+        raise McirError(f"--label given {len(labels)} time(s) for {models} models; name every model, in order")
+
+
 def _apply_labels(results: list[dict], labels: Sequence[str] | None) -> None:
     """Name the models (--label, in order); every model or none."""
     if not labels:
         return
-    if len(labels) != len(results):
-        raise McirError(f"--label given {len(labels)} time(s) for {len(results)} models; name every model, in order")
+    _check_label_count(labels, len(results))
     for res, name in zip(results, labels):
         res["model"]["label"] = name
 
@@ -88,6 +93,9 @@ def run_compare(
     made are reported in `visuals_error`, after the exports are written."""
     targets = check_export_paths({**(exports or {}), "html": html})
     check_visuals_folder(visuals)
+    if html is not None and visuals is not None and html.resolve().is_relative_to(visuals.resolve()):
+        raise McirError("--html must not be inside the --visuals folder (or be it)", html)
+    _check_label_count(labels, len(results) or len(checkpoints))
     loaded: list[Any] = []
     datasets: dict[str, Any] | None = None
     if results:
@@ -102,6 +110,7 @@ def run_compare(
         if visuals is not None:
             _draw(run, result_dicts, list(results), loaded, datasets, visuals, top_k, scoring, visuals_progress)
         return run
+    html.parent.mkdir(parents=True, exist_ok=True)  # as every other output's folder is made
     with tempfile.TemporaryDirectory(dir=html.parent, prefix=f".{html.name}.") as scratch:
         folder = visuals if visuals is not None else Path(scratch)
         _draw(run, result_dicts, list(results), loaded, datasets, folder, top_k, scoring, visuals_progress)

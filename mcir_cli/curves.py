@@ -20,6 +20,9 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mcir_cli.charts import BAND, chart_style, new_figure, plain_text
 
+# one dash pattern per run (with its colour): a run drawn exactly over another still shows
+DASHES: tuple[Any, ...] = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2)))
+
 
 @dataclass
 class RunCurves:
@@ -146,6 +149,7 @@ def curves_figure(runs: Mapping[str, Sequence[dict[str, Any]]] | Sequence[RunCur
                 colour = colours[j % len(colours)]
                 for xs, ys in segments:
                     ax.plot(xs, ys, color=colour, linewidth=1.3, label=plain_text(run.label),
+                            linestyle=DASHES[j % len(DASHES)],  # runs that coincide stay visible
                             marker="o" if panel.key == "psnr" else None, markersize=3.5)
                     values += ys
             if _log_scale(values, always=panel.key != "ratio") and panel.key != "psnr":
@@ -160,7 +164,8 @@ def curves_figure(runs: Mapping[str, Sequence[dict[str, Any]]] | Sequence[RunCur
                         ax.axvline(_value(r["step"]), color=colours[j % len(colours)], linestyle=":",
                                    linewidth=1.4, gid="collapse")
         handles: list[Any] = [Line2D([], [], color=colours[j % len(colours)], linewidth=2,
-                                     label=plain_text(run.label)) for j, run in enumerate(items)]
+                                     linestyle=DASHES[j % len(DASHES)], label=plain_text(run.label))
+                              for j, run in enumerate(items)]
         if any(r.get("event") == "collapse" for run in items for r in run.records):
             handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1.4,
                                   label="collapse (rolled back)"))

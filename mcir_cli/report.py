@@ -130,7 +130,7 @@ def stats_html(comp: Comparison, section: str) -> str:
                   column=s.dataset, metric=s.metric, field="ci"),
             _cell(f"{s.wins}/{s.n}", section=section, kind="stat", model=s.new_label, column=s.dataset,
                   metric=s.metric, field="wins"),
-            _cell(f"{s.p_value:.3g}", section=section, kind="stat", model=s.new_label, column=s.dataset,
+            _cell(f"{s.p_value:.3f}" if s.p_value >= 0.001 else "< 0.001", section=section, kind="stat", model=s.new_label, column=s.dataset,
                   metric=s.metric, field="p_value"),
         ]
         rows.append(f"<tr>{''.join(cells)}</tr>")

@@ -157,3 +157,48 @@ def test_an_existing_report_is_never_overwritten(report, imdn):
     assert r.exit_code == 2
     assert "report.html" in r.stderr and "exists" in r.stderr and "Traceback" not in r.stderr
     assert report["page"].read_bytes() == before
+
+
+def test_html_outputs_are_checked_before_any_work(report, imdn):
+    set5 = str(report["root"] / "set5")
+    base = ["compare", "--checkpoint", str(imdn), "--checkpoint", str(imdn), "--data", set5]
+    out = report["root"] / "checks"
+    # --html inside (or equal to) --visuals: refused before scoring, nothing written
+    r = runner.invoke(app, [*base, "--visuals", str(out / "vis"), "--html", str(out / "vis" / "r.html"),
+                            "--json", str(out / "a.json")])
+    assert r.exit_code == 2 and "inside the --visuals folder" in r.stderr
+    # a --label count that does not fit: refused before scoring
+    r = runner.invoke(app, [*base, "--label", "only-one", "--json", str(out / "a.json")])
+    assert r.exit_code == 2 and "--label given 1 time(s) for 2 models" in r.stderr
+    assert not (out / "a.json").exists()
+    # a new folder for --html is made, as for every other output; no temporary folder is left
+    page = out / "new" / "deeper" / "r.html"
+    r = runner.invoke(app, [*base, "--html", str(page), "--resamples", "100", "--top-k", "1"])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert [p.name for p in page.parent.iterdir()] == ["r.html"]
+
+
+def test_sigterm_while_the_report_is_made_leaves_no_temporary_folder(report, imdn):
+    """SIGTERM (a scheduler's stop) unwinds like Ctrl-C: exit 143, the temporary strips
+    folder beside the report removed, no report half written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = report["root"] / "term"
+    out.mkdir()
+    page = out / "r.html"
+    proc = subprocess.Popen([sys.executable, "-m", "mcir_cli", "compare", "--checkpoint", str(imdn),
+                             "--checkpoint", str(report["run"] / "model.safetensors"), "--data",
+                             str(report["root"] / "set5"), "--html", str(page), "--resamples", "100"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".r.html.") for p in out.iterdir()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the temporary folder never appeared"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert list(out.iterdir()) == []

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,8 +127,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 _UsageError = typer.BadParameter.__mro__[1]
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """The `mcir` entry point: usage errors are one line, like every other error."""
+    """The `mcir` entry point: usage errors are one line, like every other error; a
+    SIGTERM unwinds like Ctrl-C (temporary files removed) and exits 143."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except _UsageError as exc:

@@ -56,7 +56,8 @@ def _show(run: CompareRun, visuals: Path | None) -> None:
         raise McirError(f"--visuals could not be made ({run.visuals_error}); the table and exports above are complete")
     if run.visuals is not None:
         print_notes(run.visuals["skipped"])
-        console.print(f"visuals: {len(run.visuals['strips'])} strips and {len(run.visuals['charts'])} charts "
+        n_s, n_c = len(run.visuals["strips"]), len(run.visuals["charts"])
+        console.print(f"visuals: {n_s} strip{'s' * (n_s != 1)} and {n_c} chart{'s' * (n_c != 1)} "
                       f"in {visuals}", highlight=False)
 
 

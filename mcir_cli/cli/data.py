@@ -61,8 +61,7 @@ def data_inspect(
         ("pairs", f"{len(found.pairs):,}"),
     ]
     problems = pair_size_problems(found)
-    rows.append(("sizes", f"{len(problems):,} of {len(found.pairs):,} pairs do not match (see below)" if problems
-                 else "every pair's input and ground truth match (file headers)"))
+    rows.append(("sizes", _sizes_text(found, problems)))
     notes += found.notes
     if notes:
         rows.append(("notes", "\n".join(notes)))
@@ -72,8 +71,17 @@ def data_inspect(
     _show_pairs(found, show)
     if problems:
         pair, problem = problems[0]
-        more = f" ({len(problems) - 1} more pairs like it)" if len(problems) > 1 else ""
+        more = f" ({len(problems) - 1} more pair{'s' * (len(problems) > 2)} like it)" if len(problems) > 1 else ""
         raise McirError(f"{problem}{more}", pair.lq or pair.gt)
+
+
+def _sizes_text(found: Any, problems: list) -> str:
+    if problems:
+        return f"{len(problems):,} of {len(found.pairs):,} pairs do not match (the first is named below)"
+    if all(p.lq is None for p in found.pairs):
+        return ("no input files: inputs are made from each ground truth" +
+                (f" (cropped to a multiple of {found.scale} first)" if found.task == "sr" else ""))
+    return "every pair's input and ground truth match (file headers)"
 
 
 def _show_pairs(found: Any, show: int) -> None:
