@@ -36,6 +36,8 @@ from mcir_cli.fsutil import writable_target
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
 
+RETRAIN_LABELS = {"plain": "plain fine-tuning", "mcir": "MCIR"}  # run name -> label in every table
+
 OnStep = Callable[[str, int, int], None]  # (run name, step, total)
 
 
@@ -194,7 +196,7 @@ def _write_report(r: DemoResult, strips: list[Path]) -> None:
     from mcir_cli.plot import plot_runs
     from mcir_cli.report import comparison_report, write_report
 
-    runs = {label: r.runs[key] for key, label in (("plain", "plain fine-tuning"), ("mcir", "MCIR"))}
+    runs = {label: r.runs[key] for key, label in RETRAIN_LABELS.items()}
     plot_runs(list(runs.values()), r.curves, labels=list(runs))
     write_report(r.report, comparison_report(
         r.comparison, strips=strips, strips_root=r.output / "visuals", runs=runs, title="mcir demo",
@@ -284,7 +286,7 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     from mcir_cli.visual_sources import write_comparison_visuals
 
     t = time.perf_counter()
-    labels = {"start": start["label"], "plain": "plain fine-tuning", "mcir": "MCIR"}
+    labels = {"start": start["label"], **RETRAIN_LABELS}
     ckpts = {"start": Path(start["ckpt"]), "plain": runs["plain"] / "model.safetensors",
              "mcir": runs["mcir"] / "model.safetensors"}
     models, results, result_files = {}, {}, {}

@@ -22,6 +22,7 @@ from typing import Any
 
 from mcir_cli.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, score_cells, to_dict
 from mcir_cli.results import Comparison, conventions_text, render_evidence
+from mcir_cli.stats import PairedStats, fmt_p
 
 _CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --gain: #1e7f3c; --loss: #b3261e; }
@@ -117,26 +118,23 @@ def table_html(comp: Comparison, section: str) -> str:
 
 def stats_html(comp: Comparison, section: str) -> str:
     """Paired statistics per later model and dataset (PSNR and SSIM)."""
-    rows = []
-    for s in comp.stats:
-        fmt = fmt_dpsnr if s.metric == "psnr" else fmt_dssim
-        cells = [
-            f"<td>{esc(s.new_label)}</td><td>{esc(s.dataset)}</td><td>{esc(s.metric.upper())}</td>",
-            _cell(str(s.n), section=section, kind="stat", model=s.new_label, column=s.dataset,
-                  metric=s.metric, field="n"),
-            _cell(fmt(s.mean_delta), cls=_sign_class(s.mean_delta), section=section, kind="stat",
-                  model=s.new_label, column=s.dataset, metric=s.metric, field="mean_delta"),
-            _cell(f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", section=section, kind="stat", model=s.new_label,
-                  column=s.dataset, metric=s.metric, field="ci"),
-            _cell(f"{s.wins}/{s.n}", section=section, kind="stat", model=s.new_label, column=s.dataset,
-                  metric=s.metric, field="wins"),
-            _cell(f"{s.p_value:.3f}" if s.p_value >= 0.001 else "< 0.001", section=section, kind="stat", model=s.new_label, column=s.dataset,
-                  metric=s.metric, field="p_value"),
-        ]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
+    rows = "".join(_stat_row(s, section) for s in comp.stats)
     return ('<div class="scroll"><table class="stats"><thead><tr><th>model</th><th>dataset</th>'
             "<th>metric</th><th>images</th><th>mean Δ</th><th>95 % CI</th><th>better on</th><th>p</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+            f"</tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _stat_row(s: PairedStats, section: str) -> str:
+    fmt = fmt_dpsnr if s.metric == "psnr" else fmt_dssim
+
+    def cell(text: str, name: str, cls: str = "") -> str:
+        return _cell(text, cls=cls, section=section, kind="stat", model=s.new_label, column=s.dataset,
+                     metric=s.metric, field=name)
+
+    return (f"<tr><td>{esc(s.new_label)}</td><td>{esc(s.dataset)}</td><td>{esc(s.metric.upper())}</td>"
+            + cell(str(s.n), "n") + cell(fmt(s.mean_delta), "mean_delta", _sign_class(s.mean_delta))
+            + cell(f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", "ci") + cell(f"{s.wins}/{s.n}", "wins")
+            + cell(fmt_p(s.p_value), "p_value") + "</tr>")
 
 
 def per_image_html(comp: Comparison, dataset: str, section: str) -> str:
@@ -324,7 +322,7 @@ def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tu
             rows.append(f"<tr><td>{esc(d)}</td>"
                         + _cell(f"{s['mean']:+.4f}", cls=_sign_class(s["mean"]), section="study", kind="study-delta",
                                 model=arm, column=d, metric="psnr")
-                        + f"<td>[{lo:+.4f}, {hi:+.4f}]</td><td>{s['win_rate']:.0%}</td><td>{s['p']:.3g}</td>"
+                        + f"<td>[{lo:+.4f}, {hi:+.4f}]</td><td>{s['win_rate']:.0%}</td><td>{fmt_p(s['p'])}</td>"
                         f"<td>{s['seeds_better']}/{s['seeds']}</td><td>{esc(s['verdict'])}</td></tr>")
         out.append(f"<h3>{esc(arm)} <span class=\"muted\">({esc(info['settings'])})</span></h3>"
                    '<div class="scroll"><table class="stats"><thead><tr><th>dataset</th><th>Δ dB</th>'

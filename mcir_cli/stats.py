@@ -137,8 +137,15 @@ def _fmt_ci(x: float, metric: str) -> str:
     return f"{x:+.4f}" if metric == "ssim" else f"{x:+.2f}"
 
 
+def fmt_p(p: float) -> str:
+    """A p-value as every table shows it: 3 decimals, "< 0.001" below, "-" when undefined."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if math.isfinite(p) else "-"
+
+
 def _fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    """The p of a sentence: "p = 0.953", "p < 0.001"."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def verdict(stats: PairedStats, with_labels: bool = False) -> str:

@@ -3,10 +3,11 @@ arm's Δ vs plain fine-tuning paired over images *and* seeds, with a verdict."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
+
+from mcir_cli.stats import fmt_p
 
 RESAMPLES = 10_000
 
@@ -120,10 +121,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         for d, s in info["datasets"].items():
             lo, hi = s["ci"]
             lines.append(f"| {d} | {s['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {s['win_rate']:.0%} | "
-                         f"{_fmt_p(s['p'])} | {s['seeds_better']}/{s['seeds']} | {s['verdict']} |")
+                         f"{fmt_p(s['p'])} | {s['seeds_better']}/{s['seeds']} | {s['verdict']} |")
         lines.append("")
     return "\n".join(lines)
 
-
-def _fmt_p(p: float) -> str:
-    return "< 0.001" if p < 1e-3 else f"{p:.3f}" if math.isfinite(p) else "-"
