@@ -60,6 +60,8 @@ class TrainConfig(Hyperparameters, _Inputs):
     amp: str | None = None  # None = auto: fp32 everywhere (speed.precision_decision says why)
     train_bn: bool = False
     noise_sigma: float | None = None
+    degradation: str | None = None  # "realesrgan": inputs made on the fly from the HR images
+    degradation_settings: dict[str, Any] | None = None  # all of them, resolved by make_config
     val_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     log_every: int = 1
@@ -213,6 +215,7 @@ def make_config(
     base["recipe_note"] = note + scale_note
     base.update({k: v for k, v in overrides.items() if v is not None})
     _resolve_steps(base)
+    _resolve_degradation(base, preset)
     # absolute paths: config.json must let a resume (or a reader) find them from any folder
     if base.get("val"):  # one folder or several
         vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
@@ -223,6 +226,20 @@ def make_config(
         data=[absolute(d) for d in data], output=absolute(output),
         checkpoint=absolute(checkpoint) if checkpoint else None, model=model, scale=scale, **base,
     )
+
+
+def _resolve_degradation(base: dict[str, Any], preset: Any) -> None:
+    """--degradation: every setting written out (the preset's [degradation] table, then the
+    ones given), so config.json alone rebuilds the same batches on a resume."""
+    from mcir_cli.degradation_config import settings_from_dict
+
+    if preset is not None and preset.degradation and base.get("degradation") in (None, preset.degradation):
+        base["degradation"] = preset.degradation
+        base["degradation_settings"] = {**preset.degradation_settings, **(base.get("degradation_settings") or {})}
+    if base.get("degradation"):
+        base["degradation_settings"] = settings_from_dict(base.get("degradation_settings")).to_json()
+    elif base.get("degradation_settings"):
+        raise McirError("degradation settings were given without --degradation realesrgan")
 
 
 def absolute(path: str | Path) -> str:
@@ -305,6 +322,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for section, names in (("recipe", {}), ("spn", {**_SPN_AS, "lambda": "lam"})):
         for key, value in (raw.pop(section, None) or {}).items():
             flat[names.get(key, key)] = value
+    if isinstance(raw.get("degradation"), dict):  # the [degradation] table: its settings, checked here
+        from mcir_cli.degradation_config import split_table
+
+        flat["degradation"], flat["degradation_settings"] = split_table(raw.pop("degradation"), path)
     for key, value in raw.items():
         flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
@@ -319,6 +340,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                             "negative_steps)", path)
         if key == "lam" and value == "auto":
             out["lam_auto"] = True
+            continue
+        if key == "degradation_settings":
+            out[key] = value
             continue
         out[key] = _typed(key, value, fields[key], path)
     return out

@@ -35,6 +35,8 @@ def study(
     arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
     iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
+    degradation: Optional[str] = typer.Option(None, help="realesrgan: every run's SR inputs made on the fly by Real-ESRGAN's degradation (default: a preset's); benchmark with `mcir data degrade` copies.", rich_help_panel="Data"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a [degradation] table changing the published defaults.", rich_help_panel="Data"),
     batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16).", rich_help_panel="Optimisation"),
     patch: Optional[int] = typer.Option(None, help="Input patch size (default: preset or 48/128).", rich_help_panel="Optimisation"),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: as `mcir retrain`: where a preset's schedule ends; bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
@@ -66,6 +68,9 @@ def study(
                                                      ("embedding_init", embedding_init)) if v is not None}
         if embedding_weights is not None:
             common["embedding_weights"] = str(embedding_weights)
+        from mcir_cli.degradation_config import degradation_flags
+
+        common.update({k: v for k, v in degradation_flags(degradation, degradation_config).items() if v is not None})
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
         plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint), model=model, scale=scale, arms=arms,
                          seeds=_seeds(seeds), iters=iters, common=common, device=device)
