@@ -238,6 +238,8 @@ def _resolve_degradation(base: dict[str, Any], preset: Any) -> None:
         base["degradation_settings"] = {**preset.degradation_settings, **(base.get("degradation_settings") or {})}
     if base.get("degradation"):
         base["degradation_settings"] = settings_from_dict(base.get("degradation_settings")).to_json()
+        base["recipe_note"] = (base.get("recipe_note", "") + "; inputs made on the fly from the HR images by "
+                               "Real-ESRGAN's second-order degradation, on the run's device (settings in config.json)")
     elif base.get("degradation_settings"):
         raise McirError("degradation settings were given without --degradation realesrgan")
 

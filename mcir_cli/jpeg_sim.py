@@ -4,8 +4,8 @@ non-differentiable mode). As DiffJPEG: full-range YCbCr (JFIF), 4:2:0 chroma by 
 orthonormal 8x8 DCT, quantisation by the standard luma/chroma tables scaled by libjpeg's
 quality factor (5000/q below 50, 200 − 2q above) *without* libjpeg's integer rounding,
 rounding, dequantisation, inverse DCT, nearest-neighbour chroma upsampling, RGB clamped to
-[0, 1]. No entropy coding (it is lossless). A quality may be fractional (Real-ESRGAN draws
-it uniformly); it is per image.
+[0, 1], in float32 (as DiffJPEG: fast on any GPU). No entropy coding (it is lossless). A
+quality may be fractional (Real-ESRGAN draws it uniformly); it is per image.
 
 Where it departs from DiffJPEG, towards libjpeg: the tables are in the JPEG standard's
 orientation (DiffJPEG stores them transposed: its DCT indexes blocks (x, y) but reads the
@@ -39,13 +39,13 @@ def _dct_matrix(device: torch.device) -> Tensor:
     x = torch.arange(8, dtype=torch.float64, device=device)
     d = torch.cos((2 * x[None, :] + 1) * x[:, None] * torch.pi / 16)
     d[0] *= 2**-0.5
-    return d * 0.5
+    return (d * 0.5).float()
 
 
 def _tables(device: torch.device) -> tuple[Tensor, Tensor]:
-    luma = torch.tensor(_LUMA, dtype=torch.float64, device=device)
-    chroma = torch.full((8, 8), 99.0, dtype=torch.float64, device=device)
-    chroma[:4, :4] = torch.tensor(_CHROMA_CORNER, dtype=torch.float64, device=device)
+    luma = torch.tensor(_LUMA, dtype=torch.float32, device=device)
+    chroma = torch.full((8, 8), 99.0, dtype=torch.float32, device=device)
+    chroma[:4, :4] = torch.tensor(_CHROMA_CORNER, dtype=torch.float32, device=device)
     return luma, chroma
 
 
@@ -67,11 +67,11 @@ def jpeg(images: Tensor, quality: Tensor) -> Tensor:
     if c != 3:
         raise ValueError(f"JPEG compression takes RGB images (got {c} channels)")
     dtype, dev = images.dtype, images.device
-    x = F.pad(images.double() * 255.0, (0, (-w) % 16, 0, (-h) % 16), mode="replicate")
-    ycc = torch.einsum("ij,bjhw->bihw", torch.tensor(_TO_YCC, dtype=torch.float64, device=dev), x)
+    x = F.pad(images.float() * 255.0, (0, (-w) % 16, 0, (-h) % 16), mode="replicate")
+    ycc = torch.einsum("ij,bjhw->bihw", torch.tensor(_TO_YCC, device=dev), x)
     ycc[:, 1:] += 128.0
     chroma = F.avg_pool2d(ycc[:, 1:], 2)
-    factor = quality_factor(quality.to(dev))[:, None, None]
+    factor = quality_factor(quality.to(dev)).float()[:, None, None]
     luma_t, chroma_t = _tables(dev)
     dct = _dct_matrix(dev)
     # steps below 1 (quality above 95) clamped to 1 as libjpeg does; DiffJPEG divides by 0 at q = 100
@@ -81,5 +81,5 @@ def jpeg(images: Tensor, quality: Tensor) -> Tensor:
     cr = _code_plane(chroma[:, 1], chroma_t, dct)
     up = torch.stack([cb, cr], 1).repeat_interleave(2, -2).repeat_interleave(2, -1) - 128.0
     ycc = torch.cat([y[:, None], up], 1)
-    rgb = torch.einsum("ij,bjhw->bihw", torch.tensor(_TO_RGB, dtype=torch.float64, device=dev), ycc)
+    rgb = torch.einsum("ij,bjhw->bihw", torch.tensor(_TO_RGB, device=dev), ycc)
     return (rgb.clamp(0, 255) / 255.0)[..., :h, :w].to(dtype)

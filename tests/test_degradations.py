@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from mcir_cli.blur_kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
 from mcir_cli.cli import app
+from mcir_cli.config import load_config_file
 from mcir_cli.degradation_config import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
 from mcir_cli.degradations import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
 from mcir_cli.errors import McirError
@@ -201,6 +202,10 @@ def test_bad_settings_are_one_line(tmp_path: Path):
         read_table_file(bad)
     with pytest.raises(McirError, match="jpeg_range"):
         settings_from_dict({"jpeg_range": [0, 95]})
+    run_file = tmp_path / "run.toml"  # the same table in a run file (retrain --config)
+    run_file.write_text("iters = 3\n[degradation]\ntype = \"realesrgan\"\nresize_range = [1.5, 0.15]\n")
+    with pytest.raises(McirError, match=r"run\.toml: \[degradation\] resize_range: low end 1.5 exceeds high end 0.15"):
+        load_config_file(run_file)
     res = CliRunner().invoke(app, ["retrain", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth")),
                                    "--data", str(tmp_path), "--degradation-config", str(bad), "-o", str(tmp_path / "r")])
     out = res.output.strip()
