@@ -28,6 +28,7 @@ from mcir_cli.degradations import apply_plan, batch_generators, draw_plan
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import atomic_write_text, confined, writable_target
 from mcir_cli.imageio import read_image, write_image
+from mcir_cli.inference import resolve_device
 
 LR_FOLDER = "LR_realesrgan"
 
@@ -85,9 +86,9 @@ def degrade_dataset(source: str | Path, output: str | Path, scale: int, *, seed:
     if scale < 2:
         raise McirError(f"--scale must be 2 or more for a super-resolution copy (got {scale})")
     resolved = settings_from_dict(settings)
+    dev = resolve_device(device)
     _check_output(out)
     dataset = discover(source, scale, "sr")
-    dev = torch.device(device)
     images = []
     with _staged(out) as staging:
         assert staging is not None

@@ -9,16 +9,15 @@ run."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
+from benchmarks.jpeg_vs_libjpeg import libjpeg, psnr  # the measurement docs/datasets.md records
 from mcir_cli.blur_kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
 from mcir_cli.cli import app
 from mcir_cli.config import load_config_file
@@ -147,28 +146,17 @@ def test_kernels_follow_basicsr_definitions():
     assert usm[25, 25] / usm[25, 33] == pytest.approx(math.exp(0.5), rel=1e-12)
 
 
-def _pillow_jpeg(img: torch.Tensor, q: int) -> torch.Tensor:
-    buf = io.BytesIO()
-    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=q)
-    return torch.from_numpy(np.asarray(Image.open(buf), dtype=np.float32) / 255).permute(2, 0, 1)
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a * 255).round() - (b * 255).round()).double().pow(2).mean())
-    return 10 * math.log10(255**2 / mse)
-
-
 def test_jpeg_is_close_to_libjpeg():
     """Measured on this crop: ours vs Pillow's libjpeg 37-42 dB; each one's loss against the
     clean image within 1.3 dB of the other's (docs/datasets.md)."""
     img = read_image(shared_path("data", "sr", "Set5", "HR", "butterfly.png"))[:, :250, :250]
     for q in (10, 50, 90):
-        ours, pil = jpeg(img[None], torch.tensor([float(q)]))[0], _pillow_jpeg(img, q)
-        assert _psnr(ours, pil) > 36, q
-        assert abs(_psnr(ours, img) - _psnr(pil, img)) < 1.5, q
+        ours, pil = jpeg(img[None], torch.tensor([float(q)]))[0], libjpeg(img, q)
+        assert psnr(ours, pil) > 36, q
+        assert abs(psnr(ours, img) - psnr(pil, img)) < 1.5, q
     batch = jpeg(torch.stack([img, img]), torch.tensor([10.0, 90.0]))  # per-image quality in one call
     assert torch.equal(batch[0], jpeg(img[None], torch.tensor([10.0]))[0])
-    assert _psnr(batch[1], img) > _psnr(batch[0], img) + 5
+    assert psnr(batch[1], img) > psnr(batch[0], img) + 5
     assert torch.isfinite(jpeg(img[None], torch.tensor([100.0]))).all()
 
 

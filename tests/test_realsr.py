@@ -6,6 +6,7 @@ without ground truth) and a study."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,26 @@ runner = CliRunner()
 SMALL = {"crop_pad_size": 48}  # the degraded HR crop (Real-ESRGAN: 400): small for a CPU test
 
 
+def _basicsr_key(key: str) -> str:
+    """spandrel's RRDBNet key (old ESRGAN layout) -> BasicSR's rrdbnet_arch.py name, as
+    Real-ESRGAN's released files have them (one RRDB block)."""
+    key = re.sub(r"^model\.1\.sub\.0\.RDB(\d)\.conv(\d)\.0\.", r"body.0.rdb\1.conv\2.", key)
+    key = re.sub(r"^model\.1\.sub\.1\.", "conv_body.", key)
+    for index, name in (("0", "conv_first"), ("3", "conv_up1"), ("6", "conv_up2"), ("8", "conv_hr"), ("10", "conv_last")):
+        key = re.sub(rf"^model\.{index}\.", f"{name}.", key)
+    return key
+
+
 @pytest.fixture(scope="module")
 def tiny_rrdb(tmp_path_factory) -> Path:
-    """RRDBNet x4 from spandrel's ESRGAN class (8 features, 1 block), as a bare state dict."""
+    """RRDBNet x4 from spandrel's ESRGAN class (8 features, 1 block), saved as Real-ESRGAN
+    saves RealESRNet_x4plus.pth: BasicSR's key names under `params_ema`."""
     from spandrel.architectures.ESRGAN import ESRGAN
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("rrdb") / "tiny_rrdb.pth"
-    torch.save(ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).state_dict(), path)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4)
+    torch.save({"params_ema": {_basicsr_key(k): v for k, v in net.state_dict().items()}}, path)
     return path
 
 
@@ -99,6 +112,8 @@ def test_retrain_evaluate_compare_study(tiny_rrdb, settings_file, degraded, tmp_
         "--degradation", "realesrgan", "--degradation-config", str(settings_file), "--val", str(degraded),
         "--iters", "2", "--batch", "2", "--patch", "8", "--embedding", "pixel", "--device", "cpu", "-o", str(run)])
     assert res.exit_code == 0, res.output
+    written = torch.load(run / "model.pth", weights_only=True)  # in the input's own layout
+    assert list(written) == ["params_ema"] and "body.0.rdb1.conv1.weight" in written["params_ema"]
     scored = tmp_path / "retrained.json"
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--data", str(degraded),
                               "--device", "cpu", "-o", str(scored)])

@@ -110,7 +110,7 @@ def data_degrade(
     scale: int = typer.Option(4, help="SR scale of the inputs made.", rich_help_panel="Degradation"),
     seed: int = typer.Option(0, help="Seed: the same seed and settings give the same files.", rich_help_panel="Degradation"),
     degradation_config: Optional[Path] = typer.Option(None, help="TOML with a [degradation] table changing the published defaults (Real-ESRGAN's option names).", rich_help_panel="Degradation"),
-    device: str = typer.Option("cpu", help="cpu | cuda: where the degradation runs (the noise differs between them).", rich_help_panel="Degradation"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the degradation runs (the noise of a CUDA copy differs from a CPU copy's; degradation.json says which).", rich_help_panel="Degradation"),
 ) -> None:
     """A benchmark copy degraded once by Real-ESRGAN's second-order degradation.
 
