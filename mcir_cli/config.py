@@ -233,6 +233,9 @@ def _resolve_degradation(base: dict[str, Any], preset: Any) -> None:
     ones given), so config.json alone rebuilds the same batches on a resume."""
     from mcir_cli.degradation_config import settings_from_dict
 
+    if base.get("degradation") == "none":  # a preset's degradation turned off: its folders' own LR
+        base["degradation"] = base["degradation_settings"] = None
+        return
     if preset is not None and preset.degradation and base.get("degradation") in (None, preset.degradation):
         base["degradation"] = preset.degradation
         base["degradation_settings"] = {**preset.degradation_settings, **(base.get("degradation_settings") or {})}

@@ -180,7 +180,7 @@ def check_degradation(name: str | None, settings: dict[str, Any] | None, task: s
     if name is None:
         return
     if name not in DEGRADATIONS:
-        raise McirError(f"--degradation must be one of {', '.join(DEGRADATIONS)} (got {name!r})")
+        raise McirError(f"--degradation must be {' or '.join(DEGRADATIONS)}, or none (got {name!r})")
     if task not in (None, "sr"):
         raise McirError(f"--degradation {name} makes super-resolution inputs; --task is {task}")
     settings_from_dict(settings)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from benchmarks.jpeg_vs_libjpeg import libjpeg, psnr  # the measurement docs/datasets.md records
 from mcir_cli.blur_kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
 from mcir_cli.cli import app
-from mcir_cli.config import load_config_file
+from mcir_cli.config import load_config_file, make_config
 from mcir_cli.degradation_config import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
 from mcir_cli.degradations import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
 from mcir_cli.errors import McirError
@@ -211,3 +211,7 @@ def test_preset_carries_the_published_settings():
     assert settings_from_dict(preset.degradation_settings) == DEFAULTS
     r = preset.recipe
     assert (r.lr, r.betas, r.batch, r.patch, r.loss, r.ema_decay) == (2e-4, (0.9, 0.99), 48, 64, "l1", 0.999)
+    cfg = make_config(["DF2K"], "run", model="realesrnet-x4plus", degradation_settings={"noise_range": [1, 10]})
+    assert cfg.degradation == "realesrgan" and cfg.lr == 2e-4  # where its (constant) schedule ends
+    assert settings_from_dict(cfg.degradation_settings) == RealESRGANSettings(noise_range=(1.0, 10.0))
+    assert make_config(["DF2K"], "run", model="realesrnet-x4plus", degradation="none").degradation is None
