@@ -207,11 +207,12 @@ def restore_images(
         raise McirError("--quality is for JPEG and WebP outputs (PNG, TIFF and BMP are lossless)")
     net = loaded or load_model(checkpoint, model)
     _model_channels(net)
+    net.restorer.eval()  # before --tile auto's probe too (BatchNorm statistics stay)
     notes, largest = _check_all(net, jobs)
     settings, reason, more = _settings(net, device, tile, overlap, tile_batch, amp, largest)
     result = RestoreResult(skipped=skipped, settings=settings, tile_reason=reason, notes=notes + more,
                            model={"label": net.label, "architecture": net.architecture, "scale": net.scale})
-    net.restorer.to(settings.device).eval()
+    net.restorer.to(settings.device)
     for i, job in enumerate(jobs):
         photo = restore_photo(net, read_photo(job.source), settings)
         result.written.append(write_photo(job.target, photo, job.format, quality, net.scale))
