@@ -34,7 +34,7 @@ from mcir_cli.photos import Photo, read_photo, write_photo
 from mcir_cli.restore_plan import Job, plan_jobs
 
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as OpenCV's BGR2GRAY that chaiNNer uses
-Progress = Callable[[int, int, str], None]  # (done, total, the image just written)
+Progress = Callable[[str, int, int], None]  # (stage: "checking" or "restoring", images done, total)
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def restore_images(
     net = loaded or load_model(checkpoint, model)
     _model_channels(net)
     net.restorer.eval()  # before --tile auto's probe too (BatchNorm statistics stay)
-    notes, largest = _check_all(net, jobs)
+    notes, largest = _check_all(net, jobs, progress)
     settings, reason, more = _settings(net, device, tile, overlap, tile_batch, amp, largest)
     result = RestoreResult(skipped=skipped, settings=settings, tile_reason=reason, notes=notes + more,
                            model={"label": net.label, "architecture": net.architecture, "scale": net.scale})
@@ -217,17 +217,19 @@ def restore_images(
         photo = restore_photo(net, read_photo(job.source), settings)
         result.written.append(write_photo(job.target, photo, job.format, quality, net.scale))
         if progress is not None:
-            progress(i + 1, len(jobs), str(job.source))
+            progress("restoring", i + 1, len(jobs))
     return result
 
 
-def _check_all(model: LoadedModel, jobs: list[Job]) -> tuple[list[str], tuple[int, int]]:
+def _check_all(model: LoadedModel, jobs: list[Job], progress: Progress | None) -> tuple[list[str], tuple[int, int]]:
     """Every image decoded once before any work: notes, and the largest (H, W) seen."""
     notes: list[str] = []
     largest = (0, 0)
-    for job in jobs:
+    for i, job in enumerate(jobs):
         photo = read_photo(job.source)
         notes += check_photo(model, photo, job)
         h, w = photo.pixels.shape[1:]
         largest = max(largest, (h, w), key=lambda s: s[0] * s[1])
+        if progress is not None:
+            progress("checking", i + 1, len(jobs))
     return notes, largest

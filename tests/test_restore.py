@@ -232,7 +232,7 @@ def test_tiled_equals_untiled(tmp_path, dncnn_path, imdn_path):
     within one 8-bit level (float sums). IMDN's channel attention uses whole-tile
     statistics, so its tiles differ slightly: PSNR tiled vs untiled >= 45 dB (measured
     52.1 dB on this crop, 8-bit levels)."""
-    Image.open(shared_path("data", "denoise", "Set12_gray", "02.png")).crop((60, 60, 156, 156)).save(tmp_path / "g.png")
+    Image.open(shared_path("data", "denoise", "Set12_gray", "02.png")).crop((60, 60, 120, 120)).save(tmp_path / "g.png")
     _run(str(tmp_path / "g.png"), "-o", str(tmp_path / "whole.png"), "--checkpoint", dncnn_path, "--tile", "none")
     out = _run(str(tmp_path / "g.png"), "-o", str(tmp_path / "tiled.png"), "--checkpoint", dncnn_path,
                "--tile", "48", "--tile-overlap", "34", "--tile-batch", "3")
@@ -301,12 +301,25 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, imdn_path):
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize("in_nc, out_nc, message", [(4, 3, "takes 4 channels and gives 3"),
+                                                    (4, 4, "takes 4-channel input")])
+def test_models_with_other_channels_are_refused(tmp_path, in_nc, out_nc, message):
+    """A tiny ESRGAN (spandrel's class) with 4 input channels: nothing restore can feed."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.save(ESRGAN(in_nc=in_nc, out_nc=out_nc, num_filters=8, num_blocks=1, scale=2).state_dict(),
+               tmp_path / "rgbx.pth")
+    _crop("baby", (0, 0, 16, 16)).save(tmp_path / "a.png")
+    err = _one_line_error(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "rgbx.pth"))
+    assert f"the model (ESRGAN) {message}" in err and not (tmp_path / "o").exists()
+
 def test_api_is_exported(tmp_path, imdn_path):
     from mcir_cli import restore_images
 
     _crop("bird", (0, 0, 16, 16)).save(tmp_path / "a.png")
     seen = []
     result = restore_images([tmp_path / "a.png"], tmp_path / "o", checkpoint=imdn_path, tile=None,
-                            progress=lambda done, total, name: seen.append((done, total)))
-    assert result.written == [tmp_path / "o" / "a.png"] and seen == [(1, 1)]
+                            progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert result.written == [tmp_path / "o" / "a.png"] and seen == [("checking", 1, 1), ("restoring", 1, 1)]
     assert result.settings.tile is None and result.model["architecture"] == "IMDN"

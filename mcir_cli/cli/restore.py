@@ -42,10 +42,12 @@ def restore(
     from mcir_cli.restore import restore_images
 
     with _progress() as bar:
-        task = bar.add_task("restoring", total=None)
+        tasks: dict[str, int] = {}
 
-        def progress(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"restoring {Path(name).name}")
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:  # "checking" (every image read first), then "restoring", with its ETA
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
 
         result = restore_images(
             inputs, output, checkpoint=checkpoint, model=model, fmt=fmt, quality=quality,
