@@ -126,10 +126,9 @@ def restore_photo(model: LoadedModel, photo: Photo, settings: RestoreSettings) -
     return Photo(pixels, alpha, photo.meta)
 
 
-def _settings(model: LoadedModel, device: str, tile: int | str | None, overlap: int,
+def _settings(model: LoadedModel, dev: torch.device, tile: int | str | None, overlap: int,
               tile_batch: int | None, amp: bool, largest: tuple[int, int]) -> tuple[RestoreSettings, str, list[str]]:
-    """Device, autocast and tile size resolved, with the reason for the tile and notes."""
-    dev = resolve_device(device)
+    """Autocast and tile size resolved, with the reason for the tile and notes."""
     notes: list[str] = []
     mode = None
     if amp and dev.type != "cuda":
@@ -200,16 +199,17 @@ def restore_images(
     """Restore image files and folders into `output` (see the module docstring): the
     Python function behind `mcir restore`. `loaded` passes a model already loaded."""
     check_tiling(tile, overlap, tile_batch)
+    dev = resolve_device(device)
     if quality is not None and not 1 <= quality <= 100:
         raise McirError(f"--quality must be between 1 and 100 (got {quality})")
     jobs, skipped = _existing(plan_jobs(inputs, output, fmt), overwrite, skip_existing)
-    if quality is not None and any(job.format not in ("JPEG", "WEBP") for job in jobs):
+    if quality is not None and jobs and all(job.format not in ("JPEG", "WEBP") for job in jobs):
         raise McirError("--quality is for JPEG and WebP outputs (PNG, TIFF and BMP are lossless)")
     net = loaded or load_model(checkpoint, model)
     _model_channels(net)
     net.restorer.eval()  # before --tile auto's probe too (BatchNorm statistics stay)
     notes, largest = _check_all(net, jobs, progress)
-    settings, reason, more = _settings(net, device, tile, overlap, tile_batch, amp, largest)
+    settings, reason, more = _settings(net, dev, tile, overlap, tile_batch, amp, largest)
     result = RestoreResult(skipped=skipped, settings=settings, tile_reason=reason, notes=notes + more,
                            model={"label": net.label, "architecture": net.architecture, "scale": net.scale})
     net.restorer.to(settings.device)

@@ -90,6 +90,8 @@ def test_format_same_and_quality(tmp_path, imdn_path):
     _run(str(src), "-o", str(tmp_path / "same"), "--checkpoint", imdn_path, "--format", "same", "--quality", "80")
     assert Image.open(tmp_path / "same" / "h.jpg").format == "JPEG"
     assert Image.open(tmp_path / "same" / "w.webp").format == "WEBP"
+    _run(str(src / "h.jpg"), "-o", str(tmp_path / "q95"), "--checkpoint", imdn_path, "--format", "jpeg")
+    assert (tmp_path / "same" / "h.jpg").stat().st_size < (tmp_path / "q95" / "h.jpg").stat().st_size  # 80 < 95
     _run(str(src / "h.jpg"), "-o", str(tmp_path / "one_x4.webp"), "--checkpoint", imdn_path)
     assert Image.open(tmp_path / "one_x4.webp").size == (80, 80)
     err = _one_line_error(str(src), "-o", str(tmp_path / "png"), "--checkpoint", imdn_path, "--quality", "80")

@@ -24,7 +24,7 @@ def restore(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors), e.g. a retrained model.safetensors.", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`); its weights from $MCIR_WEIGHTS.", rich_help_panel="Model"),
     fmt: Optional[str] = typer.Option(None, "--format", help="png | jpeg | webp | tiff | same (the input's format) (default: png).", rich_help_panel="Output"),
-    quality: Optional[int] = typer.Option(None, help="JPEG/WebP quality 1-100 (default: JPEG 95, WebP lossless).", rich_help_panel="Output"),
+    quality: Optional[int] = typer.Option(None, help="JPEG/WebP quality 1-100, for the JPEG/WebP outputs (default: JPEG 95, WebP lossless).", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist (default: refuse).", rich_help_panel="Output"),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep outputs that exist and do the rest (continues a stopped run).", rich_help_panel="Output"),
     tile: str = typer.Option("auto", help="Tile size in input pixels, auto (CUDA: from free memory; CPU: 512) or none (whole images).", rich_help_panel="Speed"),
