@@ -193,17 +193,23 @@ def test_exif_orientation_applied_metadata_kept(tmp_path, imdn_path):
     assert np.array_equal(_levels(tmp_path / "png" / "rot.png"), _levels(tmp_path / "ref.png"))
 
 
-def test_png_text_kept(tmp_path, imdn_path):
+def test_png_text_and_xmp_kept(tmp_path, imdn_path):
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("Author", "Set5 crop")
     info.add_text("Comment", "grüße 图像")
-    _crop("baby", (0, 0, 16, 16)).save(tmp_path / "t.png", pnginfo=info)
-    _run(str(tmp_path / "t.png"), "-o", str(tmp_path / "o.png"), "--checkpoint", imdn_path)
-    out = Image.open(tmp_path / "o.png")
+    (tmp_path / "in").mkdir()
+    _crop("baby", (0, 0, 16, 16)).save(tmp_path / "in" / "t.png", pnginfo=info)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:creator>mcir test</dc:creator></x:xmpmeta>'
+    _crop("bird", (0, 0, 16, 16)).save(tmp_path / "in" / "x.jpg", xmp=xmp)
+    _run(str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", imdn_path)
+    out = Image.open(tmp_path / "out" / "t.png")
     out.load()
     assert out.text["Author"] == "Set5 crop" and out.text["Comment"] == "grüße 图像"
+    out = Image.open(tmp_path / "out" / "x.png")
+    out.load()
+    assert out.info["xmp"] == xmp
 
 
 # ---------------------------------------------------------------------------------- grey
