@@ -42,8 +42,8 @@ def _crop(name: str, box: tuple[int, int, int, int]) -> Image.Image:
     return Image.open(shared_path("data", "sr", "Set5", "HR", f"{name}.png")).convert("RGB").crop(box)
 
 
-def _run(*args: str) -> str:
-    res = runner.invoke(app, ["restore", *args])
+def _run(*args: str, env: dict[str, str] | None = None) -> str:
+    res = runner.invoke(app, ["restore", *args], env=env)
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -224,7 +224,10 @@ def test_grey_stays_grey_and_grey_models_refuse_colour(tmp_path, imdn_path, dncn
     y = restore(imdn, read_image(tmp_path / "g.png").expand(3, -1, -1), 4).clamp(0, 1)
     luma = to_uint8((y * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)).numpy()
     assert np.abs(_levels(tmp_path / "sr.png") - luma).max() <= 1
-    _run(str(tmp_path / "g.png"), "-o", str(tmp_path / "dn.png"), "--checkpoint", dncnn_path)
+    weights = str(shared_path("weights"))  # the preset finds DnCNN_KAIR/dncnn_25.pth there
+    out = _run(str(tmp_path / "g.png"), "-o", str(tmp_path / "dn.png"), "--model", "dncnn-gray",
+               env={"MCIR_WEIGHTS": weights})
+    assert "dncnn_25 (DnCNN, x1)" in out, out
     assert Image.open(tmp_path / "dn.png").mode == "L" and Image.open(tmp_path / "dn.png").size == (24, 24)
     _crop("baby", (0, 0, 16, 16)).save(tmp_path / "c.png")
     err = _one_line_error(str(tmp_path / "c.png"), "-o", str(tmp_path / "no.png"), "--checkpoint", dncnn_path)
