@@ -82,7 +82,6 @@ def _check_output(inputs: list[Path], output: Path) -> None:
                             "would become inputs of the next run: choose a folder outside it", output)
     if output.exists() and not output.is_dir():
         raise McirError("the output exists and is a file, not a folder", output)
-    writable_target(output / "x", "restored images")
 
 
 def plan_jobs(inputs: list[str | Path], output: str | Path, fmt: str | None = None) -> list[Job]:
@@ -101,6 +100,7 @@ def plan_jobs(inputs: list[str | Path], output: str | Path, fmt: str | None = No
             kind = wanted or ("PNG" if fmt is None else _BY_SUFFIX[source.suffix.lower()])
             suffix = source.suffix if fmt is not None and wanted is None else FORMAT_SUFFIXES[kind]
             jobs.append(Job(source, confined(output, *rel.parent.parts, rel.stem + suffix), kind))
+        writable_target(jobs[0].target, "restored images")
     _check_distinct(jobs, {os.path.realpath(source) for source, _ in pairs})
     return jobs
 
