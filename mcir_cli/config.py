@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.config_checks import validate_config
+from mcir_cli.degradation_config import resolve_degradation
 from mcir_cli.errors import McirError
 from mcir_cli.recipes import Hyperparameters, Recipe, SPNSettings, get_preset
 
@@ -206,6 +207,10 @@ def make_config(
     if preset and overrides.get("allow_random_init"):
         base.update(iters=recipe.iterations)
         note = f"{preset.name}: the full from-scratch recipe ({recipe.iterations} steps)"
+        if overrides.get("iters") not in (None, recipe.iterations) and overrides.get("schedule") is None:
+            base.update(_scaled_schedule(recipe, int(overrides["iters"])))
+            note = (f"{preset.name}: the from-scratch recipe with its lr schedule scaled from "
+                    f"{recipe.iterations} to {overrides['iters']} steps (milestones and warm-up as fractions)")
     elif preset:
         lr, why = fine_tune_lr(recipe)
         base.update(lr=lr, schedule="constant", milestones=(), warmup=0)
@@ -215,7 +220,7 @@ def make_config(
     base["recipe_note"] = note + scale_note
     base.update({k: v for k, v in overrides.items() if v is not None})
     _resolve_steps(base)
-    _resolve_degradation(base, preset)
+    resolve_degradation(base, preset)
     # absolute paths: config.json must let a resume (or a reader) find them from any folder
     if base.get("val"):  # one folder or several
         vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
@@ -228,23 +233,12 @@ def make_config(
     )
 
 
-def _resolve_degradation(base: dict[str, Any], preset: Any) -> None:
-    """--degradation: every setting written out (the preset's [degradation] table, then the
-    ones given), so config.json alone rebuilds the same batches on a resume."""
-    from mcir_cli.degradation_config import settings_from_dict
-
-    if base.get("degradation") == "none":  # a preset's degradation turned off: its folders' own LR
-        base["degradation"] = base["degradation_settings"] = None
-        return
-    if preset is not None and preset.degradation and base.get("degradation") in (None, preset.degradation):
-        base["degradation"] = preset.degradation
-        base["degradation_settings"] = {**preset.degradation_settings, **(base.get("degradation_settings") or {})}
-    if base.get("degradation"):
-        base["degradation_settings"] = settings_from_dict(base.get("degradation_settings")).to_json()
-        base["recipe_note"] = (base.get("recipe_note", "") + "; inputs made on the fly from the HR images by "
-                               "Real-ESRGAN's second-order degradation, on the run's device (settings in config.json)")
-    elif base.get("degradation_settings"):
-        raise McirError("degradation settings were given without --degradation realesrgan")
+def _scaled_schedule(recipe: Recipe, iters: int) -> dict[str, Any]:
+    """A from-scratch recipe's schedule at another length, its shape kept: milestones and
+    warm-up at the same fractions of the run (a cosine follows `iters` by itself)."""
+    f = iters / recipe.iterations
+    milestones = tuple(max(1, round(m * f)) for m in recipe.milestones)  # a coinciding pair still decays twice
+    return {"milestones": milestones, "warmup": round(recipe.warmup * f)}
 
 
 def absolute(path: str | Path) -> str:

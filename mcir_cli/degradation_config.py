@@ -186,6 +186,24 @@ def check_degradation(name: str | None, settings: dict[str, Any] | None, task: s
     settings_from_dict(settings)
 
 
+def resolve_degradation(base: dict[str, Any], preset: Any) -> None:
+    """make_config's --degradation, in its `base` values: every setting written out (the
+    preset's [degradation] table, then the ones given), so config.json alone rebuilds the
+    same batches on a resume."""
+    if base.get("degradation") == "none":  # a preset's degradation turned off: its folders' own LR
+        base["degradation"] = base["degradation_settings"] = None
+        return
+    if preset is not None and preset.degradation and base.get("degradation") in (None, preset.degradation):
+        base["degradation"] = preset.degradation
+        base["degradation_settings"] = {**preset.degradation_settings, **(base.get("degradation_settings") or {})}
+    if base.get("degradation"):
+        base["degradation_settings"] = settings_from_dict(base.get("degradation_settings")).to_json()
+        base["recipe_note"] = (base.get("recipe_note", "") + "; inputs made on the fly from the HR images by "
+                               "Real-ESRGAN's second-order degradation, on the run's device (settings in config.json)")
+    elif base.get("degradation_settings"):
+        raise McirError("degradation settings were given without --degradation realesrgan")
+
+
 def degradation_flags(name: str | None, settings_file: str | Path | None) -> dict[str, Any]:
     """--degradation NAME and --degradation-config FILE as make_config overrides (the file's
     type when the flag is not given)."""
