@@ -129,6 +129,8 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
     """--no-gt: no scores, so no table, exports or statistics; the strips, and why."""
     from mcir_cli.compare_unpaired import compare_without_gt
 
+    if not checkpoint:
+        raise McirError("--no-gt runs the models on the images: give --checkpoint A --checkpoint B --data IMAGES/")
     given = [flag for flag, value in scores.items() if value]
     if given:
         raise McirError(f"{', '.join(given)} need scores, and --no-gt images have no ground truth to score against")
