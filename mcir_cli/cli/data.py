@@ -109,7 +109,7 @@ def data_degrade(
     output: Path = typer.Option(..., "--output", "-o", help="New folder for the copy (must not exist, or be empty).", rich_help_panel="Output"),
     scale: int = typer.Option(4, help="SR scale of the inputs made.", rich_help_panel="Degradation"),
     seed: int = typer.Option(0, help="Seed: the same seed and settings give the same files.", rich_help_panel="Degradation"),
-    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a [degradation] table changing the published defaults (Real-ESRGAN's option names).", rich_help_panel="Degradation"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table changing the published defaults (Real-ESRGAN's option names).", rich_help_panel="Degradation"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto: where the degradation runs (the noise of a CUDA copy differs from a CPU copy's; degradation.json says which).", rich_help_panel="Degradation"),
 ) -> None:
     """A benchmark copy degraded once by Real-ESRGAN's second-order degradation.

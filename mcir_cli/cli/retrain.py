@@ -46,7 +46,7 @@ def retrain(
     embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss).", rich_help_panel="MCIR / SPN"),
     noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches.", rich_help_panel="Data"),
     degradation: Optional[str] = typer.Option(None, help="realesrgan: SR inputs made on the fly from the HR images by Real-ESRGAN's second-order degradation; none: the folders' own LR (default: a preset's, e.g. realesrnet-x4plus; else none).", rich_help_panel="Data"),
-    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a [degradation] table (Real-ESRGAN's option names) changing the published defaults.", rich_help_panel="Data"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table (Real-ESRGAN's option names) changing the published defaults.", rich_help_panel="Data"),
     train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default).", rich_help_panel="Model"),
     seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation.", rich_help_panel="Optimisation"),
     device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),

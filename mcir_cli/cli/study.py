@@ -38,7 +38,7 @@ def study(
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
     iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
     degradation: Optional[str] = typer.Option(None, help="realesrgan: every run's SR inputs made on the fly by Real-ESRGAN's degradation (default: a preset's); benchmark with `mcir data degrade` copies.", rich_help_panel="Data"),
-    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a [degradation] table changing the published defaults.", rich_help_panel="Data"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table changing the published defaults.", rich_help_panel="Data"),
     batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16).", rich_help_panel="Optimisation"),
     patch: Optional[int] = typer.Option(None, help="Input patch size (default: preset or 48/128).", rich_help_panel="Optimisation"),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: as `mcir retrain`: where a preset's schedule ends; bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
