@@ -164,8 +164,9 @@ def apply_plan(gt: Tensor, kernels: dict[str, Tensor], plan: Plan, s: RealESRGAN
     """The degraded input (B, C, H/scale, W/scale) of `gt` (B, C, H, W), 8-bit levels."""
     h, w = gt.shape[-2:]
     out = filter2d(gt, kernels["kernel1"])
-    r = plan.resize1
-    out = _resized(out, (int(h * r.factor), int(w * r.factor)), r.mode)
+    r = plan.resize1  # by the factor itself, as Real-ESRGAN (its coordinates map by the factor, not the sizes)
+    out = F.interpolate(out, scale_factor=r.factor, mode=r.mode) if min(h, w) * r.factor >= 1 else \
+        _resized(out, (int(h * r.factor), int(w * r.factor)), r.mode)
     out = add_noise(out, plan.noise1, noise)
     out = jpeg(out.clamp(0, 1), plan.quality1)
     if plan.blur2:
