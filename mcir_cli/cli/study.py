@@ -49,7 +49,8 @@ def study(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New study folder (must not exist).", rich_help_panel="Run control"),
     resume: Optional[Path] = typer.Option(None, help="Continue the study in this folder (finished arms are kept).", rich_help_panel="Run control"),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train --model PRESET from a random initialisation per seed (shared by every arm of the seed), its recipe's lr schedule scaled to --iters.", rich_help_panel="Model"),
-    val_every: int = typer.Option(0, help="Score the benchmarks every N steps of every run: study.md and report.html draw each arm's curve, mean ± sd over seeds (0: only at the end).", rich_help_panel="Run control"),
+    val_every: int = typer.Option(0, help="Score the --val folders (default: the benchmarks) every N steps of every run: study.md and report.html draw each arm's curve, mean ± sd over seeds (0: only at the end).", rich_help_panel="Run control"),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Folder the curves of --val-every are scored on (repeatable; default: every benchmark). Small sets keep validation cheap.", rich_help_panel="Data"),
 ) -> None:
     """Prove it: K seeds of plain fine-tuning vs MCIR at equal steps, scored on held-out benchmarks.
 
@@ -76,7 +77,7 @@ def study(
 
         common.update({k: v for k, v in degradation_flags(degradation, degradation_config).items() if v is not None})
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
-        plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint), model=model, scale=scale, arms=arms,
+        plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint, val or []), model=model, scale=scale, arms=arms,
                          seeds=_seeds(seeds), iters=iters, common=common, device=device, from_scratch=from_scratch,
                          val_every=val_every)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
