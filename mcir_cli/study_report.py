@@ -173,7 +173,9 @@ def _markdown_curves(summary: dict[str, Any]) -> list[str]:
         return []
     arms = list(curves)
     steps = sorted({s for c in curves.values() for s in c["steps"]})
-    lines = ["Validation PSNR (dB) on the benchmarks over training, mean ± sd over seeds:", "",
+    where = ", ".join(Path(v).name for v in summary["plan"].get("val") or summary["plan"]["benchmarks"])
+    lines = [f"Validation PSNR (dB) on {where} over training (the mean of the folders' means), "
+             "mean ± sd over seeds:", "",
              "| step | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for step in steps:
         cells = []
