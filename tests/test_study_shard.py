@@ -1,7 +1,7 @@
 """A study on a cluster: its units run by concurrent shard processes, a shard killed
-mid-unit and taken up, a Slurm-style job preempted and requeued (submitit's local
-executor), all giving the figures of one serial process to the bit; and the bad input
-of the cluster flags refused in one line with nothing written."""
+mid-unit and its unit taken up by a Slurm-style job that is preempted and requeued
+(submitit's local executor), giving the figures of one serial process to the bit; and
+the bad input of the cluster flags refused in one line with nothing written."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths, run_study
-from mcir_cli.study_units import claim_and_run, study_units, unit_log
+from mcir_cli.study_units import study_units, unit_log
 from tests.conftest import set5_crops, shared_path
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-ITERS = 6  # several saved steps: a kill or a preemption lands inside training
+ITERS = 8  # several saved steps: a kill and then a preemption land inside training
 
 
 @pytest.fixture(scope="module")
@@ -79,63 +79,46 @@ def _wait_for(path: Path, procs: list, what: str, limit: float = 300.0) -> None:
         time.sleep(0.02)
 
 
-def test_shards_and_a_killed_shard_give_the_serial_figures(bench, serial, tmp_path):
-    study = tmp_path / "S"
-    create_study(_plan(study, bench))
-    a, b = _shard(study, "0/2"), _shard(study, "1/2")  # a: start, mcir-s0 first; b: plain-s0 first
-    _wait_for(study / "runs" / "mcir-s0" / "state.pt", [a], "a's first saved step of mcir-s0")
-    a.send_signal(signal.SIGSTOP)
-    assert not (study / "results" / "mcir-s0.json").exists()  # a is inside the unit
-    last = unit_log(study, "mcir-s0")[-1]
-    assert (last["event"], last["pid"]) == ("claim", a.pid)
-    a.send_signal(signal.SIGKILL)
-    a.wait()
-    out_b = b.communicate(timeout=600)[0]
-    assert b.returncode == 0, out_b
-    with _one_thread():  # the next process: takes up what is left, writes the summary
-        summary = run_study(load_plan(study), resume=True)
-    assert _figures(summary) == serial
-    assert json.loads((study / "study.json").read_text())["table"] == summary["table"]
-    logs = {u.name: unit_log(study, u.name) for u in study_units(load_plan(study))}
-    for name, records in logs.items():  # each unit finished once; a second claim only after its holder died
-        assert [r["event"] for r in records].count("done") == 1, (name, records)
-        claims = [r for r in records if r["event"] == "claim"]
-        assert all(c["pid"] == a.pid for c in claims[:-1]), (name, records)
-    assert [r["event"] for r in logs["mcir-s0"]][:2] == ["claim", "claim"]  # a's claim, then the takeover
-    assert logs["mcir-s0"][1]["pid"] != a.pid
-    done_by = {r["pid"] for records in logs.values() for r in records if r["event"] == "done"}
-    assert {a.pid, b.pid} <= done_by  # both shards worked
-
-
-def test_a_submitted_unit_preempted_is_requeued_and_resumes(bench, serial, tmp_path, monkeypatch):
-    """submitit's local executor; the preemption signal (USR2) mid-training: mcir saves,
-    submitit requeues the same unit, the requeued job resumes it; the figures are the
-    serial ones."""
+def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(bench, serial, tmp_path, monkeypatch):
+    """Two concurrent shards; the one inside mcir-s0 is killed (SIGKILL); the unit is
+    taken up by a submitted job (submitit's local executor) that is preempted (USR2)
+    mid-training, saves, is requeued and resumes; the figures are the serial ones and no
+    unit ever ran in two processes at once."""
     pytest.importorskip("submitit")
     from mcir_cli.study_submit import submit_study
 
     study = tmp_path / "S"
-    plan = _plan(study, bench)
-    create_study(plan)
-    with _one_thread():  # two units here, the third as a job
-        for unit in study_units(plan)[:2]:
-            assert claim_and_run(plan, unit) == "ran"
+    create_study(_plan(study, bench))
+    a, b = _shard(study, "0/2"), _shard(study, "1/2")  # a: start, mcir-s0 first; b: plain-s0 first
+    state = study / "runs" / "mcir-s0" / "state.pt"
+    _wait_for(state, [a], "a's first saved step of mcir-s0")
+    a.send_signal(signal.SIGSTOP)  # a holds mcir-s0 (its lock) while b finishes
+    assert not (study / "results" / "mcir-s0.json").exists()
+    out_b = b.communicate(timeout=600)[0]
+    assert b.returncode == 0 and "still running in other processes:" in out_b and "mcir-s0" in out_b, out_b
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    killed = state.stat().st_mtime_ns
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's environment: this checkout's mcir_cli, one thread
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     [(name, job)] = submit_study(study, "local", gpus_per_unit=0, time_min=60)
     assert name == "mcir-s0"
-    state = study / "runs" / "mcir-s0" / "state.pt"
     t0 = time.monotonic()
-    while not (state.exists() and unit_log(study, name)):
+    while state.stat().st_mtime_ns == killed:  # the job has resumed and saved a step: it is training
         assert job.state == "RUNNING" and time.monotonic() - t0 < 300, job.stderr()
         time.sleep(0.02)
-    os.kill(unit_log(study, name)[0]["pid"], signal.SIGUSR2)
+    os.kill(unit_log(study, name)[-1]["pid"], signal.SIGUSR2)
     assert job.result().startswith("mcir-s0: ran; study complete")
-    events = [(r["event"], r.get("signal")) for r in unit_log(study, name)]
-    assert events == [("claim", None), ("stopped", "SIGUSR2"), ("claim", None), ("done", None)], events
-    records = unit_log(study, name)
-    assert 0 < records[1]["step"] < ITERS and records[2]["pid"] != records[0]["pid"]
     assert _figures(json.loads((study / "study.json").read_text())) == serial
+    logs = {u.name: unit_log(study, u.name) for u in study_units(load_plan(study))}
+    events = [(r["event"], r.get("signal")) for r in logs[name]]
+    assert events == [("claim", None), ("claim", None), ("stopped", "SIGUSR2"), ("claim", None), ("done", None)]
+    pids = [r["pid"] for r in logs[name]]
+    assert pids[0] == a.pid and len({pids[0], pids[1], pids[3]}) == 3 and pids[1] == pids[2]
+    assert 0 < logs[name][2]["step"] < ITERS
+    for unit, records in logs.items():  # each unit finished once, by one claim
+        assert [r["event"] for r in records].count("done") == 1, (unit, records)
+    assert (logs["start"][-1]["pid"], logs["plain-s0"][-1]["pid"]) == (a.pid, b.pid)  # both shards worked
 
 
 def _listing(root: Path) -> list[tuple[str, int]]:
