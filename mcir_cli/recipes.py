@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
+from mcir_cli.paper import PaperFigures, parse_paper
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,6 +131,7 @@ class Preset:
     weights_file: str | None = None  # relative to $MCIR_WEIGHTS
     weights_url: str | None = None
     path: Path | None = None
+    paper: PaperFigures | None = None  # the MCIR paper's figures for this model ([paper])
 
 
 def presets_dir() -> Path:
@@ -179,6 +181,7 @@ def load_preset_file(path: str | Path) -> Preset:
             weights_file=weights.get("file"),
             weights_url=weights.get("url"),
             path=path,
+            paper=parse_paper(data.get("paper"), data["task"], path),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise McirError(f"malformed preset ({type(exc).__name__}: {exc})", path) from None

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from mcir_cli.paper import paper_notes, paper_rows
 from mcir_cli.stats import fmt_p
 
 RESAMPLES = 10_000
@@ -95,7 +96,31 @@ def summarise(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
             per["all images"] = clustered_stats(np.concatenate(mats, axis=1))
             per["all images"]["verdict"] = verdict(per["all images"])
         out["deltas"][arm.name] = {"settings": arm.describe(), "datasets": per}
+    out["paper"] = paper_summary(results)
     return out
+
+
+# --------------------------------------------------------------------------- the paper's rows
+
+
+def paper_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """study.json's `paper`: the MCIR paper's printed figures for the study's benchmarks,
+    from the start model (every arm is its architecture); never in the statistics."""
+    return paper_rows(results["start"])
+
+
+def paper_table_lines(summary: dict[str, Any]) -> list[str]:
+    """study.md's paper rows (baseline, + SPN, Δ per preset) under the measured table."""
+    from mcir_cli.exports import paper_table_rows
+
+    return [f"| *{label}* | " + " | ".join(cells) + " |"
+            for label, cells in paper_table_rows(summary.get("paper", []), summary["datasets"])]
+
+
+def paper_notes_lines(summary: dict[str, Any]) -> list[str]:
+    """study.md's footnotes of the paper rows."""
+    notes = paper_notes(summary.get("paper", []))
+    return ["", *(f"- {n}" for n in notes)] if notes else []
 
 
 def _pm(mean: float, sd: float, digits: int) -> str:
@@ -113,6 +138,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         cells = [f"{_pm(row[d]['psnr'], row[d].get('psnr_sd', 0), 2)} / {_pm(row[d]['ssim'], row[d].get('ssim_sd', 0), 4)}"
                  for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += paper_table_lines(summary) + paper_notes_lines(summary)
     lines += ["", "Δ PSNR vs plain fine-tuning, paired over images and seeds (95 % two-way bootstrap CI, "
               f"{RESAMPLES} resamples; win rate over (seed, image) pairs; sign-flip permutation p over images):", ""]
     for arm, info in summary["deltas"].items():

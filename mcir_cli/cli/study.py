@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
 
 
@@ -103,7 +104,9 @@ def _render(summary: dict[str, Any], root: Path) -> None:
         table.add_column(d, justify="right")
     for name, row in summary["table"].items():
         table.add_row(name, *(f"{row[d]['psnr']:.2f}/{row[d]['ssim']:.4f}" for d in datasets))
+    add_paper_rows(table, summary.get("paper", []), datasets)
     console.print(table)
+    print_paper_notes(summary.get("paper", []))
     console.print("[bold]Evidence[/] (Δ PSNR vs plain, paired over images and seeds; 95 % two-way bootstrap CI; "
                   "sign-flip p):", highlight=False)
     for arm, info in summary["deltas"].items():
