@@ -234,13 +234,13 @@ def model_presets(model: dict[str, Any]) -> tuple[list[Any], str]:
             preset = get_preset(str(model["preset"]))
         except McirError:
             return [], ""
-        return ([preset] if preset.paper else []), "the preset"
+        return ([preset] if preset.paper else []), "loaded as the preset"
     arch, scale, params = model.get("architecture"), model.get("scale"), model.get("params")
     if not arch or params is None:
         return [], ""
     found = [p for p in list_presets()
              if p.paper and (p.architecture, p.scale, p.params) == (arch, scale, params)]
-    return found, "architecture, scale and parameter count"
+    return found, "same architecture, scale and parameter count"
 
 
 def _fig(fig: Figure) -> dict[str, Any]:
@@ -346,6 +346,6 @@ def paper_notes(rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"{MARK} {r['dataset']} ({r['preset']}, {r['table']}): {'; '.join(r['flags'])}" for r in rows if r["flags"]]
     notes = dict.fromkeys(f"{r['preset']} ({r['table']}): {n}" for r in rows for n in r["notes"])
     head = ("Paper rows: the MCIR paper's printed figures (AAAI 2024; the baseline as it reports it, + SPN "
-            "retrained from scratch, full test sets): not measured here, never in the statistics; preset "
-            "matched by " + ", ".join(dict.fromkeys(r["matched_by"] for r in rows)) + ".") if rows else ""
+            "retrained from scratch, full test sets): not measured here, never in the statistics; the model "
+            "is the preset's: " + ", ".join(dict.fromkeys(r["matched_by"] for r in rows)) + ".") if rows else ""
     return ([head] if head else []) + lines + list(notes)

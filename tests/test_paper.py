@@ -179,7 +179,7 @@ def test_evaluate_and_compare_show_the_paper_rows_apart(benches, edsr_files, tmp
     data = [a for b in benches for a in ("--data", str(b))]
     by_ckpt, text = _evaluate(["--checkpoint", str(edsr_files[0]), *data], tmp_path / "a.json")
     by_preset, _ = _evaluate(["--model", "edsr-light-x4", "--checkpoint", str(edsr_files[1]), *data], tmp_path / "b.json")
-    for result, how in ((by_ckpt, "architecture, scale and parameter count"), (by_preset, "the preset")):
+    for result, how in ((by_ckpt, "same architecture, scale and parameter count"), (by_preset, "loaded as the preset")):
         rows = {r["dataset"]: r for r in result["paper"]}
         assert set(rows) == {"Set14", "B100_subset20"}  # Set5: the paper does not report it
         s14, b100 = rows["Set14"], rows["B100_subset20"]
@@ -247,22 +247,33 @@ def test_unrelated_names_and_models_get_no_row(edsr_files, tmp_path):
 
 
 def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_path):
-    """A real (tiny) study of the EDSR-light x4 network: study.json's `paper` block, the rows
-    in study.md and report.html, and the statistics untouched by them."""
-    from mcir_cli.study import StudyPlan, parse_arm, plan_paths, run_study
+    """A study's outputs from real evaluations of the EDSR-light x4 network (start, plain
+    and mcir: the two initialisations; no training, which the paper rows do not read):
+    study.json's `paper` block, the rows in study.md and report.html, the statistics
+    those of the measured scores alone."""
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+    from mcir_cli.report import study_report
+    from mcir_cli.study import StudyPlan, parse_arm
+    from mcir_cli.study_report import delta_matrix, summarise, to_markdown
 
-    paths = plan_paths(tmp_path / "study", [shared_path("data", "train", "SunHays80_color_subset20")],
-                       [benches[1]], edsr_files[0])
-    plan = StudyPlan(**paths, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0], iters=1,
-                     common={"batch": 1, "patch": 12, "embedding": "pixel"}, device="cpu")
-    summary = run_study(plan)
+    start, other = (evaluate_model(load_model(f), [benches[1]], device="cpu") for f in edsr_files)
+    results = {"start": start, "plain-s0": start, "mcir-s0": other}
+    plan = StudyPlan(output=str(tmp_path), data=[], benchmarks=[str(benches[1])], arms=[parse_arm("plain"), parse_arm("mcir")],
+                     seeds=[0], iters=1)
+    summary = summarise(plan, results)
     (row,) = summary["paper"]
     assert (row["dataset"], row["baseline"]["printed"], row["table"]) == ("B100_subset20", "27.57/0.7357", "Table 1")
     assert row["flags"][0].startswith(FULL_SET)
-    stats = summary["deltas"]["mcir"]["datasets"]
-    assert set(stats) == {"B100_subset20"} and stats["B100_subset20"]["images"] == 3  # no paper figure in them
-    md = (tmp_path / "study" / "study.md").read_text()
+    mat, _ = delta_matrix(results, "mcir", [0], "B100_subset20")
+    stats = summary["deltas"]["mcir"]["datasets"]["B100_subset20"]
+    assert stats["images"] == 3 and stats["mean"] == pytest.approx(float(mat.mean()))  # measured Δ only
+    md = to_markdown(summary)
     assert "| *paper Table 1: edsr-light-x4 + SPN* | 27.59/0.7369 |" in md and "paper: full set" in md
-    html = (tmp_path / "study" / "report.html").read_text()
+    html = study_report(summary, {}, {})
     assert 'data-kind="paper-delta" data-column="B100_subset20" data-metric="psnr">+0.02<' in html
-    assert json.loads((tmp_path / "study" / "study.json").read_text())["paper"] == summary["paper"]
+
+
+def test_models_lists_each_presets_paper_table():
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "Table 2: Rain100L" in res.output and "Table 4: GoPro" in res.output
