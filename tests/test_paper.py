@@ -254,13 +254,15 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
     from mcir_cli.evaluate import evaluate_model
     from mcir_cli.models import load_model
     from mcir_cli.report import study_report
-    from mcir_cli.study import StudyPlan, parse_arm
+    from mcir_cli.study import StudyPlan, parse_arm, plan_paths
     from mcir_cli.study_report import delta_matrix, summarise, to_markdown
 
     start, other = (evaluate_model(load_model(f), [benches[1]], device="cpu") for f in edsr_files)
     results = {"start": start, "plain-s0": start, "mcir-s0": other}
-    plan = StudyPlan(output=str(tmp_path), data=[], benchmarks=[str(benches[1])], arms=[parse_arm("plain"), parse_arm("mcir")],
-                     seeds=[0], iters=1)
+    paths = plan_paths(tmp_path / "study", [shared_path("data", "train", "SunHays80_color_subset20")],
+                       [benches[1]], edsr_files[0])
+    plan = StudyPlan(**paths, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0], iters=1,
+                     common={"batch": 1, "patch": 12, "embedding": "pixel"}, device="cpu")
     summary = summarise(plan, results)
     (row,) = summary["paper"]
     assert (row["dataset"], row["baseline"]["printed"], row["table"]) == ("B100_subset20", "27.57/0.7357", "Table 1")
