@@ -171,6 +171,9 @@ def _result(name: str, data: Any, task: str, bad: Any) -> PaperResult:
     if unknown:
         raise bad(f"paper.results.{name}: unknown key {sorted(unknown)[0]!r}")
     also = tuple(data.get("also", ()))
+    for key in ("note", "trained_on"):
+        if not isinstance(data.get(key, ""), str):
+            raise bad(f"paper.results.{name}.{key} must be text")
     for other in (name, *also):
         if other not in _BY_NAME or _BY_NAME[other].task != task:
             raise bad(f"paper.results.{name}: {other!r} is not a {task} test set the paper reports")
@@ -203,10 +206,17 @@ def parse_paper(data: Any, task: str, path: Path | None) -> PaperFigures | None:
 
     if not isinstance(data, dict) or not isinstance(data.get("table"), str) or not data["table"]:
         raise bad("paper.table must name the paper's table, e.g. \"Table 1\"")
+    unknown = set(data) - {"table", "conventions", "y_channel", "note", "average", "results"}
+    if unknown:
+        raise bad(f"paper: unknown key {sorted(unknown)[0]!r}")
     results = data.get("results")
     if not isinstance(results, dict) or not results:
         raise bad("paper.results must give at least one test set")
+    if data.get("y_channel") not in (None, True, False):
+        raise bad(f"paper.y_channel must be true or false, got {data['y_channel']!r}")
     avg = data.get("average")
+    if avg is not None and not isinstance(avg, dict):
+        raise bad("paper.average must give baseline and spn")
     paper = PaperFigures(
         table=data["table"], conventions=str(data.get("conventions", "")),
         results={k: _result(k, v, task, bad) for k, v in results.items()},

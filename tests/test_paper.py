@@ -76,6 +76,10 @@ def _preset_with(tmp_path: Path, paper: str, base: str = "edsr-light-x4") -> Pat
     ('[paper]\n[paper.results]\nSet14 = { baseline = "28.58/0.7813", spn = "28.63/0.7829" }\n', "paper.table"),
     ('[paper]\ntable = "Table 1"\naverage = { baseline = "28.99/0.7813", spn = "28.63/0.7829" }\n[paper.results]\n'
      'Set14 = { baseline = "28.58/0.7813", spn = "28.63/0.7829" }\n', "not the mean"),
+    ('[paper]\ntable = "Table 1"\nbaseline = "28.58/0.7813"\n[paper.results]\n'
+     'Set14 = { baseline = "28.58/0.7813", spn = "28.63/0.7829" }\n', "unknown key 'baseline'"),
+    ('[paper]\ntable = "Table 1"\n[paper.results]\nSet14 = { baseline = "28.58/0.7813", spn = "28.63/0.7829", '
+     'trained_on = 3 }\n', "trained_on must be text"),
 ])
 def test_malformed_paper_sections_are_one_line_errors(tmp_path, paper, match):
     with pytest.raises(McirError, match=match) as err:
@@ -118,6 +122,16 @@ def test_idt_checkpoints_get_the_row_of_the_preset_trained_for_that_set():
     assert set(rows) == {"DDN", "Rain200L"}
     assert (rows["DDN"]["preset"], rows["DDN"]["baseline"]["printed"], rows["DDN"]["flags"]) == ("idt-ddn", "33.80/0.9407", [])
     assert rows["Rain200L"]["preset"] == "idt-rain200l" and rows["Rain200L"]["flags"] == ["paper: printed as Rain100L"]
+
+
+def test_sots_mix_rows_say_the_papers_model_trained_on_reside_6k():
+    """DehazeFormer-T's preset is trained on ITS; the paper's SOTS-mix figure is for its
+    RESIDE-6K model (DehazeFormer's `RESIDE-6K/test` folder)."""
+    result = {"model": _model("DehazeFormer", 1, 687404), "conventions": {"y_channel": False, "crop_border": 0},
+              "datasets": {"test": {"images": [{}] * 1000}}, "data": {"test": "/data/RESIDE-6K/test"}}
+    (row,) = paper_rows(result)
+    assert (row["preset"], row["test_set"], row["baseline"]["printed"]) == ("dehazeformer-t", "SOTS-mix", "30.36/0.973")
+    assert row["flags"] == ["paper: trained on RESIDE-6K"] and row["delta"]["printed"] == "+0.08/+0.001"
 
 
 def test_sr_rows_say_when_the_measured_convention_is_not_the_papers():
