@@ -21,8 +21,8 @@ import numpy as np
 
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import atomic_write_text, writable_target
-from mcir_cli.paper import MARK, by_preset, cell, paper_notes, row_labels
-from mcir_cli.results import METRICS, Comparison, conventions_text, render_evidence
+from mcir_cli.paper import MARK, average_row, by_preset, cell, paper_notes, row_labels
+from mcir_cli.results import AVERAGE, METRICS, Comparison, conventions_text, render_evidence
 from mcir_cli.stats import score_delta
 
 JSON_FORMAT = "mcir.compare/1"
@@ -133,11 +133,14 @@ def to_json(comparison: Comparison) -> str:
 
 def paper_table_rows(rows: list[dict], columns: list[str]) -> list[tuple[str, list[str]]]:
     """(label, cells) of the paper's rows (baseline, + SPN, Δ per preset) in a table whose
-    columns are datasets: the printed figures, "–" where the paper has none."""
+    columns are datasets (and the average): the printed figures, "–" where the paper has
+    none; its "Avg." under the average where the datasets are its test sets."""
     out = []
+    datasets = [c for c in columns if c != AVERAGE]
     for preset, by_ds in by_preset(rows).items():
+        by_col = {**by_ds, AVERAGE: average_row(preset, by_ds, datasets)}
         for label, which in zip(row_labels(preset, by_ds), ("baseline", "spn", "delta")):
-            out.append((label, [cell(by_ds.get(col), which) for col in columns]))
+            out.append((label, [cell(by_col.get(col), which) for col in columns]))
     return out
 
 

@@ -342,6 +342,25 @@ def row_labels(preset: str, rows: dict[str, dict[str, Any]]) -> tuple[str, str, 
     return (f"paper {tables}: {preset}", f"paper {tables}: {preset} + SPN", f"paper {tables}: Δ")
 
 
+def average_row(preset: str, by_ds: dict[str, dict[str, Any]], datasets: list[str]) -> dict[str, Any] | None:
+    """The paper's "Avg." of a preset as a row, for an average column: only where the
+    table's datasets are exactly the paper's test sets of that preset (Table 1's four), so
+    the two averages are over the same sets; flagged when any of its rows is."""
+    from mcir_cli.recipes import get_preset
+
+    paper = get_preset(preset).paper
+    if paper is None or paper.average is None or set(datasets) != set(by_ds):
+        return None
+    if sorted(r["test_set"] for r in by_ds.values()) != sorted(paper.results):
+        return None
+    base, spn = paper.average
+    digits = [max(a, b) for a, b in zip(base.digits, spn.digits)]
+    dp, ds = round(spn.psnr - base.psnr, digits[0]), round(spn.ssim - base.ssim, digits[1])
+    return {"baseline": _fig(base), "spn": _fig(spn),
+            "delta": {"psnr": dp, "ssim": ds, "printed": f"{dp:+.{digits[0]}f}/{ds:+.{digits[1]}f}"},
+            "flags": [f for r in by_ds.values() for f in r["flags"]]}
+
+
 def cell(row: dict[str, Any] | None, which: str) -> str:
     """A paper cell as printed ("28.58/0.7813"; Δ "+0.05/+0.0016"), "–" where the paper
     has none, marked † when the row has flags."""

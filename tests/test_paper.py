@@ -293,3 +293,25 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
 def test_models_lists_each_presets_paper_table():
     res = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
     assert res.exit_code == 0 and "Table 2: Rain100L" in res.output and "Table 4: GoPro" in res.output
+
+
+def _sr_result(label: str, sets: dict[str, int]) -> dict:
+    """An evaluation result of the EDSR-light x4 preset with `sets` (name -> image count)."""
+    datasets = {name: {"psnr": 25.0, "ssim": 0.7, "images": [{"name": f"i{k}", "psnr": 25.0, "ssim": 0.7}
+                                                              for k in range(n)]} for name, n in sets.items()}
+    return {"conventions": {"y_channel": True, "crop_border": 4, "quantize": "uint8"},
+            "model": {"label": label, "preset": "edsr-light-x4"}, "datasets": datasets}
+
+
+def test_the_papers_average_only_under_an_average_of_its_own_test_sets():
+    from mcir_cli.exports import paper_table_rows
+    from mcir_cli.results import compare_results
+
+    full = {"Set14": 14, "B100": 100, "Urban100": 100, "Manga109": 109}
+    comp = compare_results([_sr_result("a", full), _sr_result("b", full)], n_resamples=20)
+    rows = dict(paper_table_rows(comp.paper, comp.columns))
+    assert rows["paper Table 1: edsr-light-x4"][-1] == "28.14/0.8021"  # Table 1's Avg., unflagged
+    assert rows["paper Table 1: Δ"][-1] == "+0.07/+0.0019"
+    more = {**full, "Set5": 5}  # the measured average is over five sets: not the paper's
+    comp = compare_results([_sr_result("a", more), _sr_result("b", more)], n_resamples=20)
+    assert dict(paper_table_rows(comp.paper, comp.columns))["paper Table 1: edsr-light-x4"][-2:] == ["–", "–"]
