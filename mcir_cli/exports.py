@@ -149,8 +149,8 @@ def _paper_csv_columns(comp: Comparison, dataset: str) -> list[str]:
     row = next((r for r in comp.paper if r["dataset"] == dataset), None)
     if row is None:
         return [""] * 9
-    return [row["table"], row["preset"], *(str(row[k][m]) for k in ("baseline", "spn", "delta") for m in ("psnr", "ssim")),
-            "; ".join(row["flags"])]
+    figures = (str(row[k][m]) for k in ("baseline", "spn", "delta") for m in ("psnr", "ssim"))
+    return [row["table"], row["preset"], *figures, "; ".join(row["flags"])]
 
 
 # --------------------------------------------------------------------------- Markdown

@@ -130,12 +130,6 @@ class PaperResult:
     also: tuple[str, ...] = ()  # other test sets the figures are shown for (a misprinted column)
     trained_on: str | None = None  # the paper's training set, where it is not the preset's
 
-    @property
-    def delta(self) -> tuple[float, float]:
-        """+SPN − baseline, rounded to the printed digits (no float noise)."""
-        dp, ds = (max(a, b) for a, b in zip(self.baseline.digits, self.spn.digits))
-        return round(self.spn.psnr - self.baseline.psnr, dp), round(self.spn.ssim - self.baseline.ssim, ds)
-
 
 @dataclass(frozen=True)
 class PaperFigures:
@@ -257,6 +251,13 @@ def _fig(fig: Figure) -> dict[str, Any]:
     return {"psnr": fig.psnr, "ssim": fig.ssim, "printed": fig.text}
 
 
+def _delta(base: Figure, spn: Figure) -> dict[str, Any]:
+    """+SPN − baseline at the printed digits (no float noise), and as text ("+0.05/+0.0016")."""
+    dp, ds = (max(a, b) for a, b in zip(base.digits, spn.digits))
+    psnr, ssim = round(spn.psnr - base.psnr, dp), round(spn.ssim - base.ssim, ds)
+    return {"psnr": psnr, "ssim": ssim, "printed": f"{psnr:+.{dp}f}/{ssim:+.{ds}f}"}
+
+
 def _flags(dataset: str, n: int, named: tuple[Benchmark, bool], result: PaperResult, preset: Any,
            conventions: dict[str, Any]) -> list[str]:
     """What makes the paper's figure not quite the measured one's twin."""
@@ -280,14 +281,11 @@ def _flags(dataset: str, n: int, named: tuple[Benchmark, bool], result: PaperRes
 def _row(dataset: str, n: int, named: tuple[Benchmark, bool], preset: Any, result: PaperResult,
          matched_by: str, conventions: dict[str, Any]) -> dict[str, Any]:
     paper = preset.paper
-    dp, ds = result.delta
-    digits = [max(a, b) for a, b in zip(result.baseline.digits, result.spn.digits)]
     return {
         "dataset": dataset, "test_set": result.test_set, "preset": preset.name, "table": paper.table,
         "source": f"{PAPER} {paper.table}, as printed", "matched_by": matched_by,
         "baseline": _fig(result.baseline), "spn": _fig(result.spn),
-        "delta": {"psnr": dp, "ssim": ds, "printed": f"{dp:+.{digits[0]}f}/{ds:+.{digits[1]}f}"},
-        "conventions": paper.conventions,
+        "delta": _delta(result.baseline, result.spn), "conventions": paper.conventions,
         "flags": _flags(dataset, n, named, result, preset, conventions),
         "notes": [n for n in (result.note, paper.note) if n],
     }
@@ -354,10 +352,7 @@ def average_row(preset: str, by_ds: dict[str, dict[str, Any]], datasets: list[st
     if sorted(r["test_set"] for r in by_ds.values()) != sorted(paper.results):
         return None
     base, spn = paper.average
-    digits = [max(a, b) for a, b in zip(base.digits, spn.digits)]
-    dp, ds = round(spn.psnr - base.psnr, digits[0]), round(spn.ssim - base.ssim, digits[1])
-    return {"baseline": _fig(base), "spn": _fig(spn),
-            "delta": {"psnr": dp, "ssim": ds, "printed": f"{dp:+.{digits[0]}f}/{ds:+.{digits[1]}f}"},
+    return {"baseline": _fig(base), "spn": _fig(spn), "delta": _delta(base, spn),
             "flags": [f for r in by_ds.values() for f in r["flags"]]}
 
 
@@ -372,7 +367,8 @@ def cell(row: dict[str, Any] | None, which: str) -> str:
 def paper_notes(rows: list[dict[str, Any]]) -> list[str]:
     """One line per flagged figure, then each note once: the footnotes of every table
     that shows paper rows."""
-    lines = [f"{MARK} {r['dataset']} ({r['preset']}, {r['table']}): {'; '.join(r['flags'])}" for r in rows if r["flags"]]
+    lines = [f"{MARK} {r['dataset']} ({r['preset']}, {r['table']}): {'; '.join(r['flags'])}"
+             for r in rows if r["flags"]]
     notes = dict.fromkeys(f"{r['preset']} ({r['table']}): {n}" for r in rows for n in r["notes"])
     head = ("Paper rows: the MCIR paper's printed figures (AAAI 2024; the baseline as it reports it, + SPN "
             "retrained from scratch, full test sets): not measured here, never in the statistics; the model "

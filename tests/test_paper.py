@@ -101,7 +101,8 @@ def test_the_shared_benchmark_folders_by_name():
     ("BSD100", None, ("B100", False)), ("indoor", "/d/SOTS/indoor", ("SOTS-indoor", False)),
     ("test", "/d/RESIDE-6K/test", ("SOTS-mix", False)), ("test", "/d/GOPRO_Large/test", ("GoPro", False)),
     ("train", "/d/GOPRO_Large/train", None), ("outdoor", "/d/SOTS/outdoor", None), ("space", None, None),
-    ("DID-MDN", None, ("DID", False)), ("Rain200L", None, ("Rain200L", False)), ("HR", "/d/Urban100/HR", ("Urban100", False)),
+    ("DID-MDN", None, ("DID", False)), ("Rain200L", None, ("Rain200L", False)),
+    ("HR", "/d/Urban100/HR", ("Urban100", False)),
 ])
 def test_benchmark_names_in_the_published_layouts(name, root, want):
     got = benchmark_named(name, root)
@@ -120,7 +121,8 @@ def test_idt_checkpoints_get_the_row_of_the_preset_trained_for_that_set():
               "datasets": sets}
     rows = {r["dataset"]: r for r in paper_rows(result)}
     assert set(rows) == {"DDN", "Rain200L"}
-    assert (rows["DDN"]["preset"], rows["DDN"]["baseline"]["printed"], rows["DDN"]["flags"]) == ("idt-ddn", "33.80/0.9407", [])
+    ddn = rows["DDN"]
+    assert (ddn["preset"], ddn["baseline"]["printed"], ddn["flags"]) == ("idt-ddn", "33.80/0.9407", [])
     assert rows["Rain200L"]["preset"] == "idt-rain200l" and rows["Rain200L"]["flags"] == ["paper: printed as Rain100L"]
 
 
@@ -192,7 +194,8 @@ def _evaluate(args: list[str], out: Path) -> tuple[dict, str]:
 def test_evaluate_and_compare_show_the_paper_rows_apart(benches, edsr_files, tmp_path):
     data = [a for b in benches for a in ("--data", str(b))]
     by_ckpt, text = _evaluate(["--checkpoint", str(edsr_files[0]), *data], tmp_path / "a.json")
-    by_preset, _ = _evaluate(["--model", "edsr-light-x4", "--checkpoint", str(edsr_files[1]), *data], tmp_path / "b.json")
+    by_preset, _ = _evaluate(["--model", "edsr-light-x4", "--checkpoint", str(edsr_files[1]), *data],
+                             tmp_path / "b.json")
     for result, how in ((by_ckpt, "same architecture, scale and parameter count"), (by_preset, "loaded as the preset")):
         rows = {r["dataset"]: r for r in result["paper"]}
         assert set(rows) == {"Set14", "B100_subset20"}  # Set5: the paper does not report it
