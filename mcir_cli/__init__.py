@@ -24,6 +24,7 @@ _API = {
     "psnr": "mcir_cli.metrics", "ssim": "mcir_cli.metrics",
     "imresize": "mcir_cli.resize", "read_image": "mcir_cli.imageio", "StudyPlan": "mcir_cli.study",
     "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.plot",
+    "restore_images": "mcir_cli.restore",
 }
 __all__ = ["__version__", *_API]
 
