@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
+from mcir_cli.paper import PaperFigures, parse_paper
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,6 +133,7 @@ class Preset:
     path: Path | None = None
     degradation: str | None = None  # the [degradation] table's type: inputs made on the fly
     degradation_settings: dict[str, Any] = field(default_factory=dict)  # the settings it gives
+    paper: PaperFigures | None = None  # the MCIR paper's figures for this model ([paper])
 
 
 def presets_dir() -> Path:
@@ -184,6 +186,7 @@ def load_preset_file(path: str | Path) -> Preset:
             path=path,
             degradation=degradation,
             degradation_settings=degradation_settings,
+            paper=parse_paper(data.get("paper"), data["task"], path),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise McirError(f"malformed preset ({type(exc).__name__}: {exc})", path) from None

@@ -38,11 +38,12 @@ def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path
 def _show(run: CompareRun, visuals: Path | None) -> None:
     """The table, what was left out, the evidence, the files written; an exit code 2 for
     asked-for visuals that could not be made (after everything else is shown)."""
-    from mcir_cli.cli.render import print_evidence, print_notes, render_table
+    from mcir_cli.cli.render import print_evidence, print_notes, print_paper_notes, render_table
     from mcir_cli.results import render_evidence
 
     comp = run.comparison
     console.print(render_table(comp))
+    print_paper_notes(comp.paper)
     print_notes(comp.dropped.messages())
     print_evidence(f"[bold]Evidence[/] (paired over images; 95 % bootstrap CI, {comp.n_resamples} resamples, "
                    f"seed {comp.seed}; sign-flip permutation p):", render_evidence(comp))

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.stats import p_phrase
 from mcir_cli.study_report import METHOD, fmt_signed, study_number
@@ -211,7 +212,9 @@ def _render(summary: dict[str, Any], root: Path) -> None:
         table.add_column(d, justify="right")
     for name, row in summary["table"].items():
         table.add_row(name, *(f"{row[d]['psnr']:.2f}/{row[d]['ssim']:.4f}" for d in datasets))
+    add_paper_rows(table, summary.get("paper", []), datasets)
     console.print(table)
+    print_paper_notes(summary.get("paper", []))
     console.print(f"training: {summary['recipe']}", highlight=False, soft_wrap=True)
     for name, u in summary["units"].items():
         if u["stopped"]:
