@@ -60,6 +60,7 @@ class TrainConfig(Hyperparameters, _Inputs):
     amp: str | None = None  # None = auto: fp32 everywhere (speed.precision_decision says why)
     train_bn: bool = False
     noise_sigma: float | None = None
+    jpeg_quality: str | None = None  # "10", or "10-95" for a blind model (jpeg.parse_quality)
     val_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     log_every: int = 1

@@ -146,10 +146,12 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 
 def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path) -> dict[str, Any]:
     from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.jpeg import benchmark_qualities
     from mcir_cli.models import load_model
 
     loaded = load_model(weights, plan.model, plan.scale)
-    result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
+    result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
+                            jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
     result["model"]["label"] = label
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
