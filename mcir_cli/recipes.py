@@ -235,7 +235,7 @@ def _check_preset(preset: Preset) -> None:
 
 
 def list_presets() -> list[Preset]:
-    return [load_preset_file(p) for p in sorted(presets_dir().glob("*.toml"))]
+    return [load_preset_file(p) for p in sorted(presets_dir().glob("*.toml"), key=lambda p: p.stem)]
 
 
 def get_preset(name: str, scale: int | None = None) -> Preset:
