@@ -138,6 +138,13 @@ def test_clean_folders_and_paired_layouts(tmp_path):
     assert [d.name for d in rows[:1] + rows[-1:]] == ["SunHays80_color_subset20/q10", "SunHays80_color_subset20/q40"]
     lq, gt = load_pair(rows[0], rows[0].pairs[0])
     assert torch.equal(lq, compress(gt, 10))
+    # BSDS500 as its archive unpacks: the test split's own .jpg files are the clean images
+    split = tmp_path / "BSR" / "BSDS500" / "data" / "images" / "test"
+    split.mkdir(parents=True)
+    for path in sorted(Path(sun.root).glob("*.jpg"))[:2]:
+        (split / path.name).write_bytes(path.read_bytes())
+    bsds = discover(split, task="jpeg")
+    assert len(bsds) == 2 and all(p.lq is None for p in bsds.pairs) and "stored as JPEG" in " ".join(bsds.notes)
     # an lq/gt layout is used as given: the input file itself, never compressed again
     gt_img = _live1()[:, :64, :64]
     write_image(tmp_path / "p" / "target" / "a.png", gt_img)
