@@ -63,7 +63,8 @@ class Conventions:
         border = f"border {self.crop_border} px cropped" if self.crop_border else "no border crop"
         text = f"{channel}, {border}, uint8-quantised (BasicSR)"
         if self.psnrb:
-            text += "; PSNR-B as FBCNN's calculate_psnrb (blocking factor on the restored image's rounded Y)"
+            on = "on the Y scored" if self.y_channel else "on the restored image's rounded Y"
+            text += f"; PSNR-B as FBCNN's calculate_psnrb (blocking factor {on})"
         return text
 
     @classmethod

@@ -215,6 +215,31 @@ def test_fbcnn_recipe_quality_output_and_loss(tmp_path, live1_crops):
     assert float(plain) == pytest.approx(float((image - gt).abs().mean().detach()), rel=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["DnCNN", "SwinIR"])
+def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
+    """DnCNN-3's and SwinIR's CAR (JPEG) shapes, narrow: loaded from a bare state dict,
+    scored on grey Classic5 crops (their stored grey values) with the task taken from
+    --jpeg-quality, PSNR-B beside PSNR/SSIM."""
+    from spandrel.architectures.DnCNN import DnCNN
+    from spandrel.architectures.SwinIR import SwinIR
+
+    from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.models import load_model
+
+    torch.manual_seed(0)
+    net = (DnCNN(in_nc=1, out_nc=1, nc=8, nb=8, act_mode="R") if arch == "DnCNN" else
+           SwinIR(img_size=32, in_chans=1, embed_dim=12, depths=[2], num_heads=[2], window_size=8, mlp_ratio=2,
+                  upscale=1, img_range=255.0, upsampler="", resi_connection="1conv"))
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    for name in ("1.bmp", "4.bmp"):
+        write_image(tmp_path / "C5" / name.replace(".bmp", ".png"), _classic5(name)[:, 200:248, 100:148])
+    loaded = load_model(tmp_path / "w.pth")
+    assert (loaded.architecture, loaded.in_channels, loaded.scale) == (arch, 1, 1)
+    res = evaluate_model(loaded, [tmp_path / "C5"], device="cpu", jpeg_quality=(10, 40))
+    assert res["task"] == "jpeg" and list(res["datasets"]) == ["C5/q10", "C5/q40"]
+    assert all(math.isfinite(d["psnrb"]) and d["psnrb"] <= d["psnr"] + 1e-9 for d in res["datasets"].values())
+
+
 # --------------------------------------------------------------------------- CLI
 
 
