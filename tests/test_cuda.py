@@ -60,6 +60,7 @@ def test_trainer_cuda_defaults(tmp_path):
     start = next(r for r in log if r.get("event") == "start")
     print(f"CUDA trainer: amp {start['amp']}; {start['compile']}; {start['layout']}")
     assert start["amp"].startswith("bf16 autocast")  # the precision note, as retrain logs it
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32  # true fp32 parts
     steps = [r for r in log if "event" not in r]
     assert len(steps) == 20 and all(r["l_neg"] > 0 for r in steps)
     print(f"CUDA trainer: {steps[-1]['it_s']:.1f} it/s at batch 8 x 48")
