@@ -114,6 +114,19 @@ def test_classic5_jpeg_row_reproduces_the_published_one():
     assert "grey images: their stored grey values" in res["conventions"]["description"]
 
 
+def test_saved_jpeg_row_scores_the_same_as_restored_images(tmp_path, live1_crops):
+    from mcir_cli.evaluate import evaluate_compressed, evaluate_restored
+
+    row = evaluate_compressed([live1_crops], [20, 50], save_images=tmp_path / "jpeg")
+    assert sorted(p.name for p in (tmp_path / "jpeg" / "LIVE1crops" / "q50").iterdir()) == [
+        "bikes.png", "caps.png", "dancers.png"]
+    again = evaluate_restored(tmp_path / "jpeg", [live1_crops], task="jpeg", jpeg_quality=[20, 50])
+    for name in ("LIVE1crops/q20", "LIVE1crops/q50"):
+        assert again["datasets"][name]["psnrb"] == row["datasets"][name]["psnrb"]
+        assert again["datasets"][name]["psnr"] == row["datasets"][name]["psnr"]
+    assert row["datasets"]["LIVE1crops/q20"]["psnr"] < row["datasets"]["LIVE1crops/q50"]["psnr"]
+
+
 # --------------------------------------------------------------------------- data
 
 
