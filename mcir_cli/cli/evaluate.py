@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcir_cli.cli.app import _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
@@ -36,6 +37,7 @@ def results_table(result: dict[str, Any], title: str | None = None) -> Table:
         means = (sum(d[k] for d in rows.values()) / len(rows) for _, k, _ in columns)
         table.add_row(f"[bold]mean of {len(rows)} datasets[/]", *(f"[bold]{m:{f}}" for m, (_, _, f) in zip(means, columns)),
                       f"{n} in all")
+    add_paper_rows_by_dataset(table, result.get("paper", []))
     return table
 
 
@@ -124,6 +126,7 @@ def evaluate(
     info = result["model"]
     title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
     console.print(results_table(result, title))
+    print_paper_notes(result.get("paper", []))
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if output is not None:
