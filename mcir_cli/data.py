@@ -121,7 +121,9 @@ def load_pair(
                 raise McirError("denoising needs --noise-sigma", dataset.root)
             return add_noise(gt, noise_sigma, generator or torch.Generator().manual_seed(0)), gt
         if dataset.task == "jpeg":
-            return _compressed(dataset, gt), gt
+            from mcir_cli.jpeg import compressed_input
+
+            return compressed_input(dataset, gt), gt
         gt = mod_crop(gt, s)
         # MATLAB's imresize on uint8 returns uint8: quantise like the published LR files.
         lq = (imresize(gt, 1 / s).clamp(0, 1) * 255).round() / 255
@@ -136,14 +138,6 @@ def load_pair(
     if problem:
         raise McirError(problem, pair.lq)
     return lq, _align(dataset, gt, (lh * s, lw * s))
-
-
-def _compressed(dataset: Dataset, gt: Tensor) -> Tensor:
-    from mcir_cli.jpeg import compress
-
-    if dataset.jpeg_quality is None:
-        raise McirError("clean images for JPEG artifact removal need --jpeg-quality", dataset.root)
-    return compress(gt, dataset.jpeg_quality)
 
 
 def size_mismatch(dataset: Dataset, pair: Pair, lq_wh: tuple[int, int], gt_wh: tuple[int, int]) -> str | None:
@@ -338,7 +332,10 @@ class PatchDataset(torch.utils.data.Dataset):
         if synth and self.task == "denoise":
             lq = add_noise(gt, self.noise_sigma or 0.0, g)
         elif synth and self.task == "jpeg":
-            quality, lq, gt = self._compressed_patch(gt, g)
+            from mcir_cli.jpeg import compressed_patch
+
+            assert self.jpeg_quality is not None
+            quality, lq, gt = compressed_patch(gt, self.jpeg_quality, g, self.augment)
         elif synth:
             lq = bicubic_lr_patch(gt_full, s, top, left, p)
         else:
@@ -350,19 +347,6 @@ class PatchDataset(torch.utils.data.Dataset):
             lq, gt = dihedral(lq, t), dihedral(gt, t)
         lq, gt = lq.float().contiguous(), gt.float().contiguous()
         return (lq, gt, torch.tensor((100 - quality) / 100)) if self.quality_target else (lq, gt)
-
-
-    def _compressed_patch(self, gt: Tensor, g: torch.Generator) -> tuple[int, Tensor, Tensor]:
-        """(q, input, target) of a clean patch, as FBCNN's dataset_jpeg makes them: the
-        patch augmented first, then encoded at a quality drawn from the range (its 8x8
-        grid starts at the patch's corner)."""
-        from mcir_cli.jpeg import compress
-
-        assert self.jpeg_quality is not None
-        if self.augment:
-            gt = dihedral(gt, int(torch.randint(8, (1,), generator=g)))
-        quality = self.jpeg_quality.draw(g)
-        return quality, compress(gt, quality), gt
 
 
     def _hr_crop(self, hr: Tensor, g: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:

@@ -111,6 +111,25 @@ def compress(img: Tensor, quality: int) -> Tensor:
     return torch.from_numpy(out.copy()).float() / 255.0
 
 
+def compressed_input(dataset: Dataset, gt: Tensor) -> Tensor:
+    """The input of a clean image of a JPEG dataset: `gt` encoded at the dataset's quality."""
+    if dataset.jpeg_quality is None:
+        raise McirError("clean images for JPEG artifact removal need --jpeg-quality", dataset.root)
+    return compress(gt, dataset.jpeg_quality)
+
+
+def compressed_patch(gt: Tensor, quality: JpegQuality, g: torch.Generator, augment: bool) -> tuple[int, Tensor, Tensor]:
+    """(q, input, target) of a clean training patch, as FBCNN's dataset_jpeg makes them:
+    the patch augmented first, then encoded at a quality drawn from the range (its 8x8
+    grid starts at the patch's corner)."""
+    from mcir_cli.data import dihedral
+
+    if augment:
+        gt = dihedral(gt, int(torch.randint(8, (1,), generator=g)))
+    q = quality.draw(g)
+    return q, compress(gt, q), gt
+
+
 def with_qualities(datasets: list[Dataset], qualities: tuple[int, ...] | None) -> list[Dataset]:
     """One dataset per (folder, quality) for clean-image JPEG folders, named
     `<folder>/q<q>` (a row each in every table; saved images under `<folder>/q<q>/`).
