@@ -84,12 +84,13 @@ def _arm_deltas(plan: Any, results: dict[str, Any], arm: str, datasets: list[str
     if not seeds:
         return {"seeds_used": [], "datasets": {}}
     mats = []
+    baseline = "plain training" if plan.from_scratch else "plain fine-tuning"
     for d in datasets:
         mat, _ = delta_matrix(results, arm, seeds, d)
         mats.append(mat)
-        per[d] = seed_image_stats(mat).to_dict()
+        per[d] = seed_image_stats(mat, baseline=baseline).to_dict()
     if len(mats) > 1:  # all benchmark images together: every (seed, image) pair once
-        per["all images"] = seed_image_stats(np.concatenate(mats, axis=1)).to_dict()
+        per["all images"] = seed_image_stats(np.concatenate(mats, axis=1), baseline=baseline).to_dict()
     return {"seeds_used": seeds, "datasets": per}
 
 

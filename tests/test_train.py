@@ -333,6 +333,9 @@ def test_make_config_defaults_come_from_the_preset_or_the_paper():
     scratch = make_config(["d"], "o", model="swinir-light", scale=4, allow_random_init=True)
     assert (scratch.lr, scratch.schedule, scratch.iters) == (2e-4, "multistep", 500_000)
     assert scratch.milestones == (250_000, 400_000, 450_000, 475_000)
+    short = make_config(["d"], "o", model="swinir-light", scale=4, allow_random_init=True, iters=5000)
+    assert short.milestones == (2500, 4000, 4500, 4750) and short.iters == 5000  # the schedule's shape, scaled
+    assert "scaled from 500000 to 5000 steps" in short.recipe_note
     nafnet = make_config(["d"], "o", model="nafnet-gopro-w32", lr=5e-5, iters=10)
     assert (nafnet.optimizer, nafnet.loss, nafnet.lr, nafnet.iters) == ("adamw", "psnr", 5e-5, 10)
     assert nafnet.recipe_note.endswith("as given")
