@@ -182,3 +182,4 @@ def test_card_refuses_what_is_not_a_run(run, tmp_path):
     assert list(tmp_path.iterdir()) == []
     r = _mcir("card", run["run"], "--comparison", run["run"] / "config.json")
     assert r.exit_code == 2 and "not a comparison JSON" in r.stderr
+
