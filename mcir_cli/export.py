@@ -6,7 +6,7 @@ normalisation) and the padding to the sizes the network needs, so any N x C x H 
 in [0, 1] works. Shape arithmetic that an architecture turns into Python numbers is
 traced as constants; the graph is therefore run at sizes other than the traced one (and
 at another batch size) and compared with torch. A batch size that the architecture bakes
-in (DCTLSA's `window_reverse` calls `int()` on a shape) is exported as fixed 1 and said.
+in (DCTLSA's `window_reverse` calls `int()` on a shape) is declared fixed at 1 and said.
 
 Exporter: torch's TorchScript-based `torch.onnx.export(dynamo=False)`. Measured here
 (2-core CPU, torch 2.14.1): the dynamo exporter took 9.4 s for IMDN (TorchScript: 6.8 s),
@@ -66,10 +66,10 @@ class ExportReport:
     def contract(self) -> str:
         dtype = "float16" if self.fp16 else "float32"
         batch = "N" if self.batch_dynamic else "1"
-        return (f"input 'input': {dtype} {batch}x{self.channels}xHxW, RGB order" * (self.channels == 3)
-                or f"input 'input': {dtype} {batch}x{self.channels}xHxW") + (
-            f", values in [0, 1], any H and W; output 'output': {dtype} {batch}x{self.channels}x"
-            f"{self.scale}Hx{self.scale}W in [0, 1] (not clamped)")
+        colour = "RGB order" if self.channels == 3 else "grey" if self.channels == 1 else f"{self.channels} channels"
+        out = "HxW" if self.scale == 1 else f"{self.scale}Hx{self.scale}W"
+        return (f"input 'input': {dtype} {batch}x{self.channels}xHxW, {colour}, values in [0, 1], any H and W; "
+                f"output 'output': {dtype} {batch}x{self.channels}x{out} in [0, 1] (not clamped)")
 
 
 class OnnxGraph(nn.Module):
@@ -136,9 +136,9 @@ def _operator(exc: BaseException) -> str:
     return f"operator {m.group(0)}" if m else (text.splitlines() or [type(exc).__name__])[0][:160]
 
 
-def _trace(graph: nn.Module, path: Path, example: Tensor, opset: int, batch_dynamic: bool, arch: str) -> None:
-    axes = {2: "height", 3: "width"} | ({0: "batch"} if batch_dynamic else {})
-    out_axes = {2: "out_height", 3: "out_width"} | ({0: "batch"} if batch_dynamic else {})
+def _trace(graph: nn.Module, path: Path, example: Tensor, opset: int, arch: str) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    out_axes = {0: "batch", 2: "out_height", 3: "out_width"}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -147,6 +147,17 @@ def _trace(graph: nn.Module, path: Path, example: Tensor, opset: int, batch_dyna
                               dynamo=False, do_constant_folding=True)
     except Exception as exc:  # noqa: BLE001 - every exporter failure is one line naming the operator
         raise McirError(f"{arch} cannot be exported to ONNX opset {opset}: {_operator(exc)}") from None
+
+
+def _fix_batch(path: Path) -> None:
+    """Declare batch 1 on the graph's input and output: the trace (at batch 1) holds the
+    batch as a constant somewhere, so other batch sizes must be refused, not miscomputed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
 
 
 def _session(path: Path) -> Any:
@@ -247,10 +258,10 @@ def export_onnx(file: str | Path, out: str | Path, fp16: bool = False, image: st
     example = _crops(img, 1, *TRACE_SIZE).to(torch.float16 if fp16 else torch.float32)
 
     def write(tmp: Path) -> None:
-        _trace(graph, tmp, example, opset, True, loaded.architecture)
+        _trace(graph, tmp, example, opset, loaded.architecture)
         report.checks = _verify(tmp, reference, img, fp16, 2)
         if not _passes(report) and _passes(report, batch=1):  # the batch size was traced as a constant
-            _trace(graph, tmp, example, opset, False, loaded.architecture)
+            _fix_batch(tmp)
             report.batch_dynamic = False
             report.batch_note = "batch fixed at 1: the architecture turns the batch size into a constant when traced"
             report.checks = _verify(tmp, reference, img, fp16, 1)

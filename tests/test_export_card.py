@@ -108,6 +108,8 @@ def test_export_window_attention_models_at_sizes_off_the_window(tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "dctlsa.onnx")).metadata_props}
     # DCTLSA's window_reverse turns the batch into a Python int: batch fixed at 1, said
     assert (meta["mcir:batch"] == "fixed 1") == ("batch fixed at 1" in stdout)
+    if meta["mcir:batch"] == "fixed 1":  # declared in the graph: onnxruntime refuses batch 2
+        assert onnx.load(str(tmp_path / "dctlsa.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
 
 
 # --------------------------------------------------------------------------- card
