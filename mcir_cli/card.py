@@ -10,6 +10,7 @@ at commit SCHEMA_COMMIT (read 2026-12-03); architecture ids come from its
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import json
@@ -253,6 +254,22 @@ def _previous(root: Path) -> dict[str, Any]:
         return {}
 
 
+def _start_license(facts: RunFacts) -> str | None:
+    """The start checkpoint's license, where it says one: a `license` in its safetensors
+    metadata, or the card of the mcir run it came from (openmodeldb.json beside it)."""
+    from mcir_cli.checkpoint import read_checkpoint
+
+    path = facts.info["model"].get("checkpoint_path")
+    if not path or not Path(path).is_file():
+        return None
+    if Path(path).suffix == ".safetensors":
+        with contextlib.suppress(McirError, OSError):
+            stated = read_checkpoint(path).metadata.get("license")
+            if stated:
+                return stated
+    return _previous(Path(path).parent).get("license")
+
+
 def _load_comparison(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -271,7 +288,7 @@ def write_card(run: str | Path, comparison: str | Path | None = None, author: st
     comp = _load_comparison(Path(comparison)) if comparison else (_load_comparison(kept) if kept.is_file() else None)
     old = _previous(facts.root)
     entry = openmodeldb_entry(facts, author=author or old.get("author") or getpass.getuser(),
-                              license=license or old.get("license"),
+                              license=license or old.get("license") or _start_license(facts),
                               pretrained_id=pretrained_id or old.get("pretrainedModelG"))
     readme = model_card(facts, entry, comp)
     paths = {"openmodeldb.json": facts.root / "openmodeldb.json", "README.md": facts.root / "README.md"}

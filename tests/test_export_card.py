@@ -178,6 +178,18 @@ def test_card_command_adds_the_evidence_and_keeps_what_the_user_set(run, tmp_pat
     jsonschema.validate(entry, _schema())
 
 
+def test_a_retrain_of_a_retrained_model_inherits_its_license(run, train_dir, tmp_path):
+    folder = run["run"]
+    r = _mcir("card", folder, "--license", "Apache-2.0")
+    assert r.exit_code == 0
+    second = retrain(TrainConfig(data=[str(train_dir)], output=str(tmp_path / "again"),
+                                 checkpoint=str(folder / "model.safetensors"), iters=1, batch=1, patch=16,
+                                 negative_init="none", embedding="pixel", seed=0, device="cpu")).run_dir
+    entry = json.loads((second / "openmodeldb.json").read_text())
+    assert entry["license"] == "Apache-2.0" and entry["trainingIterations"] == 1
+    assert "plain fine-tuning" in entry["description"]
+
+
 def test_card_refuses_what_is_not_a_run(run, tmp_path):
     r = _mcir("card", tmp_path)
     assert r.exit_code == 2 and "not a run folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
