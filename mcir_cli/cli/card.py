@@ -15,7 +15,7 @@ from mcir_cli.cli.app import app, console, handle_errors
 def card(
     run: Path = typer.Argument(..., metavar="RUN", help="Run folder of mcir retrain (its config.json, log.jsonl, val.json and weights are read)."),
     comparison: Optional[Path] = typer.Option(None, "--comparison", help="JSON of `mcir compare --json` with this run's model: the card's evaluation table.", rich_help_panel="Evidence"),
-    license: Optional[str] = typer.Option(None, "--license", help="SPDX license id of the model (default: the card's earlier one, else null: mcir does not know the start checkpoint's).", rich_help_panel="Entry"),
+    license: Optional[str] = typer.Option(None, "--license", help="SPDX license id of the model (default: the card's earlier one, else the start checkpoint's where it states one, else null).", rich_help_panel="Entry"),
     author: Optional[str] = typer.Option(None, "--author", help="OpenModelDB user id (default: the card's earlier one, else the login name).", rich_help_panel="Entry"),
     pretrained_id: Optional[str] = typer.Option(None, "--pretrained-id", help="OpenModelDB id of the start model (pretrainedModelG), when it is listed there.", rich_help_panel="Entry"),
 ) -> None:
