@@ -270,7 +270,7 @@ class Run:
                 result.stopped_early = (f"{reason}: model.* holds these final weights; best.* holds step "
                                         f"{st.best_step}'s ({st.best_psnr:.2f} dB)")
         self.fill_result(result)
-        self.folder.write_card()
+        result.outputs.update(self.folder.write_card())
         self.log(logger, {"event": "end", "step": st.step, "stopped_early": result.stopped_early,
                           "best_psnr": st.best_psnr, "collapses": st.collapses, "mean_ratio": result.mean_ratio})
 
