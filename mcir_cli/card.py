@@ -98,7 +98,9 @@ def read_run(run: str | Path) -> RunFacts:
     if not weights.is_file():
         raise McirError("the run has no model.safetensors yet (unfinished: --resume it first)", root)
     val = root / "val.json"
-    history = json.loads(val.read_text()) if val.is_file() else {}
+    history: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):  # no or a damaged val.json: the card says nothing of it
+        history = json.loads(val.read_text()) if val.is_file() else {}
     best, conv = history.get("best"), (history.get("conventions") or {}).get("description", "")
     date = datetime.date.fromtimestamp(weights.stat().st_mtime).isoformat()
     loaded = load_checkpoint_model(weights)
@@ -192,10 +194,11 @@ def _training_rows(facts: RunFacts, entry: dict[str, Any]) -> list[tuple[str, st
          + (f" ({entry['datasetSize']} training pairs)" if "datasetSize" in entry else "")),
         ("steps", f"{facts.steps} of {cfg['iters']}, global batch {entry['trainingBatchSize']}, "
                   f"LQ patch {cfg['patch']} (HR {entry['trainingHRSize']})"),
-        ("recipe", f"loss {cfg['loss']}, lr {lr}, EMA of the weights {cfg['ema_decay']:g}, seed {cfg['seed']}"
+        ("recipe", (f"preset `{cfg['model']}`, " if cfg.get("model") else "")
+         + f"loss {cfg['loss']}, lr {lr}, EMA of the weights {cfg['ema_decay']:g}, seed {cfg['seed']}"
          + (f"; {cfg['recipe_note']}" if cfg.get("recipe_note") else "")),
         ("SPN embedding", str(facts.info.get("embedding", cfg.get("embedding")))),
-        ("I/O", "RGB images in [0, 1] through mcir (`mcir_cli.models.Restorer` maps the network's own range: "
+        ("I/O", "images in [0, 1] through mcir (`mcir_cli.models.Restorer` maps the network's own range: "
                 f"{json.dumps(facts.info['model'].get('io'))})"),
     ]
 
