@@ -172,11 +172,12 @@ class Run:
         same stream of patches; after a collapse the stream moves on past the bad batch."""
         cfg, W = self.cfg, self.dist.world_size
         indices = RankIndices(self.state.samples, max(1, cfg.iters - self.state.step), cfg.batch, W, self.dist.rank)
-        yield from torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             self.parts.patches, batch_size=cfg.batch, sampler=indices, num_workers=cfg.workers,
             pin_memory=self.parts.device.type == "cuda", persistent_workers=cfg.workers > 0, drop_last=True,
             generator=torch.Generator(),  # keeps the global RNG (drop-path) untouched
         )
+        yield from self.parts.degrader.batches(loader) if self.parts.degrader else loader
 
     def after_step(self, s: StepLosses, ratio: float, logger: Any) -> None:
         """Negatives' EMA updates, λ control, the rollback snapshot, the DDP sync check."""

@@ -110,7 +110,8 @@ class StudyPlan:
     common: dict[str, Any] = field(default_factory=dict)  # make_config overrides for every arm
     device: str = "auto"
     from_scratch: bool = False  # a preset's recipe from one random initialisation per seed
-    val_every: int = 0  # > 0: every run scores the benchmarks every this many steps (the curves)
+    val_every: int = 0  # > 0: every run scores `val` every this many steps (the curves)
+    val: list[str] = field(default_factory=list)  # the curves' folders (empty: the benchmarks)
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
@@ -156,7 +157,7 @@ class StudyPlan:
         overrides = {**self.common, **arm.settings, "seed": seed, "iters": self.iters, "device": self.device,
                      "max_collapses": 1}  # the study's one rule: a collapse stops the unit (see the module)
         if self.val_every:
-            overrides.update(val=tuple(self.benchmarks), val_every=self.val_every)
+            overrides.update(val=tuple(self.val or self.benchmarks), val_every=self.val_every)
         start = self.checkpoint
         if self.from_scratch:
             start, overrides["allow_random_init"] = str(self.init_path(seed)), True
@@ -313,7 +314,7 @@ def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, A
 
 def check_plan(plan: StudyPlan) -> None:
     """Every folder there and every arm's configuration valid, before any work."""
-    for flag, paths in (("--data", plan.data), ("--benchmark", plan.benchmarks)):
+    for flag, paths in (("--data", plan.data), ("--benchmark", plan.benchmarks), ("--val", plan.val)):
         for p in paths:
             if not Path(p).exists():
                 raise McirError(f"{flag}: folder not found", p)
@@ -338,7 +339,8 @@ def load_plan(root: str | Path) -> StudyPlan:
 
 
 def plan_paths(output: str | Path, data: list[str | Path], benchmarks: list[str | Path],
-               checkpoint: str | Path | None) -> dict[str, Any]:
+               checkpoint: str | Path | None, val: list[str | Path] = ()) -> dict[str, Any]:
     """Absolute paths, so a study resumes from any folder."""
     return {"output": absolute(output), "data": [absolute(d) for d in data],
-            "benchmarks": [absolute(b) for b in benchmarks], "checkpoint": absolute(checkpoint) if checkpoint else None}
+            "benchmarks": [absolute(b) for b in benchmarks], "checkpoint": absolute(checkpoint) if checkpoint else None,
+            "val": [absolute(v) for v in val]}

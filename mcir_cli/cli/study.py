@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.stats import p_phrase
 from mcir_cli.study_report import METHOD, fmt_signed, study_number
@@ -37,6 +38,8 @@ def study(
     arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
     iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
+    degradation: Optional[str] = typer.Option(None, help="realesrgan: every run's SR inputs made on the fly by Real-ESRGAN's degradation (default: a preset's); benchmark with `mcir data degrade` copies.", rich_help_panel="Data"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table changing the published defaults.", rich_help_panel="Data"),
     batch: Optional[int] = typer.Option(None, help="Patches per step (default: preset or 16).", rich_help_panel="Optimisation"),
     patch: Optional[int] = typer.Option(None, help="Input patch size (default: preset or 48/128).", rich_help_panel="Optimisation"),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: as `mcir retrain`: where a preset's schedule ends; bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
@@ -47,7 +50,8 @@ def study(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New study folder (must not exist).", rich_help_panel="Run control"),
     resume: Optional[Path] = typer.Option(None, help="Continue the study in this folder (finished arms are kept).", rich_help_panel="Run control"),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train --model PRESET from a random initialisation per seed (shared by every arm of the seed), its recipe's lr schedule scaled to --iters.", rich_help_panel="Model"),
-    val_every: int = typer.Option(0, help="Score the benchmarks every N steps of every run: study.md and report.html draw each arm's curve, mean ± sd over seeds (0: only at the end).", rich_help_panel="Run control"),
+    val_every: int = typer.Option(0, help="Score the --val folders (default: the benchmarks) every N steps of every run: study.md and report.html draw each arm's curve, mean ± sd over seeds (0: only at the end).", rich_help_panel="Run control"),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Folder the curves of --val-every are scored on (repeatable; default: every benchmark). Small sets keep validation cheap.", rich_help_panel="Data"),
 ) -> None:
     """Prove it: K seeds of plain fine-tuning vs MCIR at equal steps, scored on held-out benchmarks.
 
@@ -70,8 +74,11 @@ def study(
                                                      ("embedding_init", embedding_init)) if v is not None}
         if embedding_weights is not None:
             common["embedding_weights"] = str(embedding_weights)
+        from mcir_cli.degradation_config import degradation_flags
+
+        common.update({k: v for k, v in degradation_flags(degradation, degradation_config).items() if v is not None})
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
-        plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint), model=model, scale=scale, arms=arms,
+        plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint, val or []), model=model, scale=scale, arms=arms,
                          seeds=_seeds(seeds), iters=iters, common=common, device=device, from_scratch=from_scratch,
                          val_every=val_every)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -108,7 +115,9 @@ def _render(summary: dict[str, Any], root: Path) -> None:
         table.add_column(d, justify="right")
     for name, row in summary["table"].items():
         table.add_row(name, *(f"{row[d]['psnr']:.2f}/{row[d]['ssim']:.4f}" for d in datasets))
+    add_paper_rows(table, summary.get("paper", []), datasets)
     console.print(table)
+    print_paper_notes(summary.get("paper", []))
     console.print(f"training: {summary['recipe']}", highlight=False, soft_wrap=True)
     for name, u in summary["units"].items():
         if u["stopped"]:
