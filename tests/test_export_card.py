@@ -131,6 +131,11 @@ def run(imdn, train_dir, tmp_path_factory):
 
 
 def test_real_openmodeldb_entries_pass_the_schema_and_broken_ones_fail():
+    from mcir_cli.card import OPENMODELDB_ARCH, TASK_TAGS
+
+    ids = json.loads((FIXTURES / "ids.json").read_text())  # mcir's id tables name only what exists there
+    assert set(OPENMODELDB_ARCH.values()) <= set(ids["architectures"])
+    assert {t for tags in TASK_TAGS.values() for t in tags} | {"research"} <= set(ids["tags"])
     schema = _schema()
     for f in sorted(FIXTURES.glob("[0-9]*.json")):
         jsonschema.validate(json.loads(f.read_text()), schema)
