@@ -7,8 +7,9 @@ A study folder holds `plan.json` (what was asked: a resume must ask the same),
 `init/s<seed>.safetensors` (from scratch: every arm of a seed starts from it),
 `runs/<arm>-s<seed>/` (ordinary run folders), `results/<arm>-s<seed>.json` and
 `results/start.json` or `results/start-s<seed>.json` (ordinary `mcir evaluate` results,
-plus the unit's `training` record: steps, collapses), then `study.json`, `study.md` and
-`report.html`.
+plus the unit's `training` record: steps, collapses), `units/` (each unit's lock and claim
+log: study_units.py, which runs the units, also sharded over processes and machines;
+study_submit.py hands them to Slurm), then `study.json`, `study.md` and `report.html`.
 
 One rule for every arm: a unit's first collapse stops it (the guard rolls back to the last
 good weights, which are scored), and the unit is reported and left out of the Δ statistics;
@@ -186,13 +187,15 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
                         "continue it with the same flags, or choose a new --output", path)
 
 
-def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
+def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
     from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.jpeg import benchmark_qualities
     from mcir_cli.models import load_model
 
     loaded = load_model(weights, plan.model, plan.scale)
-    result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
+    result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
+                            jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
     result["model"]["label"] = label
     if training is not None:
         result["training"] = training
@@ -200,7 +203,7 @@ def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path
     return result
 
 
-def _write_init(plan: StudyPlan, seed: int) -> Path:
+def write_init(plan: StudyPlan, seed: int) -> Path:
     """The seed's random initialisation, written once: every arm of the seed starts from
     these very weights."""
     from mcir_cli.checkpoint import save_safetensors
@@ -214,16 +217,31 @@ def _write_init(plan: StudyPlan, seed: int) -> Path:
 
 
 def _stopped_run(run: Path) -> dict[str, Any] | None:
-    """The `end` record of a run that stopped before its --iters (a collapse): a resume
-    of the study must score it as it is, not train it on."""
+    """The `end` record of a run that a collapse stopped before its --iters: a resume of
+    the study must score it as it is, not train it on. A run stopped by a signal (Ctrl-C,
+    SIGTERM, a preemption) is not one: it is resumed."""
     log_path = run / "log.jsonl"
     if not log_path.exists():
         return None
     ends = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("event") == "end"]
-    return ends[-1] if ends and ends[-1].get("stopped_early") else None
+    if not ends or not ends[-1].get("stopped_early"):
+        return None
+    # logs from before the "stop" field: a signal's stop says how to continue
+    signalled = ends[-1].get("stop", "signal" if "continue with --resume" in ends[-1]["stopped_early"] else None)
+    return None if signalled == "signal" else ends[-1]
 
 
-def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None) -> tuple[Path, dict[str, Any]]:
+class UnitStopped(KeyboardInterrupt):
+    """A unit's run stopped by a signal (Ctrl-C, SIGTERM, a scheduler's preemption): its
+    state is saved and a resume continues it bit-exactly."""
+
+    def __init__(self, unit: str, signal: str | None, step: int) -> None:
+        super().__init__(f"{unit}: stopped by {signal or 'a signal'} at step {step}, state saved")
+        self.unit, self.signal, self.step = unit, signal, step
+
+
+def train_unit(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None,
+           preempt_signals: tuple[int, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """The arm's run folder, trained to plan.iters (a new run, a resume of an interrupted
     one, or a finished one as it is), and its training record."""
     from mcir_cli.loop import retrain
@@ -235,64 +253,67 @@ def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] 
     if stopped is not None:
         return run, {"steps": stopped["step"], "iters": plan.iters, "collapses": stopped.get("collapses", 0),
                      "stopped": stopped["stopped_early"]}
-    if (run / "config.json").exists():
-        result = retrain(load_run_config(run), on_step=callback, resume=True)
-    else:
-        result = retrain(cfg, on_step=callback)
+    resume = (run / "config.json").exists()
+    result = retrain(load_run_config(run) if resume else cfg, on_step=callback, resume=resume,
+                     preempt_signals=preempt_signals)
     if result.stop_kind == "signal":
-        raise KeyboardInterrupt
+        raise UnitStopped(plan.run_name(arm, seed), result.stop_signal, result.steps)
     return run, {"steps": result.steps, "iters": plan.iters, "collapses": result.collapses,
                  "stopped": result.stopped_early}
 
 
-def _start_rows(plan: StudyPlan, root: Path) -> None:
-    """The table's first row: the pretrained start, or every seed's initialisation."""
-    for seed in plan.seeds if plan.from_scratch else plan.seeds[:1]:
-        out = root / "results" / f"{plan.start_name(seed)}.json"
-        if not out.exists():
-            weights = _write_init(plan, seed) if plan.from_scratch else plan.checkpoint
-            _evaluate(plan, weights, plan.start_name(seed), out)
+def create_study(plan: StudyPlan) -> None:
+    """A new study folder: plan.json (with the recipe note) and results/; the plan is
+    checked first, nothing is written when it is wrong (`--plan-only` stops here)."""
+    root = Path(plan.output)
+    check_plan(plan)  # bad input is found before anything is written or trained
+    if root.exists():
+        raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
+    writable_target(root, "study folder")
+    (root / "results").mkdir(parents=True)
+    plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
+    atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
+
+
+def open_study(plan: StudyPlan) -> None:
+    """An existing study folder, to continue: its plan.json must be this plan."""
+    root = Path(plan.output)
+    check_plan(plan)
+    if not (root / "plan.json").exists():
+        raise McirError("not a study folder (no plan.json)", root)
+    writable_target(root / "results", "study folder")
+    _check_same_plan(plan, root / "plan.json")
 
 
 def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callable[[str, int], None] | None = None,
               resume: bool = False) -> dict[str, Any]:
-    """Run every (arm, seed) not yet evaluated, then summarise. `resume` continues a
-    study folder (finished arms are kept as they are)."""
+    """Run every unit (start rows, then each arm x seed) not yet evaluated, then summarise.
+    `resume` continues a study folder (finished units are kept as they are); units that
+    other processes hold (`mcir study --shard`) are waited for, or taken up if they die."""
+    from mcir_cli.study_units import work
+
+    (open_study if resume else create_study)(plan)
+    summary = work(plan, wait=True, on_event=on_event, on_step=on_step).summary
+    if summary is None:  # pragma: no cover - every unit was run here or waited for
+        raise RuntimeError("a study unit is unfinished after waiting for it")
+    if on_event:
+        total = len(plan.arms) * len(plan.seeds) + 1
+        on_event("summary", total, total)
+    return summary
+
+
+def write_summary(plan: StudyPlan) -> dict[str, Any]:
+    """study.json, study.md and report.html from every unit's result (atomic writes; the
+    caller holds the summary lock when other processes may finish at the same time)."""
     from mcir_cli.study_report import summarise, to_markdown, validation_curves
 
     root = Path(plan.output)
-    check_plan(plan)  # bad input is found before anything is written or trained
-    if root.exists() and not resume:
-        raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
-    if resume and not (root / "plan.json").exists():
-        raise McirError("not a study folder (no plan.json)", root)
-    writable_target(root, "study folder")
-    if resume:
-        _check_same_plan(plan, root / "plan.json")
-    else:
-        (root / "results").mkdir(parents=True)
-        plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
-        atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
-    jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
-    total = len(jobs) + 1
-    _start_rows(plan, root)
-    for done, (arm, seed) in enumerate(jobs, 1):
-        name = plan.run_name(arm, seed)
-        out = root / "results" / f"{name}.json"
-        if on_event:
-            on_event(name, done, total)
-        if out.exists():
-            continue
-        run, training = _train(plan, arm, seed, (lambda step, n=name: on_step(n, step)) if on_step else None)
-        _evaluate(plan, run / "model.safetensors", name, out, training)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
     summary = summarise(plan, results, validation_curves(plan, runs) if plan.val_every else None)
     atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(root / "study.md", to_markdown(summary))
     _write_report(plan, summary, results, runs, root / "report.html")
-    if on_event:
-        on_event("summary", total, total)
     return summary
 
 
@@ -333,9 +354,20 @@ def load_plan(root: str | Path) -> StudyPlan:
     if not path.exists():
         raise McirError("not a study folder (no plan.json)", Path(root))
     try:
-        return StudyPlan.from_json(json.loads(path.read_text()))
+        plan = StudyPlan.from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise McirError(f"plan.json is damaged ({type(exc).__name__})", path) from None
+    if not _same_folder(plan.output, root):  # else the study's writes would go to the other folder
+        raise McirError(f"plan.json belongs to the study folder {plan.output}, not this one (a moved or copied "
+                        "study: its paths must be those every machine sees)", path)
+    return plan
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def plan_paths(output: str | Path, data: list[str | Path], benchmarks: list[str | Path],
