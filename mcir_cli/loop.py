@@ -272,6 +272,7 @@ class Run:
                 result.stopped_early = (f"{reason}: model.* holds these final weights; best.* holds step "
                                         f"{st.best_step}'s ({st.best_psnr:.2f} dB)")
         self.fill_result(result)
+        result.outputs.update(self.folder.write_card())
         self.log(logger, {"event": "end", "step": st.step, "stopped_early": result.stopped_early,
                           "best_psnr": st.best_psnr, "collapses": st.collapses, "mean_ratio": result.mean_ratio,
                           "stop": result.stop_kind})
@@ -292,6 +293,7 @@ class Run:
                 return result
             if self.stale_state:
                 self.save_state()
+            self.folder.write_card(if_missing=True)
             log.info("the run is already at step %d of %d: nothing to train (--iters N goes further)",
                      self.state.step, self.cfg.iters)
         self.fill_result(result)

@@ -159,6 +159,20 @@ class RunFolder:
             atomic_torch_save(pth, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
         return {st.name: str(st), pth.name: str(pth)}
 
+    def write_card(self, if_missing: bool = False) -> dict[str, str]:
+        """README.md + openmodeldb.json beside the final weights (`mcir_cli.card`); a card
+        that cannot be made is a warning, never the run's failure. `if_missing`: a resumed
+        finished run completes a card a kill cut short."""
+        from mcir_cli.card import CARD_FILES, write_card
+
+        if not self.is_main or (if_missing and all((self.root / n).is_file() for n in CARD_FILES)):
+            return {}
+        try:
+            return {name: str(path) for name, path in write_card(self.root).items()}
+        except (McirError, OSError, ValueError, KeyError) as exc:
+            log.warning("model card not written (%s); `mcir card %s` retries", exc, self.root)
+            return {}
+
     # ------------------------------------------------------------------ val.json
     def record_validation(self, entry: dict[str, Any], header: dict[str, Any]) -> None:
         """Add (or replace, on a resumed step) one validation in val.json; `best` is the

@@ -39,9 +39,9 @@ def test_two_gloo_ranks_stay_identical_and_resume_on_one(tmp_path):
     assert first == second  # target and negatives identical on both ranks
     start = next(r for r in log if r.get("event") == "start")
     assert start["global_batch"] == 2
-    # one set of outputs, written by rank 0 only
+    # one set of outputs (and one model card), written by rank 0 only
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "log.jsonl", "model.pth", "model.safetensors", "state.pt",
+        "README.md", "config.json", "log.jsonl", "model.pth", "model.safetensors", "openmodeldb.json", "state.pt",
     ]
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["samples_seen"] == 8
