@@ -9,6 +9,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,6 +65,18 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
+_NEGATIVE_STREAM = 0x6E656761  # "nega": the negatives' random models draw from their own stream
+
+
+def negative_seed(seed: int, i: int) -> int:
+    """The seed of negative i's random model. Its own stream, so it never equals a seed
+    that builds a target: a from-scratch target of seed s is built with seed s, and
+    `seed + i` made negative 0's "random" model the target itself (a copy, not the
+    authors' mix) and negative i seed s + i's initialisation."""
+    state = np.random.SeedSequence([_NEGATIVE_STREAM, int(seed), int(i)]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
 def random_params(target: nn.Module, names: list[str], seed: int, random_model: RandomModel | None) -> list[Tensor]:
     """The parameters `names` of a random model built with the CPU generator seeded to
     `seed`: `random_model()`, or a deepcopy of the target with `reset_parameters()` called
@@ -95,7 +108,7 @@ def initial_weights(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(params, buffers) of N negatives, stacked (leading dim N), requires_grad=False.
     "copy"/"frozen": the target's parameters; "random": random model i (seeded to
-    seed + i); "mix": mix * random model i + (1 - mix) * the target's. Buffers: the
+    `negative_seed(seed, i)`); "mix": mix * random model i + (1 - mix) * the target's. Buffers: the
     target's, in every negative."""
     param_names, buffer_names = names
     t_params = dict(target.named_parameters())
@@ -105,7 +118,7 @@ def initial_weights(
         if init in ("copy", "frozen"):
             rows.append([p.clone() for p in theta])
             continue
-        rand = random_params(target, param_names, seed + i, random_model)
+        rand = random_params(target, param_names, negative_seed(seed, i), random_model)
         if init == "random":
             rows.append(rand)
         else:  # mix

@@ -24,7 +24,7 @@ from mcir_cli.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, paper_
 from mcir_cli.paper import paper_notes
 from mcir_cli.results import Comparison, conventions_text, render_evidence
 from mcir_cli.stats import PairedStats, fmt_p
-from mcir_cli.study_report import COLLAPSE_RULE, METHOD, fmt_signed, study_number
+from mcir_cli.study_report import COLLAPSE_RULE, METHOD, NO_PAIRS, fmt_signed, study_number
 
 _CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --gain: #1e7f3c; --loss: #b3261e; }
@@ -351,6 +351,10 @@ def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tu
                         + f"<td>[{fmt_signed(lo)}, {fmt_signed(hi)}]</td><td>{s['win_rate']:.0%}</td>"
                         f"<td>{fmt_p(study_number(s['p']))}</td><td>{fmt_signed(s['detectable']).lstrip('+')}</td>"
                         f"<td>{s['seeds_better']}/{s['seeds']}</td><td>{esc(s['verdict'])}</td></tr>")
+        if not info["datasets"]:
+            out.append(f"<h3>{esc(arm)} <span class=\"muted\">({esc(info['settings'])})</span></h3>"
+                       f"<p>{esc(NO_PAIRS)}.</p>")
+            continue
         out.append(f"<h3>{esc(arm)} <span class=\"muted\">({esc(info['settings'])})</span></h3>"
                    '<div class="scroll"><table class="stats"><thead><tr><th>dataset</th><th>Δ dB</th>'
                    "<th>95 % CI</th><th>win rate</th><th>p</th><th>detectable</th><th>seeds better</th>"
@@ -370,7 +374,7 @@ def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tu
 def study_units_html(summary: dict[str, Any]) -> str:
     """The units a collapse stopped (or a line saying none did), with the study's rule."""
     hit = {n: u for n, u in summary.get("units", {}).items() if u["collapses"] or u["stopped"]}
-    items = "".join(f"<li>{esc(n)}: {u['collapses']} collapse(s), {u['steps']} steps; {esc(u['stopped'] or '')}</li>"
+    items = "".join(f"<li>{esc(n)}: stopped by a collapse at step {u['steps']}; {esc(u['stopped'] or '')}</li>"
                     for n, u in hit.items())
     return (f'<p class="muted" id="collapses">Collapses ({esc(COLLAPSE_RULE)}): '
             + (f"</p><ul>{items}</ul>" if hit else "none.</p>"))

@@ -293,13 +293,30 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
     from mcir_cli.study_units import work
 
     (open_study if resume else create_study)(plan)
-    summary = work(plan, wait=True, on_event=on_event, on_step=on_step).summary
+    try:
+        summary = work(plan, wait=True, on_event=on_event, on_step=on_step).summary
+    except McirError:
+        if not resume:
+            _remove_if_untrained(plan)
+        raise
     if summary is None:  # pragma: no cover - every unit was run here or waited for
         raise RuntimeError("a study unit is unfinished after waiting for it")
     if on_event:
         total = len(plan.arms) * len(plan.seeds) + 1
         on_event("summary", total, total)
     return summary
+
+
+def _remove_if_untrained(plan: StudyPlan) -> None:
+    """A new study that stopped on bad input before any arm finished (an empty benchmark
+    folder is found when the start row is scored) leaves nothing behind: the folder is
+    the one this call made, so the same command can be run again once the input is fixed."""
+    import shutil
+
+    root = Path(plan.output)
+    names = {plan.run_name(arm, seed) for arm in plan.arms for seed in plan.seeds}
+    if not any((root / "results" / f"{n}.json").exists() for n in names):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def write_summary(plan: StudyPlan) -> dict[str, Any]:
@@ -341,11 +358,23 @@ def check_plan(plan: StudyPlan) -> None:
                 raise McirError(f"{flag}: folder not found", p)
     if plan.checkpoint and not Path(plan.checkpoint).is_file():
         raise McirError("--checkpoint: file not found", plan.checkpoint)
+    embeddings: set[tuple[Any, ...]] = set()
     for arm in plan.arms:
         try:
-            plan.config(arm, plan.seeds[0])
+            cfg = plan.config(arm, plan.seeds[0])
         except McirError as exc:
             raise McirError(f"--arm {arm.name}: {exc}") from None
+        if cfg.negative_init != "none":
+            embeddings.add((cfg.embedding, cfg.embedding_weights, cfg.embedding_init))
+    for name, weights, init in sorted(embeddings, key=str):  # offline without VGG weights: now, not after an arm
+        _check_embedding(name, weights, init)
+
+
+def _check_embedding(name: str, weights: str | None, init: str) -> None:
+    """The SPN embedding can be built (offline, the pretrained VGG needs its weights)."""
+    from mcir_cli.losses import make_embedding
+
+    make_embedding(name, weights, init, 0)
 
 
 def load_plan(root: str | Path) -> StudyPlan:

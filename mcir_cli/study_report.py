@@ -19,6 +19,7 @@ METHOD = ("Δ PSNR vs plain, paired over images and seeds: 95 % CI and p from a 
           "(seeds − 1 degrees of freedom) whose error also carries each image's own variation; win rate over "
           "(seed, image) pairs; 'detectable' is the smallest Δ this design finds at 80 % power")
 COLLAPSE_RULE = "a unit's first collapse stops it: it is scored as stopped and left out of the Δ statistics"
+NO_PAIRS = "no verdict: in every seed this arm's unit or plain's was stopped by a collapse"
 
 
 def _per_image(result: dict[str, Any], dataset: str, metric: str) -> dict[str, float]:
@@ -82,7 +83,7 @@ def _arm_deltas(plan: Any, results: dict[str, Any], arm: str, datasets: list[str
     seeds = paired_seeds(plan, results, arm)
     per: dict[str, Any] = {}
     if not seeds:
-        return {"seeds_used": [], "datasets": {}}
+        return {"seeds_used": [], "datasets": {}, "note": NO_PAIRS}
     mats = []
     baseline = "plain training" if plan.from_scratch else "plain fine-tuning"
     for d in datasets:
@@ -175,7 +176,7 @@ def _markdown_deltas(summary: dict[str, Any]) -> list[str]:
         note = f"; seeds {', '.join(map(str, dropped))} left out (a collapse)" if dropped else ""
         lines += [f"**{arm}** ({info['settings']}{note})", "",
                   "| dataset | Δ dB | 95 % CI | win rate | p | detectable | seeds better | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"] if info["datasets"] else [f"**{arm}** ({info['settings']}): {NO_PAIRS}."]
         for d, s in info["datasets"].items():
             lo, hi = s["ci"]
             lines.append(f"| {d} | {fmt_signed(s['mean'])} | [{fmt_signed(lo)}, {fmt_signed(hi)}] | "
@@ -189,7 +190,7 @@ def _markdown_units(summary: dict[str, Any]) -> list[str]:
     hit = {n: u for n, u in summary["units"].items() if u["collapses"] or u["stopped"]}
     lines = [f"Collapses ({COLLAPSE_RULE}): " + ("none." if not hit else ""), ""]
     for name, u in hit.items():
-        lines.append(f"- {name}: {u['collapses']} collapse(s), {u['steps']} steps; {u['stopped'] or 'finished'}")
+        lines.append(f"- {name}: stopped by a collapse at step {u['steps']}; {u['stopped'] or 'finished'}")
     return lines + ([""] if hit else [])
 
 
@@ -225,7 +226,9 @@ def to_markdown(summary: dict[str, Any]) -> str:
     for name, row in summary["table"].items():
         cells = [f"{_pm(row[d]['psnr'], row[d].get('psnr_sd', 0), 2)} / {_pm(row[d]['ssim'], row[d].get('ssim_sd', 0), 4)}"
                  for d in datasets]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        stopped = sum(1 for s in seeds if summary.get("units", {}).get(f"{name}-s{s}", {}).get("stopped"))
+        label = f"{name} ({stopped} of {len(seeds)} stopped by a collapse)" if stopped else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += paper_table_lines(summary) + paper_notes_lines(summary)
     lines.append("")
     return "\n".join(lines + _markdown_units(summary) + _markdown_deltas(summary) + _markdown_curves(summary))

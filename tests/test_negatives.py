@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import shared_path
+from mcir_cli.negative_init import negative_seed
 from mcir_cli.negatives import NegativeBank
 
 
@@ -85,7 +86,7 @@ def test_init_mix_exact_with_random_model():
 
     bank = NegativeBank(target, steps=(1, 2), init="mix", mix=0.25, seed=7, random_model=random_model)
     for i in range(2):
-        torch.manual_seed(7 + i)
+        torch.manual_seed(negative_seed(7, i))
         rand = random_model().state_dict()
         for k, p in bank.module(i).named_parameters():
             expected = 0.25 * rand[k] + 0.75 * theta[k]
@@ -98,7 +99,7 @@ def test_init_mix_reset_parameters_default_is_seeded():
     target = _Small()
     bank = NegativeBank(target, steps=(1,), init="mix", mix=0.1, seed=3)
     fresh = copy.deepcopy(target)
-    torch.manual_seed(3)
+    torch.manual_seed(negative_seed(3, 0))
     for m in fresh.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
@@ -108,6 +109,19 @@ def test_init_mix_reset_parameters_default_is_seeded():
         assert torch.equal(p, 0.1 * r + 0.9 * t), k
     again = NegativeBank(target, steps=(1,), init="mix", mix=0.1, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(bank.parameters(), again.parameters()))
+
+
+def test_negatives_random_models_never_share_a_targets_seed():
+    """A from-scratch target of seed s is built with seed s; the negatives' random models
+    draw from a stream of their own, so a mix negative is never a copy of the target and
+    no two seeds' negatives share draws (they used `seed + i`)."""
+    seeds = {negative_seed(s, i) for s in range(50) for i in range(4)}
+    assert len(seeds) == 200 and not seeds & set(range(1000))
+    torch.manual_seed(0)
+    target = _Small()  # a from-scratch target of seed 0
+    bank = NegativeBank(target, steps=(1, 2), init="mix", mix=0.1, seed=0, random_model=lambda: _Small())
+    for i in range(2):
+        assert not torch.equal(bank.module(i).conv.weight, target.conv.weight)
 
 
 def test_global_rng_untouched():

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
 from mcir_cli.study import StudyPlan, parse_arm, plan_paths, run_study
+from mcir_cli.study_report import NO_PAIRS
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()
@@ -133,6 +134,10 @@ def test_bad_study_input_is_refused_before_any_work(bench, tmp_path):
     with pytest.raises(McirError, match="--benchmark: folder not found"):
         run_study(_plan(tmp_path / "s", tmp_path / "nosuch"))
     assert not (tmp_path / "s").exists()
+    (tmp_path / "empty").mkdir()  # found only when the start row is scored: the new folder goes again
+    with pytest.raises(McirError):
+        run_study(_plan(tmp_path / "s", tmp_path / "empty"))
+    assert not (tmp_path / "s").exists()
     res = runner.invoke(app, ["study", "--resume", str(tmp_path / "s"), "--iters", "5"])
     assert res.exit_code == 2 and "(remove --iters)" in res.output
     common = ["study", "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--benchmark",
@@ -213,8 +218,11 @@ def test_a_collapse_stops_the_unit_and_leaves_it_out(bench, tmp_path):
     unit = summary["units"]["hot-s0"]
     assert unit["collapses"] == 1 and unit["steps"] < 8 and "collapse" in unit["stopped"]
     assert summary["units"]["plain-s0"] == {"steps": 8, "collapses": 0, "stopped": None}
-    assert summary["deltas"]["hot"] == {"settings": plan.arms[1].describe(), "seeds_used": [], "datasets": {}}
-    assert "hot-s0: 1 collapse(s)" in (tmp_path / "c" / "study.md").read_text()
+    assert summary["deltas"]["hot"] == {"settings": plan.arms[1].describe(), "seeds_used": [], "datasets": {},
+                                        "note": NO_PAIRS}
+    md = (tmp_path / "c" / "study.md").read_text()
+    assert f"hot-s0: stopped by a collapse at step {unit['steps']}" in md and f"{NO_PAIRS}." in md
+    assert "| hot (1 of 1 stopped by a collapse) |" in md
     (tmp_path / "c" / "results" / "hot-s0.json").unlink()
     log_before = (tmp_path / "c" / "runs" / "hot-s0" / "log.jsonl").read_text()
     again = run_study(plan, resume=True)

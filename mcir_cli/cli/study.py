@@ -14,7 +14,7 @@ from mcir_cli.cli.app import app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.stats import p_phrase
-from mcir_cli.study_report import METHOD, fmt_signed, study_number
+from mcir_cli.study_report import METHOD, NO_PAIRS, fmt_signed, study_number
 
 
 def _seeds(text: str) -> list[int]:
@@ -230,6 +230,8 @@ def _render(summary: dict[str, Any], root: Path) -> None:
                           "(left out of the Δ statistics)[/]", highlight=False, soft_wrap=True)
     console.print(f"[bold]Evidence[/] ({METHOD}):", highlight=False, soft_wrap=True)
     for arm, info in summary["deltas"].items():
+        if not info["datasets"]:
+            console.print(f"  {arm}: {NO_PAIRS}", highlight=False, soft_wrap=True)
         for d, s in info["datasets"].items():
             lo, hi = s["ci"]
             console.print(f"  {arm} on {d}: {fmt_signed(s['mean'], 3)} dB [{fmt_signed(lo, 3)}, {fmt_signed(hi, 3)}], "
