@@ -30,6 +30,7 @@ class _Inputs:
     checkpoint: str | None = None
     model: str | None = None
     scale: int | None = None
+    res_scale: float | None = None  # EDSR's, not stored in its weights (models.settle_res_scale)
     task: str | None = None
     val: tuple[str, ...] | str | None = None  # validation folders (a str in older config.json)
     iters: int = 1000

@@ -24,6 +24,7 @@ class Scoring:
     pictures."""
 
     scale: int | None = None
+    res_scale: float | None = None  # EDSR's, which no checkpoint stores (models.settle_res_scale)
     task: str | None = None
     y_channel: bool | None = None
     crop_border: int | None = None
@@ -58,7 +59,7 @@ def evaluate_checkpoints(
     Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
     total)` is called per image. The models are kept for the visuals."""
     # all models first: checkpoints that cannot be compared are refused before any scoring
-    models = [load_model(path, None, scoring.scale) for path in checkpoints]
+    models = [load_model(path, None, scoring.scale, res_scale=scoring.res_scale) for path in checkpoints]
     scales = {m.scale for m in models}
     if len(scales) > 1:
         found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))

@@ -76,6 +76,7 @@ class LoadedModel:
     checkpoint: Checkpoint | None = None
     preset: Preset | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # the detector's: variant name, width, depth, layout
 
     @property
     def net(self) -> nn.Module:
@@ -188,6 +189,7 @@ def _from_descriptor(desc, checkpoint: Checkpoint | None, preset: Preset | None)
         checkpoint=checkpoint,
         preset=preset,
         hyperparameters=dict(getattr(net, "hyperparameters", {}) or {}),
+        tags=tuple(getattr(desc, "tags", ()) or ()),
     )
 
 
@@ -230,10 +232,36 @@ def resolve_weights(preset: Preset) -> Path | None:
     return None
 
 
+def settle_res_scale(loaded: LoadedModel, res_scale: float | None) -> None:
+    """EDSR's res_scale is in no file's weights: `--res-scale`, else what mcir wrote in
+    its safetensors metadata, else the guess from the width, said as a warning."""
+    net = loaded.net
+    if not hasattr(net, "set_res_scale"):
+        if res_scale is not None:
+            raise McirError(f"--res-scale applies to EDSR only; this model is {loaded.architecture}")
+        return
+    meta = loaded.checkpoint.metadata if loaded.checkpoint is not None else {}
+    if res_scale is None and "res_scale" in meta:
+        res_scale = float(meta["res_scale"])
+    if res_scale is not None:
+        if not (res_scale > 0 and res_scale <= 10):
+            raise McirError(f"--res-scale must be in (0, 10] (got {res_scale})")
+        net.set_res_scale(res_scale)
+        loaded.hyperparameters["res_scale"] = float(res_scale)
+        return
+    from mcir_cli.archs.edsr import guess_res_scale
+
+    guess, why = guess_res_scale(int(net.hyperparameters.get("n_feats", net.hyperparameters.get("num_feat", 64))))
+    where = loaded.checkpoint.path if loaded.checkpoint is not None else loaded.label
+    log.warning("%s: EDSR's res_scale is not stored in the weights; guessed res_scale %g from the width (%s); "
+                "give --res-scale if it was trained with another", where, guess, why)
+
+
 def load_checkpoint_model(
-    path: str | Path, preset: Preset | None = None, scale: int | None = None
+    path: str | Path, preset: Preset | None = None, scale: int | None = None, res_scale: float | None = None
 ) -> LoadedModel:
-    """Load a checkpoint with its architecture detected from the file alone."""
+    """Load a checkpoint with its architecture detected from the file alone (`res_scale`:
+    EDSR's, which no file stores; see `settle_res_scale`)."""
     ckpt = read_checkpoint(path)
     desc = _descriptor_from_state_dict(ckpt.state_dict, ckpt.path)
     if ckpt.is_ema:
@@ -246,7 +274,9 @@ def load_checkpoint_model(
         )
     if scale is not None and int(desc.scale) != scale:
         raise McirError(f"checkpoint is x{desc.scale}, but --scale {scale} was given", ckpt.path)
-    return _from_descriptor(desc, ckpt, preset)
+    loaded = _from_descriptor(desc, ckpt, preset)
+    settle_res_scale(loaded, res_scale)
+    return loaded
 
 
 def load_model(
@@ -255,8 +285,10 @@ def load_model(
     scale: int | None = None,
     allow_random: bool = False,
     seed: int = 0,
+    res_scale: float | None = None,
 ) -> LoadedModel:
-    """`--checkpoint FILE` and/or `--model PRESET`: the one way every command gets a model."""
+    """`--checkpoint FILE` and/or `--model PRESET`: the one way every command gets a model
+    (`res_scale`: `--res-scale`, EDSR checkpoints only)."""
     preset = get_preset(model, scale) if model else None
     if checkpoint is None and preset is not None:
         checkpoint = resolve_weights(preset)
@@ -268,11 +300,14 @@ def load_model(
                 "listed in $MCIR_WEIGHTS"
             )
     if checkpoint is not None:
-        return load_checkpoint_model(checkpoint, preset, scale)
+        return load_checkpoint_model(checkpoint, preset, scale, res_scale)
     if preset is None:
         raise McirError("give a model: --checkpoint FILE or --model PRESET")
     log.warning("preset %s: no pretrained weights, starting from a random initialisation", preset.name)
-    return from_preset(preset, seed)
+    loaded = from_preset(preset, seed)
+    if res_scale is not None:
+        settle_res_scale(loaded, res_scale)
+    return loaded
 
 
 def count_parameters(net: nn.Module, include_buffers: bool = False) -> int:

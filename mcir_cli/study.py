@@ -148,7 +148,7 @@ def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path
     from mcir_cli.evaluate import evaluate_model
     from mcir_cli.models import load_model
 
-    loaded = load_model(weights, plan.model, plan.scale)
+    loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
     result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
     result["model"]["label"] = label
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

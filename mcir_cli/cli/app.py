@@ -31,6 +31,10 @@ _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(width=_PIPE_WIDTH)
 err_console = Console(stderr=True)
 
+# --res-scale, on every command that loads checkpoints (models.settle_res_scale)
+RES_SCALE_HELP = ("EDSR only: the residual scaling it was trained with, which no checkpoint stores (default: "
+                  "mcir's own metadata, else guessed from the width: 0.1 at 256 features, else 1, with a warning).")
+
 app = typer.Typer(
     name="mcir",
     help="Retrain image-restoration models with model contrastive learning (MCIR) and prove the gain.",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from mcir_cli.cli.app import _progress, app, console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, handle_errors
 from mcir_cli.cli.evaluate import _check_scoring_flags
 from mcir_cli.errors import McirError
 
@@ -69,6 +69,7 @@ def compare(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable).", rich_help_panel="Inputs"),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: from the file names).", rich_help_panel="Inputs"),
     scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
+    res_scale: Optional[float] = typer.Option(None, help="With --checkpoint: " + RES_SCALE_HELP, rich_help_panel="Scoring"),
     task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Scoring"),
     crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: the scale for SR, 0 otherwise).", rich_help_panel="Scoring"),
@@ -91,7 +92,7 @@ def compare(
     from mcir_cli.compare import Scoring, run_compare
 
     _compare_inputs(results or [], checkpoint or [], data or [], {
-        "--data": data, "--scale": scale is not None, "--task": task is not None,
+        "--data": data, "--scale": scale is not None, "--res-scale": res_scale is not None, "--task": task is not None,
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
     })
     _check_scoring_flags(task, crop_border, None, tile)
@@ -109,7 +110,7 @@ def compare(
 
         run = run_compare(
             results or [], checkpoints=checkpoint or [], data=data or [],
-            scoring=Scoring(scale=scale, task=task, y_channel=y_channel, crop_border=crop_border,
+            scoring=Scoring(scale=scale, res_scale=res_scale, task=task, y_channel=y_channel, crop_border=crop_border,
                             device=device, tile=tile),
             exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
             visuals=visuals, html=html, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mcir_cli.cli.app import _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
@@ -49,6 +49,7 @@ def evaluate(
     restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method (a folder) instead of a model.", rich_help_panel="Model"),
     bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model.", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (default: the model's; a preset in several scales: the one the data holds).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from the model or folder layout).", rich_help_panel="Data"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Metrics"),
     crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge before scoring (default: the scale for SR, 0 otherwise).", rich_help_panel="Metrics"),
@@ -104,7 +105,7 @@ def evaluate(
                 crop_border=crop_border, progress=progress,
             )
         else:
-            loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data))
+            loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data), res_scale=res_scale)
             result = evaluate_model(
                 loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
                 device=device, tile=tile, overlap=tile_overlap, amp=amp,

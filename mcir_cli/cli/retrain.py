@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
 
 
@@ -21,6 +21,7 @@ def retrain(
     checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`.", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout).", rich_help_panel="Data"),
     val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*", rich_help_panel="Validation"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist).", rich_help_panel="Run control"),
@@ -81,7 +82,7 @@ def retrain(
     else:
         lam_value, lam_auto = parse_lambda(lam) if lam is not None else (None, False)
         flags = dict(
-            data=data, output=output, checkpoint=checkpoint, model=model, scale=scale,
+            data=data, output=output, checkpoint=checkpoint, model=model, scale=scale, res_scale=res_scale,
             task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
             lam=lam_value, lam_auto=lam_auto, ratio_band=parse_band(ratio_band),

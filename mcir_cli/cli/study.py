@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
 
 
@@ -32,6 +32,7 @@ def study(
     checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given).", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
     iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
@@ -63,7 +64,7 @@ def study(
         if checkpoint is None and model is None:
             raise McirError("give a start model: --checkpoint FILE and/or --model PRESET")
         common: dict[str, Any] = {k: v for k, v in (("batch", batch), ("patch", patch), ("lr", lr), ("lam", lam),
-                                                     ("embedding_init", embedding_init)) if v is not None}
+                                                     ("embedding_init", embedding_init), ("res_scale", res_scale)) if v is not None}
         if embedding_weights is not None:
             common["embedding_weights"] = str(embedding_weights)
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
