@@ -13,6 +13,7 @@ Reading goes through Pillow. Rules:
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 import zlib
@@ -62,11 +63,26 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return _scale_float(arr)
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
+def _source(path: Path) -> Path | io.BytesIO:
+    """What Pillow opens: the file, or the encoded bytes of an image in an LMDB
+    (`NAME.lmdb/<key>.png`, BasicSR's datasets; see `mcir_cli.lmdb_images`)."""
+    from mcir_cli.lmdb_images import image_bytes
+
+    data = image_bytes(path)
+    return path if data is None else io.BytesIO(data)
+
+
+def _read_bytes(src: Path | io.BytesIO, n: int = -1) -> bytes:
+    if isinstance(src, io.BytesIO):
+        return src.getvalue()[: None if n < 0 else n]
+    with open(src, "rb") as fh:
+        return fh.read(n)
+
+
+def _png_header(src: Path | io.BytesIO) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, or None if not a PNG."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(33)
+        head = _read_bytes(src, 33)
     except OSError:
         return None
     if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -80,11 +96,11 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
 
 
-def _decode_png16_colour(path: Path) -> np.ndarray:
+def _decode_png16_colour(src: Path | io.BytesIO) -> np.ndarray:
     """Decode a non-interlaced 16-bit RGB/RGBA/grey+alpha PNG to uint16 H x W x C.
 
     Pillow keeps only the high byte of such files; this keeps all 16 bits."""
-    data = path.read_bytes()
+    data = _read_bytes(src)
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -183,15 +199,16 @@ def read_image(path: str | Path) -> torch.Tensor:
     """Read an image file as a float32 C x H x W tensor in [0, 1], RGB (C = 3) or grey
     (C = 1). Raises `McirError` naming the file if it cannot be decoded."""
     path = Path(path)
+    src = _source(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(src) as img:
             img.load()  # decode now so that truncation is detected here
             fmt, mode = img.format, img.mode
             arr = None
             if mode in ("RGB", "RGBA", "LA") and fmt == "PNG":
-                head = _png_header(path)
+                head = _png_header(src)
                 if head is not None and head[0] == 16:
-                    arr = _decode_png16_colour(path)
+                    arr = _decode_png16_colour(src)
             elif mode in ("RGB", "RGBA") and fmt == "TIFF" and img.tag_v2.get(258, (8,))[0] == 16:
                 arr = _read_tiff16_colour(path)
             if arr is None:
@@ -256,7 +273,7 @@ def is_grey(path: str | Path) -> bool:
 def _header(path: str | Path) -> Image.Image:
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(_source(path)) as img:
             return img
     except FileNotFoundError:
         raise McirError("file not found", path) from None
