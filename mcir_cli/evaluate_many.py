@@ -11,7 +11,7 @@ from pathlib import Path
 from mcir_cli.data import Dataset, discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate import evaluate_model
-from mcir_cli.models import LoadedModel, load_model
+from mcir_cli.models import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
 
@@ -30,20 +30,6 @@ class Scoring:
     crop_border: int | None = None
     device: str = "auto"
     tile: int | None = None
-
-
-_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
-
-
-def checkpoint_label(path: str | Path) -> str:
-    """A display label for a checkpoint: its stem, or `<run folder>` for the generic names
-    a run folder uses (RUN/model.safetensors -> "RUN", RUN/best.pth -> "RUN/best")."""
-    path = Path(path)
-    stem = path.stem
-    if stem.lower() in _GENERIC_STEMS and path.parent.name:
-        parent = path.resolve().parent.name
-        return parent if stem.lower() == "model" else f"{parent}/{stem}"
-    return stem
 
 
 def evaluate_checkpoints(

@@ -22,6 +22,26 @@ def contrast_ratio(lam: float, l_neg: float, l_rec: float) -> float:
     return lam * l_neg / abs(l_rec) if l_rec else 0.0
 
 
+def lambda_for_band(ratio_per_lambda: float, band: tuple[float, float]) -> float | None:
+    """mcir's heuristic suggestion, not the paper's: the λ that puts the contrast ratio at
+    the band's geometric middle (√(lo·hi): 3.2 % for 1–10 %), from the run's mean ratio
+    per unit λ (l_neg/|l_rec|; the ratio is linear in λ at given losses), to one
+    significant digit; None when the SPN term was zero (negatives equal to the target)."""
+    if not ratio_per_lambda > 0 or not math.isfinite(ratio_per_lambda):
+        return None
+    return float(f"{math.sqrt(band[0] * band[1]) / ratio_per_lambda:.1g}")
+
+
+def lambda_hint(ratio_per_lambda: float, band: tuple[float, float]) -> str:
+    """What to try when a run's contrast ratio left the band: `lambda_for_band`, said as
+    mcir's heuristic."""
+    lam = lambda_for_band(ratio_per_lambda, band)
+    if lam is None:
+        return "the SPN term was zero: the negatives equal the target"
+    return (f"try λ = {lam:g} (--lambda {lam:g}; mcir's heuristic: the λ that puts the ratio at "
+            f"{math.sqrt(band[0] * band[1]):.1%}, the band's geometric middle, as the ratio scales with λ)")
+
+
 @dataclass
 class CollapseGuard:
     """Decides whether a step collapsed. Valid for every reconstruction loss mcir offers:

@@ -11,6 +11,7 @@ import copy
 import importlib
 import importlib.resources
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,31 @@ from mcir_cli.errors import McirError
 log = logging.getLogger("mcir")
 
 from mcir_cli.recipes import IOSpec, Preset, get_preset
+
+
+# --------------------------------------------------------------------------- labels
+
+_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
+# stems that name only a scale or a step (DCTLSA's `X4.pt`, BasicSR's `net_g_5000.pth`)
+_UNINFORMATIVE = re.compile(r"[xX]?\d+[xX]?|net_g_\d+|(model|checkpoint|ckpt|epoch|iter)[_-]?\d+", re.I)
+_CONTAINERS = {"models", "weights", "checkpoints", "ckpt", "ckpts"}  # BasicSR: experiments/<name>/models/
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A display label for a checkpoint: its stem when that says something, else with the
+    folder that does (DCTLSA/X4.pt -> "DCTLSA/X4", experiments/EDSR_Mx4/models/
+    net_g_5000.pth -> "EDSR_Mx4/net_g_5000", RUN/model.safetensors -> "RUN", RUN/best.pth
+    -> "RUN/best")."""
+    path = Path(path)
+    stem = path.stem
+    if stem.lower() not in _GENERIC_STEMS and not _UNINFORMATIVE.fullmatch(stem):
+        return stem
+    folder = path.resolve().parent
+    if folder.name.lower() in _CONTAINERS and folder.parent.name:
+        folder = folder.parent
+    if not folder.name:
+        return stem
+    return folder.name if stem.lower() == "model" else f"{folder.name}/{stem}"
 
 
 # --------------------------------------------------------------------------- networks
@@ -101,7 +127,7 @@ class LoadedModel:
     @property
     def label(self) -> str:
         if self.checkpoint is not None and self.checkpoint.path is not None:
-            return self.checkpoint.path.stem
+            return checkpoint_label(self.checkpoint.path)
         return self.preset.name if self.preset else self.architecture
 
     def file_state_dict(self) -> dict[str, Tensor]:

@@ -258,3 +258,14 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
     with pytest.raises(McirError, match="No space left on device") as info:
         log.write({"step": 1})
     assert "log.jsonl" in str(info.value)
+
+
+def test_lambda_to_try_comes_from_the_ratio_per_unit_lambda():
+    from mcir_cli.guard import lambda_for_band, lambda_hint
+
+    # l_neg/l_rec = 0.2: λ = √(0.01·0.10) / 0.2 = 0.158 -> 0.2 (one significant digit)
+    assert lambda_for_band(0.2, (0.01, 0.10)) == 0.2
+    assert lambda_for_band(3e-4, (0.01, 0.10)) == 100.0
+    assert lambda_for_band(0.0, (0.01, 0.10)) is None
+    assert lambda_hint(0.2, (0.01, 0.10)).startswith("try λ = 0.2 (--lambda 0.2; mcir's heuristic")
+    assert "negatives equal the target" in lambda_hint(0.0, (0.01, 0.10))

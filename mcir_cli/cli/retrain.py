@@ -24,7 +24,7 @@ def retrain(
     res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: from model/layout).", rich_help_panel="Data"),
     val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*", rich_help_panel="Validation"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist).", rich_help_panel="Run control"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist; default: a new ./runs/<preset or checkpoint>-<YYYYmmdd-HHMMSS>/).", rich_help_panel="Run control"),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact).", rich_help_panel="Run control"),
     iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's).", rich_help_panel="Optimisation"),
     batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16).", rich_help_panel="Optimisation"),
@@ -100,10 +100,10 @@ def retrain(
             flags = _with_run_file(ctx, flags, config)
         if not flags["data"]:
             raise McirError("give a training folder with --data DIR")
-        if flags["output"] is None:
-            raise McirError("give a new run folder with --output RUN")
         if flags["checkpoint"] is None and flags["model"] is None:
             raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
+        if flags["output"] is None:
+            flags["output"] = _default_output(flags["model"], flags["checkpoint"], dist)
         cfg = make_config(flags.pop("data"), flags.pop("output"), checkpoint=flags.pop("checkpoint"),
                           model=flags.pop("model"), scale=flags.pop("scale"), **flags)
     on_step, stop_bar = _progress_line(cfg.iters, dist.is_main)
@@ -116,6 +116,16 @@ def retrain(
         _render_summary(result, cfg.lam_auto)
     if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
         raise typer.Exit(result.exit_code)
+
+
+def _default_output(model: str | None, checkpoint: Path | None, dist) -> Path:
+    """No --output: a new ./runs/<name>-<date>-<time>/, chosen by rank 0, said on rank 0."""
+    from mcir_cli.rundir import default_run_folder
+
+    output = Path(dist.agree(str(default_run_folder(model, checkpoint))))
+    if dist.is_main:
+        err_console.print(f"no --output: the run folder is {output}", highlight=False, soft_wrap=True)
+    return output
 
 
 # TrainConfig fields whose flag has another parameter name
