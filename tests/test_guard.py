@@ -139,7 +139,9 @@ def test_fitted_steps_keep_the_papers_ratios_and_fit_the_run():
     assert fitted_steps(300) == (4, 19, 38, 75)
     assert fitted_steps(1000) == (12, 62, 125, 250)
     assert fitted_steps(8000) == PAPER_STEPS == fitted_steps(500_000)
-    assert fitted_steps(3) == (1, 2, 3, 4)  # strictly increasing even when tiny
+    # the floor: never faster than every 2 steps, the paper's 1:5:10:20 kept (not 1, 2, 3, 4)
+    assert fitted_steps(3) == fitted_steps(40) == fitted_steps(160) == (2, 10, 20, 40)
+    assert fitted_steps(200) == (2, 12, 25, 50)  # above the floor: the slowest updates 4 times
     assert parse_steps("paper") == "paper" and parse_steps("auto") == "auto"
     assert parse_steps("3,7") == (3, 7)
 

@@ -607,3 +607,13 @@ def test_lmdb_problems_are_one_line(div2k_lmdb, tmp_path, monkeypatch, case):
     msg = one_line_error(runner.invoke(app, ["data", "inspect", str(root)]))
     for w in want:
         assert w in msg, msg
+
+
+def test_a_flat_folders_hint_names_only_what_data_inspect_takes(tmp_path, images):
+    """`data inspect FLAT` suggests options; each it offers for inspect works there."""
+    for i, img in enumerate(images[:3]):
+        put(tmp_path / "flat" / f"{i}.png", img)
+    msg = one_line_error(runner.invoke(app, ["data", "inspect", str(tmp_path / "flat")]))
+    assert "--task denoise (evaluate and retrain also need --noise-sigma S)" in msg
+    assert row(inspect(tmp_path / "flat", "--task", "denoise"), "task") == "denoise"
+    assert row(inspect(tmp_path / "flat", "--scale", "4"), "layout").startswith("HR-only")

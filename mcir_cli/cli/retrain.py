@@ -37,7 +37,7 @@ def retrain(
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1).", rich_help_panel="Optimisation"),
     lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved.", rich_help_panel="MCIR / SPN"),
     ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
-    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters).", rich_help_panel="MCIR / SPN"),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters; never faster than every 2 steps).", rich_help_panel="MCIR / SPN"),
     negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1).", rich_help_panel="MCIR / SPN"),
     negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default: 0.1·random + 0.9·θ) | copy | random | frozen | none (plain fine-tuning).", rich_help_panel="MCIR / SPN"),
     negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1).", rich_help_panel="MCIR / SPN"),

@@ -133,8 +133,8 @@ def _fallback(exc: _NoLayout, scale: int | None, task: str | None) -> Found:
             return hr_only(f.path, [f.path], scale)
         raise McirError(
             "a flat folder of images: for SR give --scale (LR is made by MATLAB bicubic), "
-            "for denoising give --task denoise --noise-sigma S (DID-MDN's side-by-side pairs: "
-            "--task derain)",
+            "for denoising --task denoise (evaluate and retrain also need --noise-sigma S), "
+            "for DID-MDN's side-by-side pairs --task derain",
             f.path,
         )
     raise exc
