@@ -30,6 +30,18 @@ _envs: dict[tuple[int, str], Any] = {}  # (pid, folder) -> open environment: one
 _lock = threading.Lock()
 
 
+def _close_all() -> None:
+    """Before a fork (DataLoader workers): an LMDB environment must not cross one, and
+    py-lmdb refuses to open a path its process (the forked copy included) holds open."""
+    with _lock:
+        for env in _envs.values():
+            env.close()
+        _envs.clear()
+
+
+os.register_at_fork(before=_close_all)
+
+
 def is_lmdb(folder: Path) -> bool:
     """Whether `folder` is an LMDB database folder (`NAME.lmdb/` holding `data.mdb`)."""
     return folder.name.lower().endswith(LMDB_SUFFIX) and (folder / "data.mdb").is_file()
@@ -75,7 +87,7 @@ def _env(folder: Path) -> Any:
     except ImportError:
         raise McirError("reading an LMDB dataset needs the lmdb package: pip install lmdb", folder) from None
     # one environment per database and process: lmdb refuses a second one on the same file
-    # (two paths to it, a symlink), and one must not cross a fork (DataLoader workers)
+    # (two paths to it, a symlink); forks close them first (`_close_all`)
     key = (os.getpid(), str(folder.resolve()))
     with _lock:
         if key not in _envs:

@@ -551,7 +551,8 @@ def test_lmdb_trains_through_the_cli(div2k_lmdb, tmp_path, caplog):
     run = tmp_path / "run"
     res = runner.invoke(app, ["retrain", "--checkpoint", str(tmp_path / "EDSR_Mx4.pth"), "--data", str(div2k_lmdb),
                               "--res-scale", "0.5", "--iters", "2", "--batch", "2", "--patch", "12",
-                              "--embedding", "pixel", "--device", "cpu", "-o", str(run)])
+                              "--embedding", "pixel", "--device", "cpu", "-o", str(run),
+                              "--workers", "1", "--cache", "off"])  # read in a forked worker
     assert res.exit_code == 0, res.output
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["data"] == [str(div2k_lmdb)] and config["res_scale"] == 0.5
