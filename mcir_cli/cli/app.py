@@ -43,7 +43,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.\n\n"
-                         "Alone, `mcir models` prints the presets table.\n\nExample: mcir models inspect DCTLSA/X4.pt")
+                         "Alone, `mcir models` prints the presets table.\n\nExample: mcir models inspect EDSR_Lx4.pth --res-scale 0.1")
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(help="What a dataset folder is: the published layout found, task, scale, pairs.\n\n"
                        "Example: mcir data inspect DIV2K/ --scale 4", no_args_is_help=True)

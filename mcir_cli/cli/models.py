@@ -74,11 +74,11 @@ def models_list(ctx: typer.Context) -> None:
 @handle_errors
 def models_inspect(
     file: Path = typer.Argument(..., help="A checkpoint file."),
-    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
 ) -> None:
     """What a checkpoint is: architecture, scale, channels, parameters, wrapper.
 
-    Example: mcir models inspect runs/mcir/model.safetensors
+    Example: mcir models inspect EDSR_Lx4.pth --res-scale 0.1
     """
     from mcir_cli.models import load_checkpoint_model
 
