@@ -31,7 +31,7 @@ python3 -c "import torch, spandrel; print('torch', torch.__version__, 'spandrel'
 stage "CUDA tests (vmap vs loop on CUDA, autocast gap, retrain defaults)"
 timeout 100 python3 -m pytest -q -s tests/test_cuda.py tests/test_metrics.py -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
 
-stage "bf16 negatives: rounding against the signal on CUDA (why --amp auto is fp32)"
+stage "bf16 and TF32 negatives: rounding against the signal on CUDA (why --amp auto is fp32 with TF32 off)"
 timeout 30 python3 benchmarks/negatives_precision.py --device cuda --steps 100 \
     --checkpoint "$MCIR_SHARED/weights/IMDN/IMDN_x4.pth" --data "$MCIR_SHARED/data/train/SunHays80_color_subset20" \
     2>&1 | tee "$OUT/negatives_precision.txt" | tail -8

@@ -35,6 +35,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    from mcir_cli.speed import true_fp32
+
+    true_fp32(dev)  # the reference is true fp32 on CUDA too (TF32 off), as training runs it
     loaded = load_model(args.checkpoint)
     target = loaded.restorer.to(dev).train()
     negative = copy.deepcopy(target).eval()  # the start: what a copy-initialised negative holds
@@ -57,6 +60,7 @@ def main() -> None:
         f_out, f32, f16 = vgg(out), vgg(neg32), None
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             f16 = [f.float() for f in vgg(neg16)]
+    tf32 = _tf32_output(negative, lq) if dev.type == "cuda" else None
     signal = (out - neg32).abs().mean().item()
     error = (neg16 - neg32).abs().mean().item()
     flips = (torch.sign(out - neg32) != torch.sign(out - neg16)).float().mean().item()
@@ -68,6 +72,23 @@ def main() -> None:
     print(f"  pixels whose sign(f_θ − f_θ') flips in bf16: {flips:.1%}")
     print("  VGG16 features (relu1_2, relu2_2, relu3_3) whose sign flips: "
           + ", ".join(f"{x:.1%}" for x in feat_flips) + " (random VGG weights)")
+    if tf32 is not None:  # why training turns TF32 off on CUDA (speed.true_fp32), or may stop doing so
+        t_err = (tf32 - neg32).abs().mean().item()
+        t_flips = (torch.sign(out - neg32) != torch.sign(out - tf32)).float().mean().item()
+        print(f"  |f_θ'(TF32) − f_θ'(fp32)| (the rounding)  {t_err:.3e}   ratio rounding/signal {t_err / signal:.2f}")
+        print(f"  pixels whose sign(f_θ − f_θ') flips in TF32: {t_flips:.1%}")
+
+
+def _tf32_output(net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+    """The negative's output with cuDNN convolutions and matmuls in TF32 (torch's default
+    for convolutions), the flags restored afterwards."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.no_grad():
+            return net(lq).float()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 if __name__ == "__main__":

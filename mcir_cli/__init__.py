@@ -20,10 +20,11 @@ _API = {
     "NegativeBank": "mcir_cli.negatives", "SPNLoss": "mcir_cli.losses", "make_embedding": "mcir_cli.losses",
     "make_rec_loss": "mcir_cli.losses", "CollapseGuard": "mcir_cli.guard", "LambdaControl": "mcir_cli.guard",
     "evaluate_model": "mcir_cli.evaluate", "compare_results": "mcir_cli.results",
-    "load_result": "mcir_cli.result_files", "paired_stats": "mcir_cli.stats",
+    "load_result": "mcir_cli.result_files", "paired_stats": "mcir_cli.stats", "seed_image_stats": "mcir_cli.stats",
     "psnr": "mcir_cli.metrics", "ssim": "mcir_cli.metrics",
     "imresize": "mcir_cli.resize", "read_image": "mcir_cli.imageio", "StudyPlan": "mcir_cli.study",
     "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.plot",
+    "restore_images": "mcir_cli.restore",
 }
 __all__ = ["__version__", *_API]
 

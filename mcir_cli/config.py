@@ -207,6 +207,10 @@ def make_config(
     if preset and overrides.get("allow_random_init"):
         base.update(iters=recipe.iterations)
         note = f"{preset.name}: the full from-scratch recipe ({recipe.iterations} steps)"
+        if overrides.get("iters") not in (None, recipe.iterations) and overrides.get("schedule") is None:
+            base.update(_scaled_schedule(recipe, int(overrides["iters"])))
+            note = (f"{preset.name}: the from-scratch recipe with its lr schedule scaled from "
+                    f"{recipe.iterations} to {overrides['iters']} steps (milestones and warm-up as fractions)")
     elif preset:
         lr, why = fine_tune_lr(recipe)
         base.update(lr=lr, schedule="constant", milestones=(), warmup=0)
@@ -226,6 +230,14 @@ def make_config(
         data=[absolute(d) for d in data], output=absolute(output),
         checkpoint=absolute(checkpoint) if checkpoint else None, model=model, scale=scale, **base,
     )
+
+
+def _scaled_schedule(recipe: Recipe, iters: int) -> dict[str, Any]:
+    """A from-scratch recipe's schedule at another length, its shape kept: milestones and
+    warm-up at the same fractions of the run (a cosine follows `iters` by itself)."""
+    f = iters / recipe.iterations
+    milestones = tuple(max(1, round(m * f)) for m in recipe.milestones)  # a coinciding pair still decays twice
+    return {"milestones": milestones, "warmup": round(recipe.warmup * f)}
 
 
 def absolute(path: str | Path) -> str:

@@ -211,3 +211,27 @@ def _val_note(items: list[RunCurves]) -> str:
     if found:
         return "validation PSNR measured differently between runs: " + " | ".join(sorted(found))
     return ""
+
+
+def arm_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str,
+                      ylabel: str = "validation PSNR (dB)") -> Figure:
+    """A study's validation curves: per arm, the mean over seeds at each validated step with
+    a ± sd band (`curves`: {arm: {"steps", "mean", "sd"}}), so a reader sees whether a gap
+    grows, shrinks or flips during training."""
+    with chart_style():
+        colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig = new_figure(6.4, 3.6)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.set_gid("arm-curves")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(color="0.92", linewidth=0.6)
+        for j, (arm, c) in enumerate(curves.items()):
+            colour = colours[j % len(colours)]
+            xs, mean, sd = list(c["steps"]), list(c["mean"]), list(c["sd"])
+            ax.plot(xs, mean, color=colour, linewidth=1.4, linestyle=DASHES[j % len(DASHES)], marker="o",
+                    markersize=3, label=plain_text(arm))
+            ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=colour, alpha=0.15, linewidth=0)
+        ax.legend(frameon=False, title=plain_text(title))
+    return fig

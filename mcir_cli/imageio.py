@@ -3,7 +3,7 @@
 Reading goes through Pillow. Rules:
 - greyscale (L, I;16*, I, F) -> 1 x H x W; everything else -> 3 x H x W RGB;
 - an alpha channel (RGBA, LA, palette with transparency) is dropped with a warning that
-  names the file;
+  names the file (`decode_image(..., keep_alpha=True)` keeps it, last, for `mcir restore`);
 - 16-bit images are scaled by 65535 (Pillow reduces 16-bit *colour* PNG/TIFF to 8 bits,
   so those are decoded here: PNG with a small decoder, TIFF with `tifffile` when it is
   installed);
@@ -13,10 +13,12 @@ Reading goes through Pillow. Rules:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +81,10 @@ def _read_bytes(src: Path | io.BytesIO, n: int = -1) -> bytes:
         return fh.read(n)
 
 
-def _png_header(src: Path | io.BytesIO) -> tuple[int, int] | None:
+def _png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, or None if not a PNG."""
     try:
-        head = _read_bytes(src, 33)
+        head = _read_bytes(_source(path), 33)
     except OSError:
         return None
     if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -96,11 +98,11 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
 
 
-def _decode_png16_colour(src: Path | io.BytesIO) -> np.ndarray:
+def _decode_png16_colour(path: Path) -> np.ndarray:
     """Decode a non-interlaced 16-bit RGB/RGBA/grey+alpha PNG to uint16 H x W x C.
 
     Pillow keeps only the high byte of such files; this keeps all 16 bits."""
-    data = _read_bytes(src)
+    data = _read_bytes(_source(path))
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -168,8 +170,9 @@ def _read_tiff16_colour(path: Path) -> np.ndarray | None:
     return arr
 
 
-def _array_from_pil(img: Image.Image, path: Path) -> np.ndarray:
-    """Decoded Pillow image -> float32 H x W x C array in [0, 1] (C = 1 or 3)."""
+def _array_from_pil(img: Image.Image, path: Path, keep_alpha: bool = False) -> np.ndarray:
+    """Decoded Pillow image -> float32 H x W x C array in [0, 1] (C = 1 or 3; 2 or 4 with
+    the alpha channel last when `keep_alpha`)."""
     mode = img.mode
     if mode == "P":
         has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
@@ -179,8 +182,10 @@ def _array_from_pil(img: Image.Image, path: Path) -> np.ndarray:
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "RGBa", "La"):
-        _warn_alpha(path)
-        img = img.convert("RGB" if mode in ("RGBA", "RGBa") else "L")
+        grey = mode in ("LA", "La")
+        if not keep_alpha:
+            _warn_alpha(path)
+        img = img.convert(("L" if grey else "RGB") + ("A" if keep_alpha else ""))
         mode = img.mode
     if mode == "1":
         img = img.convert("L")
@@ -190,36 +195,16 @@ def _array_from_pil(img: Image.Image, path: Path) -> np.ndarray:
         if mode.startswith("I;16"):
             arr = arr.astype(np.uint16)
         return _to_float(arr)[..., None]
-    if mode != "RGB":
+    if mode not in ("RGB", "RGBA", "LA"):
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
     return _to_float(np.asarray(img))
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as a float32 C x H x W tensor in [0, 1], RGB (C = 3) or grey
-    (C = 1). Raises `McirError` naming the file if it cannot be decoded."""
-    path = Path(path)
-    src = _source(path)
+@contextlib.contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Every way a file can fail to be an image, as a `McirError` naming the file."""
     try:
-        with Image.open(src) as img:
-            img.load()  # decode now so that truncation is detected here
-            fmt, mode = img.format, img.mode
-            arr = None
-            if mode in ("RGB", "RGBA", "LA") and fmt == "PNG":
-                head = _png_header(src)
-                if head is not None and head[0] == 16:
-                    arr = _decode_png16_colour(src)
-            elif mode in ("RGB", "RGBA") and fmt == "TIFF" and img.tag_v2.get(258, (8,))[0] == 16:
-                arr = _read_tiff16_colour(path)
-            if arr is None:
-                array = _array_from_pil(img, path)
-            else:
-                if arr.ndim == 3 and arr.shape[-1] in (2, 4):
-                    _warn_alpha(path)
-                    arr = arr[..., :-1]
-                if arr.ndim == 2:
-                    arr = arr[..., None]
-                array = _to_float(arr.astype(np.uint16))
+        yield
     except FileNotFoundError:
         raise McirError("file not found", path) from None
     except IsADirectoryError:
@@ -230,8 +215,58 @@ def read_image(path: str | Path) -> torch.Tensor:
         raise McirError(f"cannot decode image (truncated or corrupt?): {exc}", path) from None
     except Image.DecompressionBombError as exc:
         raise McirError(f"image too large: {exc}", path) from None
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
-    return tensor
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """An opened Pillow image with its pixels loaded (truncation is found here, as a
+    `McirError` naming the file); errors in the caller's block pass through unchanged."""
+    path = Path(path)
+    with _decode_errors(path):
+        img = Image.open(_source(path))
+    with img:
+        with _decode_errors(path):
+            img.load()
+        yield img
+
+
+def _wide_colour(img: Image.Image, path: Path) -> np.ndarray | None:
+    """16-bit colour (or grey + alpha) pixels that Pillow reduces to 8 bits, decoded here;
+    None for every other image."""
+    fmt, mode = img.format, img.mode
+    if mode in ("RGB", "RGBA", "LA") and fmt == "PNG":
+        head = _png_header(path)
+        if head is not None and head[0] == 16:
+            return _decode_png16_colour(path)
+    elif mode in ("RGB", "RGBA") and fmt == "TIFF" and img.tag_v2.get(258, (8,))[0] == 16:
+        return _read_tiff16_colour(path)
+    return None
+
+
+def decode_image(img: Image.Image, path: Path, keep_alpha: bool = False) -> tuple[np.ndarray, int]:
+    """An opened image's pixels as float32 H x W x C in [0, 1] (C = 1 or 3, plus the alpha
+    channel last when `keep_alpha`) and the file's bits per sample (8, or 16 for 16-bit
+    and float files)."""
+    with _decode_errors(path):
+        arr = _wide_colour(img, path)
+        if arr is None:
+            wide = img.mode in ("I", "F") or img.mode.startswith("I;16")
+            return _array_from_pil(img, path, keep_alpha), 16 if wide else 8
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.shape[-1] in (2, 4) and not keep_alpha:
+            _warn_alpha(path)
+            arr = arr[..., :-1]
+        return _to_float(arr.astype(np.uint16)), 16
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Read an image file as a float32 C x H x W tensor in [0, 1], RGB (C = 3) or grey
+    (C = 1). Raises `McirError` naming the file if it cannot be decoded."""
+    path = Path(path)
+    with open_image(path) as img:
+        array, _ = decode_image(img, path)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:

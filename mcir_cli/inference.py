@@ -105,8 +105,10 @@ def restore(
     tile: int | None = None,
     overlap: int = 32,
     amp: str | None = None,
+    tile_batch: int = 1,
 ) -> Tensor:
-    """Restore a batch NCHW (or one CHW image) in [0, 1]; returns float32 on x's device."""
+    """Restore a batch NCHW (or one CHW image) in [0, 1]; returns float32 on x's device.
+    Tiles run `tile_batch` at a time (one forward pass over tiles x images)."""
     single = x.dim() == 3
     if single:
         x = x.unsqueeze(0)
@@ -127,7 +129,8 @@ def restore(
             step = max(multiple_of, 1)
             tile = max(int(math.ceil(tile / step) * step), _padded_size(min_size, 0, step))
             xp = pad_to(x, min_size, multiple_of, square)
-            y = _tiled(model, xp, scale, tile, overlap, min_size, multiple_of, square)[..., : h * scale, : w * scale]
+            y = _tiled(model, xp, scale, tile, overlap, (min_size, multiple_of, square), tile_batch)
+            y = y[..., : h * scale, : w * scale]
     y = y.float()
     return y[0] if single else y
 
@@ -138,22 +141,24 @@ def _tiled(
     scale: int,
     tile: int,
     overlap: int,
-    min_size: int,
-    multiple_of: int,
-    square: bool,
+    requirements: tuple[int, int, bool],
+    tile_batch: int = 1,
 ) -> Tensor:
+    """Every tile has the same size (the last ones end at the image's edge), so tiles
+    are stacked along the batch axis and run `tile_batch` at a time."""
     n, _, h, w = x.shape
     margin = overlap // 2
     out = None
     weight = torch.zeros(1, 1, h * scale, w * scale, device=x.device)
-    ys, xs = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
-    for top in ys:
-        for left in xs:
-            th, tw = min(tile, h - top), min(tile, w - left)
-            patch = x[..., top : top + th, left : left + tw]
-            y = run_padded(model, patch, scale, min_size, multiple_of, square).float()
-            if out is None:
-                out = torch.zeros(n, y.shape[1], h * scale, w * scale, device=x.device)
+    th, tw = min(tile, h), min(tile, w)
+    corners = [(top, left) for top in _starts(h, tile, tile - overlap) for left in _starts(w, tile, tile - overlap)]
+    for first in range(0, len(corners), max(tile_batch, 1)):
+        chunk = corners[first : first + max(tile_batch, 1)]
+        patches = torch.cat([x[..., top : top + th, left : left + tw] for top, left in chunk])
+        ys = run_padded(model, patches, scale, *requirements).float().split(n)
+        if out is None:
+            out = torch.zeros(n, ys[0].shape[1], h * scale, w * scale, device=x.device)
+        for (top, left), y in zip(chunk, ys):
             # keep only pixels away from edges shared with a neighbouring tile
             t0 = 0 if top == 0 else margin
             l0 = 0 if left == 0 else margin
@@ -166,3 +171,51 @@ def _tiled(
             weight[..., (top + t0) * s : (top + t1) * s, (left + l0) * s : (left + l1) * s] += 1
     assert out is not None
     return out / weight.clamp_min(1)
+
+
+# ------------------------------------------------------------------ tile size from memory
+
+CPU_TILE = 512  # mcir's default on CPU, where free memory is not measured; 32 px overlap costs ~13 %
+_PROBE = 128  # input side of the measuring run on CUDA
+_BUDGET = 0.8  # of the free memory, as chaiNNer's estimate (auto_split_tiles), to leave room
+
+
+def tile_for_budget(budget_bytes: float, bytes_per_pixel: float, batch: int = 1, multiple: int = 8,
+                    smallest: int = 64, largest: int = 4096) -> int:
+    """The largest square tile side (a multiple of `multiple`, within [smallest, largest])
+    whose `batch` tiles need at most `budget_bytes`, at `bytes_per_pixel` per input pixel."""
+    side = int(math.sqrt(max(budget_bytes, 0.0) / (max(bytes_per_pixel, 1e-9) * max(batch, 1))))
+    side = side // multiple * multiple
+    return max(min(side, largest // multiple * multiple), smallest)
+
+
+def _peak_bytes_per_pixel(model: nn.Module, device: torch.device, channels: int, scale: int, batch: int,
+                          amp: str | None, requirements: tuple[int, int, bool]) -> float:
+    """CUDA memory one input pixel costs in a forward pass, measured on a small batch."""
+    min_size, multiple_of, square = requirements
+    side = _padded_size(_PROBE, min_size, max(multiple_of, 1))
+    x = torch.rand(batch, channels, side, side, device=device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    restore(model, x, scale, min_size=min_size, multiple_of=multiple_of, square=square, amp=amp)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / (batch * side * side)
+
+
+def auto_tile(model: nn.Module, device: torch.device, *, channels: int, scale: int, batch: int,
+              largest_image: tuple[int, int], amp: str | None = None,
+              requirements: tuple[int, int, bool] = (0, 1, False)) -> tuple[int, str]:
+    """`--tile auto`: (tile side, why). On CUDA, from the free memory (plus what PyTorch
+    holds cached) less the whole-image buffers of the largest image, and the memory per
+    pixel measured on a probe; on CPU, `CPU_TILE`."""
+    if device.type != "cuda":
+        return CPU_TILE, f"{CPU_TILE} px, the CPU default (free CPU memory is not measured)"
+    per_pixel = _peak_bytes_per_pixel(model, device, channels, scale, batch, amp, requirements)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    h, w = largest_image
+    buffers = 4 * (h * w * channels + (channels + 1) * h * w * scale * scale)  # input, output sum, weights
+    tile = tile_for_budget(_BUDGET * free - buffers, per_pixel, batch)  # `restore` rounds it to the model's multiple
+    return tile, (f"{tile} px from {free / 2**30:.1f} GiB free on {device} ({_BUDGET:.0%} used; "
+                  f"{per_pixel / 1024:.1f} KiB per input pixel measured on a {_PROBE} px batch of {batch})")

@@ -313,12 +313,14 @@ def load_model(
     seed: int = 0,
     res_scale: float | None = None,
 ) -> LoadedModel:
-    """`--checkpoint FILE` and/or `--model PRESET`: the one way every command gets a model
-    (`res_scale`: `--res-scale`, EDSR checkpoints only)."""
+    """`--checkpoint FILE` and/or `--model PRESET`: the one way every command gets a model.
+    `allow_random` (from scratch) means random weights whenever no checkpoint is named,
+    even when $MCIR_WEIGHTS holds the preset's pretrained file; `res_scale`: `--res-scale`,
+    EDSR checkpoints only."""
     preset = get_preset(model, scale) if model else None
-    if checkpoint is None and preset is not None:
+    if checkpoint is None and preset is not None and not allow_random:
         checkpoint = resolve_weights(preset)
-        if checkpoint is None and not allow_random:
+        if checkpoint is None:
             where = f" (download: {preset.weights_url})" if preset.weights_url else ""
             raise McirError(
                 f"preset {preset.name} needs pretrained weights: pass --checkpoint FILE"

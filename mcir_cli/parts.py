@@ -145,8 +145,9 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     """The parts of a run, in the order data flows: model, data, layout, negatives and SPN,
     optimizer and schedule, precision, EMA of the weights. `start` is the file the
     architecture (and, for a new run, the weights) comes from."""
-    from mcir_cli.speed import channels_last_decision, precision_decision
+    from mcir_cli.speed import channels_last_decision, precision_decision, true_fp32
 
+    true_fp32(device)
     torch.manual_seed(cfg.seed)
     loaded, task = _model(cfg, start, device)
     model = loaded.restorer

@@ -23,6 +23,7 @@ from typing import Any
 from mcir_cli.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, score_cells, to_dict
 from mcir_cli.results import Comparison, conventions_text, render_evidence
 from mcir_cli.stats import PairedStats, fmt_p
+from mcir_cli.study_report import COLLAPSE_RULE, METHOD, fmt_signed, study_number
 
 _CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --gain: #1e7f3c; --loss: #b3261e; }
@@ -333,21 +334,46 @@ def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tu
         for d, s in info["datasets"].items():
             lo, hi = s["ci"]
             rows.append(f"<tr><td>{esc(d)}</td>"
-                        + _cell(f"{s['mean']:+.4f}", cls=_sign_class(s["mean"]), section="study", kind="study-delta",
+                        + _cell(fmt_signed(s["mean"]), cls=_sign_class(s["mean"]), section="study", kind="study-delta",
                                 model=arm, column=d, metric="psnr")
-                        + f"<td>[{lo:+.4f}, {hi:+.4f}]</td><td>{s['win_rate']:.0%}</td><td>{fmt_p(s['p'])}</td>"
+                        + f"<td>[{fmt_signed(lo)}, {fmt_signed(hi)}]</td><td>{s['win_rate']:.0%}</td>"
+                        f"<td>{fmt_p(study_number(s['p']))}</td><td>{fmt_signed(s['detectable']).lstrip('+')}</td>"
                         f"<td>{s['seeds_better']}/{s['seeds']}</td><td>{esc(s['verdict'])}</td></tr>")
         out.append(f"<h3>{esc(arm)} <span class=\"muted\">({esc(info['settings'])})</span></h3>"
                    '<div class="scroll"><table class="stats"><thead><tr><th>dataset</th><th>Δ dB</th>'
-                   "<th>95 % CI</th><th>win rate</th><th>p</th><th>seeds better</th><th>verdict</th></tr></thead>"
-                   f"<tbody>{''.join(rows)}</tbody></table></div>")
+                   "<th>95 % CI</th><th>win rate</th><th>p</th><th>detectable</th><th>seeds better</th>"
+                   f"<th>verdict</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
         for d, (names, deltas) in per_image.get(arm, {}).items():
             s = info["datasets"][d]
+            ci = tuple(study_number(x) for x in s["ci"])
             fig = delta_figure(names, deltas, metric="PSNR", unit="dB", title=f"{d}: {arm} − plain, mean over seeds",
-                               mean=s["mean"], ci=tuple(s["ci"]))
-            out.append(chart_figure(fig, f"{d}: each image's Δ PSNR of {arm} vs plain, averaged over seeds; the "
-                                    "band is the two-way (seeds x images) bootstrap 95 % CI", f"per-image Δ on {d}"))
+                               mean=s["mean"], ci=ci if all(map(math.isfinite, ci)) else None)
+            out.append(chart_figure(fig, f"{d}: each image's Δ PSNR of {arm} vs plain, averaged over seeds; the band "
+                                    "is the 95 % CI of the mean Δ (t test over seeds, images' own variation "
+                                    "included)", f"per-image Δ on {d}"))
     return "".join(out)
+
+
+def study_units_html(summary: dict[str, Any]) -> str:
+    """The units a collapse stopped (or a line saying none did), with the study's rule."""
+    hit = {n: u for n, u in summary.get("units", {}).items() if u["collapses"] or u["stopped"]}
+    items = "".join(f"<li>{esc(n)}: {u['collapses']} collapse(s), {u['steps']} steps; {esc(u['stopped'] or '')}</li>"
+                    for n, u in hit.items())
+    return (f'<p class="muted" id="collapses">Collapses ({esc(COLLAPSE_RULE)}): '
+            + (f"</p><ul>{items}</ul>" if hit else "none.</p>"))
+
+
+def study_curves_html(summary: dict[str, Any]) -> str:
+    """Validation PSNR over steps, mean ± sd over seeds, one line per arm (--val-every)."""
+    from mcir_cli.curves import arm_curves_figure
+
+    curves = summary.get("curves")
+    if not curves or not any(c["steps"] for c in curves.values()):
+        return ""
+    fig = arm_curves_figure(curves, title="mean ± sd over seeds")
+    return ("<h2>Validation over training</h2>"
+            + chart_figure(fig, "benchmark PSNR during training, each arm's mean over seeds with a ± sd band",
+                           "validation curves"))
 
 
 def study_report(summary: dict[str, Any], per_image: dict[str, dict[str, tuple[list[str], list[float]]]],
@@ -356,10 +382,10 @@ def study_report(summary: dict[str, Any], per_image: dict[str, dict[str, tuple[l
     plan = summary["plan"]
     conv = summary["conventions"].get("description", "")
     section = (f'<section id="study"><h2>PSNR/SSIM, mean ± sd over seeds {", ".join(map(str, plan["seeds"]))}</h2>'
-               f'<p class="conventions">{esc(conv)}</p>' + study_table_html(summary)
-               + "<h2>Δ PSNR vs plain fine-tuning</h2><p class=\"muted\">Paired over images and seeds: "
-               "95 % two-way bootstrap CI, win rate over (seed, image) pairs, sign-flip permutation p over "
-               "images.</p>" + study_deltas_html(summary, per_image)
+               f'<p class="conventions">{esc(conv)}</p><p class="muted">Training: {esc(summary.get("recipe", ""))}'
+               f'</p>' + study_table_html(summary) + study_units_html(summary)
+               + f"<h2>Δ PSNR vs plain</h2><p class=\"muted\">{esc(METHOD)}.</p>"
+               + study_deltas_html(summary, per_image) + study_curves_html(summary)
                + '<script type="application/json" class="mcir-data" data-section="study">'
                + json.dumps(summary, allow_nan=False).replace("</", "<\\/") + "</script></section>")
     title = f"mcir study: {len(plan['arms'])} arms x {len(plan['seeds'])} seeds x {plan['iters']} steps"

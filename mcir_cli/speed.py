@@ -195,9 +195,20 @@ def precision_decision(
     if device.type != "cuda":
         return None, None, f"fp32 on {device.type}"
     if mode in ("fp32", "auto"):
-        return None, None, f"fp32 (--amp {mode}: bf16 would round the negatives by as much as they differ)"
+        return None, None, (f"fp32, TF32 off (--amp {mode}: bf16 would round the negatives by as much as they "
+                            "differ; TF32's 10-bit mantissa is not yet measured against that gap)")
     if not supports_bf16:
         return None, None, "fp32: the architecture does not support bf16 (spandrel)"
     if mode == "bf16":
         return torch.bfloat16, torch.bfloat16, "bf16 autocast: target, negatives and embedding (--amp bf16)"
-    return None, torch.bfloat16, "target fp32; negatives and embedding bf16 (--amp bf16-negatives)"
+    return None, torch.bfloat16, "target fp32 (TF32 off); negatives and embedding bf16 (--amp bf16-negatives)"
+
+
+def true_fp32(device: torch.device | str) -> None:
+    """fp32 that is fp32 on CUDA: torch leaves cuDNN convolutions in TF32 by default (and
+    matmuls follow `allow_tf32`), which rounds to a 10-bit mantissa, about as coarse as the
+    difference between a fine-tuned target and its negatives. Training turns both off
+    until a GPU measurement says TF32 is safe (benchmarks/gpu_check.sh has the stage)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False

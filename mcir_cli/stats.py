@@ -1,18 +1,23 @@
-"""Paired statistics of two models' per-image scores: pure numpy, no I/O, plain text.
+"""Paired statistics of two models' per-image scores: numpy (and scipy's t distribution),
+no I/O, plain text.
 
 For one metric on one dataset, `new - base` image by image: the mean delta, a 95 %
 paired-bootstrap percentile interval, the share of images that improved and a two-sided
 sign-flip permutation p-value (exact up to 16 images), plus `verdict`, the one sentence
-that says what those numbers mean. Kept apart from loading and rendering so that the
-numbers can be checked against hand-computed answers.
+that says what those numbers mean. For a study (seeds x images), `seed_image_stats` treats
+seeds and images as two crossed sources of variance. Kept apart from loading and rendering
+so that the numbers can be checked against hand-computed answers and by simulation.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import optimize as _scipy_optimize
+from scipy import stats as _scipy_stats
 
 _EXACT_MAX_N = 16  # exact sign-flip enumeration up to 2**16 patterns
 _CHUNK = 4_000_000  # elements per resampling chunk (bounds memory for large datasets)
@@ -142,7 +147,7 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}" if math.isfinite(p) else "-"
 
 
-def _fmt_p(p: float) -> str:
+def p_phrase(p: float) -> str:
     """The p of a sentence: "p = 0.953", "p < 0.001"."""
     text = fmt_p(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
@@ -170,7 +175,7 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
         return f"{head}: identical scores on all {stats.n} images (Δ 0).{note}"
     text = (f"{head}: {_fmt_delta(stats.mean_delta, m)} [95 % CI {_fmt_ci(stats.ci_low, m)}, "
             f"{_fmt_ci(stats.ci_high, m)}], better on {stats.wins} of {stats.n} images, "
-            f"{_fmt_p(stats.p_value)}")
+            f"{p_phrase(stats.p_value)}")
     if stats.significant:
         kind = "improvement" if stats.mean_delta > 0 else "regression"
         text += f" — a real {kind} (CI excludes 0, p < 0.05)."
@@ -189,3 +194,111 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
             text += " — not distinguishable from noise at 5 %"
         text += "."
     return text + note
+
+
+@dataclass
+class SeedImageStats:
+    """Δ of one arm against a baseline over K seeds x n images (`seed_image_stats`)."""
+
+    mean: float  # mean Δ over every (seed, image) pair
+    ci: tuple[float, float]  # 95 % t interval from the same variance as p
+    p: float  # two-sided t test over seeds, images' own effects in its error (NaN with one seed)
+    df: float  # degrees of freedom: seeds − 1
+    se: float  # standard error of `mean`
+    detectable: float  # smallest |Δ| found at `power` and `alpha` with this design and noise
+    win_rate: float  # share of (seed, image) pairs with Δ > 0
+    ties: float  # share with Δ == 0
+    per_seed: list[float]  # each seed's mean Δ over images
+    seeds_better: int
+    seeds: int
+    images: int
+    verdict: str
+    alpha: float = 0.05
+    power: float = 0.8
+
+    def to_dict(self) -> dict:
+        """JSON-ready: undefined numbers (one seed) become None."""
+        d = asdict(self)
+        d["ci"] = list(self.ci)
+        return {k: [_json_number(x) for x in v] if k == "ci" else _json_number(v) for k, v in d.items()}
+
+
+def _json_number(x: object) -> object:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _mean_squares(d: np.ndarray) -> tuple[float, float, float]:
+    """Two-way crossed layout without replication: mean squares of seeds, images and the
+    residual (seed x image)."""
+    k, n = d.shape
+    m, rows, cols = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_seed = n * float(((rows - m) ** 2).sum()) / (k - 1)
+    if n == 1:
+        return ms_seed, 0.0, 0.0
+    ms_image = k * float(((cols - m) ** 2).sum()) / (n - 1)
+    resid = d - rows[:, None] - cols[None, :] + m
+    return ms_seed, ms_image, float((resid**2).sum()) / ((k - 1) * (n - 1))
+
+
+def _standard_error(d: np.ndarray) -> float:
+    """Standard error of the mean Δ with seed effects a, image effects b and noise e:
+    Var(mean) = σa²/K + σb²/n + σe²/(K·n). The seed means' spread (MS_seed) estimates
+    σa²/K + σe²/(K·n) times K·n; the image term is added from (MS_image − MS_resid)⁺.
+    Tested with K − 1 degrees of freedom (the seed count is the sample size): exact when
+    images carry no effect of their own, conservative when they do (tests/test_stats.py
+    simulates both)."""
+    k, n = d.shape
+    ms_s, ms_i, ms_e = _mean_squares(d)
+    return math.sqrt((ms_s + max(ms_i - ms_e, 0.0)) / (k * n))
+
+
+@functools.lru_cache(maxsize=256)
+def _detectable_factor(df: float, alpha: float, power: float) -> float:
+    """δ/SE at which a two-sided t test with `df` degrees of freedom rejects with
+    probability `power` (noncentral t, solved exactly)."""
+    crit = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
+
+    def miss(nc: float) -> float:  # the far tail is below 1e-3 wherever it matters; scipy may return NaN there
+        far = float(_scipy_stats.nct.sf(crit, df, -nc))
+        return float(_scipy_stats.nct.sf(crit, df, nc)) + (far if math.isfinite(far) else 0.0) - power
+
+    return float(_scipy_optimize.brentq(miss, 0.0, 4.0 * crit + 10.0))
+
+
+def seed_image_stats(deltas: np.ndarray, alpha: float = 0.05, power: float = 0.8,
+                     baseline: str = "plain fine-tuning", unit: str = "dB") -> SeedImageStats:
+    """Mean Δ, CI, p and verdict for a seeds x images array of Δ (arm − baseline, the same
+    seed's runs paired image by image). Seed-to-seed and image-to-image variation both
+    enter the standard error (`_standard_error`) and the seed count sets the degrees of
+    freedom, so three seeds carry three seeds' worth of evidence however many images there
+    are; the verdict says how small a difference the design could have shown
+    (`detectable`, at `power`). Calibrated by simulation in tests/test_stats.py."""
+    d = np.asarray(deltas, dtype=np.float64)
+    d = d[None, :] if d.ndim == 1 else d
+    if d.ndim != 2 or d.size == 0 or not np.all(np.isfinite(d)):
+        raise ValueError("deltas must be a non-empty, finite seeds x images array")
+    k, n = d.shape
+    mean, per_seed = float(d.mean()), d.mean(axis=1)
+    common = dict(win_rate=float(np.mean(d > 0)), ties=float(np.mean(d == 0)), per_seed=[float(x) for x in per_seed],
+                  seeds_better=int(np.sum(per_seed > 0)), seeds=k, images=n, alpha=alpha, power=power)
+    nan = float("nan")
+    if k < 2:
+        return SeedImageStats(mean, (nan, nan), nan, nan, nan, nan, verdict=(
+            "one seed: seed-to-seed variation is unknown, so no verdict (run 3 or more seeds)"), **common)
+    se, df = _standard_error(d), float(k - 1)
+    t_half = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
+    detectable = _detectable_factor(df, alpha, power) * se
+    if se == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(2 * _scipy_stats.t.sf(abs(mean) / se, df))
+    ci = (mean - t_half * se, mean + t_half * se)
+    if se == 0 and mean == 0:
+        text = f"identical to {baseline} on every image and seed"
+    elif p < alpha:
+        text = (f"{'better' if mean > 0 else 'worse'} than {baseline} ({p_phrase(p)}, "
+                f"seeds and images both counted as noise)")
+    else:
+        text = (f"not distinguishable from {baseline} at {alpha * 100:g} %: {k} seeds x {n} images cannot show "
+                f"a difference below {detectable:.4f} {unit} ({power * 100:g} % power)")
+    return SeedImageStats(mean, ci, p, df, se, detectable, verdict=text, **common)

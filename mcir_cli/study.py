@@ -1,10 +1,18 @@
-"""`mcir study`: the evidence, as a command. From one start checkpoint and one training
-folder, K seeds of plain fine-tuning and of MCIR (and chosen variants) at equal steps and
-identical data order, each evaluated on held-out benchmark folders; resumable arm by arm.
+"""`mcir study`: the evidence, as a command. From one start checkpoint (fine-tuning) or one
+random initialisation per seed (`from_scratch`, a preset's recipe) and one training folder,
+K seeds of plain training and of MCIR (and chosen variants) at equal steps and identical
+data order, each evaluated on held-out benchmark folders; resumable arm by arm.
 
 A study folder holds `plan.json` (what was asked: a resume must ask the same),
+`init/s<seed>.safetensors` (from scratch: every arm of a seed starts from it),
 `runs/<arm>-s<seed>/` (ordinary run folders), `results/<arm>-s<seed>.json` and
-`results/start.json` (ordinary `mcir evaluate` results), then `study.json` and `study.md`."""
+`results/start.json` or `results/start-s<seed>.json` (ordinary `mcir evaluate` results,
+plus the unit's `training` record: steps, collapses), then `study.json`, `study.md` and
+`report.html`.
+
+One rule for every arm: a unit's first collapse stops it (the guard rolls back to the last
+good weights, which are scored), and the unit is reported and left out of the Δ statistics;
+no arm goes on at a halved lr or λ that its partner never had."""
 
 from __future__ import annotations
 
@@ -101,6 +109,8 @@ class StudyPlan:
     iters: int = 1000
     common: dict[str, Any] = field(default_factory=dict)  # make_config overrides for every arm
     device: str = "auto"
+    from_scratch: bool = False  # a preset's recipe from one random initialisation per seed
+    val_every: int = 0  # > 0: every run scores the benchmarks every this many steps (the curves)
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
@@ -110,6 +120,12 @@ class StudyPlan:
             raise McirError(f"--arm names must be distinct, plain and at least one more (got {names})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise McirError(f"--seeds must be distinct integers (got {self.seeds})")
+        if self.from_scratch and not self.model:
+            raise McirError("--from-scratch needs --model PRESET: its recipe and architecture")
+        if self.from_scratch and self.checkpoint:
+            raise McirError("--from-scratch starts every seed from a random initialisation: drop --checkpoint")
+        if self.val_every < 0 or self.val_every > self.iters:
+            raise McirError(f"--val-every must be between 0 and --iters {self.iters} (got {self.val_every})")
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -118,18 +134,39 @@ class StudyPlan:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StudyPlan:
-        d = dict(d)
+        """A plan from plan.json; keys it does not know (the recipe note) are left out and
+        keys an older plan.json lacks take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
         d["arms"] = [Arm(a["name"], a["settings"]) for a in d["arms"]]
         return cls(**d)
 
     def run_name(self, arm: Arm, seed: int) -> str:
         return f"{arm.name}-s{seed}"
 
+    def start_name(self, seed: int) -> str:
+        """The table's start row: the pretrained model, or each seed's initialisation."""
+        return f"start-s{seed}" if self.from_scratch else "start"
+
+    def init_path(self, seed: int) -> Path:
+        return Path(self.output) / "init" / f"s{seed}.safetensors"
+
     def config(self, arm: Arm, seed: int) -> TrainConfig:
         root = Path(self.output)
-        overrides = {**self.common, **arm.settings, "seed": seed, "iters": self.iters, "device": self.device}
-        return make_config(self.data, root / "runs" / self.run_name(arm, seed), checkpoint=self.checkpoint,
+        overrides = {**self.common, **arm.settings, "seed": seed, "iters": self.iters, "device": self.device,
+                     "max_collapses": 1}  # the study's one rule: a collapse stops the unit (see the module)
+        if self.val_every:
+            overrides.update(val=tuple(self.benchmarks), val_every=self.val_every)
+        start = self.checkpoint
+        if self.from_scratch:
+            start, overrides["allow_random_init"] = str(self.init_path(seed)), True
+        return make_config(self.data, root / "runs" / self.run_name(arm, seed), checkpoint=start,
                            model=self.model, scale=self.scale, **overrides)
+
+    def recipe_note(self) -> str:
+        """How the runs train (the preset's recipe, its schedule scaled to --iters), for
+        plan.json, study.md and the report."""
+        return self.config(self.arms[0], self.seeds[0]).recipe_note
 
 
 def _check_same_plan(plan: StudyPlan, path: Path) -> None:
@@ -137,6 +174,10 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise McirError(f"plan.json is damaged ({type(exc).__name__})", path) from None
+    try:
+        saved = json.loads(json.dumps(StudyPlan.from_json(saved).to_json()))
+    except (KeyError, TypeError, McirError):
+        saved = {}
     ours = json.loads(json.dumps(plan.to_json()))
     if saved != ours:
         diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
@@ -144,39 +185,79 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
                         "continue it with the same flags, or choose a new --output", path)
 
 
-def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path) -> dict[str, Any]:
+def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
+              training: dict[str, Any] | None = None) -> dict[str, Any]:
     from mcir_cli.evaluate import evaluate_model
     from mcir_cli.models import load_model
 
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
     result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
     result["model"]["label"] = label
+    if training is not None:
+        result["training"] = training
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None) -> Path:
-    """The arm's run folder, trained to plan.iters: a new run, a resume of an interrupted
-    one, or a finished one as it is."""
+def _write_init(plan: StudyPlan, seed: int) -> Path:
+    """The seed's random initialisation, written once: every arm of the seed starts from
+    these very weights."""
+    from mcir_cli.checkpoint import save_safetensors
+    from mcir_cli.models import load_model
+
+    path = plan.init_path(seed)
+    if not path.exists():
+        loaded = load_model(None, plan.model, plan.scale, allow_random=True, seed=seed)
+        save_safetensors(loaded.net.state_dict(), path, {"mcir_init": f"{plan.model} seed {seed}"})
+    return path
+
+
+def _stopped_run(run: Path) -> dict[str, Any] | None:
+    """The `end` record of a run that stopped before its --iters (a collapse): a resume
+    of the study must score it as it is, not train it on."""
+    log_path = run / "log.jsonl"
+    if not log_path.exists():
+        return None
+    ends = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("event") == "end"]
+    return ends[-1] if ends and ends[-1].get("stopped_early") else None
+
+
+def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None) -> tuple[Path, dict[str, Any]]:
+    """The arm's run folder, trained to plan.iters (a new run, a resume of an interrupted
+    one, or a finished one as it is), and its training record."""
     from mcir_cli.loop import retrain
 
     cfg = plan.config(arm, seed)
     run = Path(cfg.output)
     callback = (lambda s: on_step(s.step)) if on_step else None
+    stopped = _stopped_run(run)
+    if stopped is not None:
+        return run, {"steps": stopped["step"], "iters": plan.iters, "collapses": stopped.get("collapses", 0),
+                     "stopped": stopped["stopped_early"]}
     if (run / "config.json").exists():
         result = retrain(load_run_config(run), on_step=callback, resume=True)
     else:
         result = retrain(cfg, on_step=callback)
     if result.stop_kind == "signal":
         raise KeyboardInterrupt
-    return run
+    return run, {"steps": result.steps, "iters": plan.iters, "collapses": result.collapses,
+                 "stopped": result.stopped_early}
+
+
+def _start_rows(plan: StudyPlan, root: Path) -> None:
+    """The table's first row: the pretrained start, or every seed's initialisation."""
+    for seed in plan.seeds if plan.from_scratch else plan.seeds[:1]:
+        out = root / "results" / f"{plan.start_name(seed)}.json"
+        if not out.exists():
+            weights = _write_init(plan, seed) if plan.from_scratch else plan.checkpoint
+            _evaluate(plan, weights, plan.start_name(seed), out)
 
 
 def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callable[[str, int], None] | None = None,
               resume: bool = False) -> dict[str, Any]:
     """Run every (arm, seed) not yet evaluated, then summarise. `resume` continues a
     study folder (finished arms are kept as they are)."""
-    from mcir_cli.study_report import summarise, to_markdown
+    from mcir_cli.study_report import summarise, to_markdown, validation_curves
 
     root = Path(plan.output)
     check_plan(plan)  # bad input is found before anything is written or trained
@@ -189,12 +270,11 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
         _check_same_plan(plan, root / "plan.json")
     else:
         (root / "results").mkdir(parents=True)
-        atomic_write_text(root / "plan.json", json.dumps(plan.to_json(), indent=2) + "\n")
+        plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
+        atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
     jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
     total = len(jobs) + 1
-    start = root / "results" / "start.json"
-    if not start.exists():  # the pretrained model itself: the table's first row
-        _evaluate(plan, plan.checkpoint, "start", start)
+    _start_rows(plan, root)
     for done, (arm, seed) in enumerate(jobs, 1):
         name = plan.run_name(arm, seed)
         out = root / "results" / f"{name}.json"
@@ -202,30 +282,32 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
             on_event(name, done, total)
         if out.exists():
             continue
-        run = _train(plan, arm, seed, (lambda step, n=name: on_step(n, step)) if on_step else None)
-        _evaluate(plan, run / "model.safetensors", name, out)
+        run, training = _train(plan, arm, seed, (lambda step, n=name: on_step(n, step)) if on_step else None)
+        _evaluate(plan, run / "model.safetensors", name, out, training)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
-    summary = summarise(plan, results)
+    runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
+    summary = summarise(plan, results, validation_curves(plan, runs) if plan.val_every else None)
     atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(root / "study.md", to_markdown(summary))
-    _write_report(plan, summary, results, root / "report.html")
+    _write_report(plan, summary, results, runs, root / "report.html")
     if on_event:
         on_event("summary", total, total)
     return summary
 
 
-def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, Any], path: Path) -> None:
+def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, Any], runs: dict[str, Path],
+                  path: Path) -> None:
     """report.html: the table, each arm's Δ vs plain with per-image charts (each image's
-    Δ averaged over seeds), and every run's training curves."""
+    Δ averaged over the seeds whose units both finished), and every run's training curves."""
     from mcir_cli.report import study_report, write_report
     from mcir_cli.study_report import delta_matrix
 
     per_image: dict[str, dict[str, tuple[list[str], list[float]]]] = {}
-    for arm in summary["deltas"]:
-        for d in summary["datasets"]:
-            mat, names = delta_matrix(results, arm, plan.seeds, d)
-            per_image.setdefault(arm, {})[d] = (names, mat.mean(axis=0).tolist())
-    runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
+    for arm, info in summary["deltas"].items():
+        for d in info["datasets"] if info["seeds_used"] else ():
+            if d in summary["datasets"]:  # not "all images"
+                mat, names = delta_matrix(results, arm, info["seeds_used"], d)
+                per_image.setdefault(arm, {})[d] = (names, mat.mean(axis=0).tolist())
     write_report(path, study_report(summary, per_image, runs))
 
 

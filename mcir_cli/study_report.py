@@ -1,15 +1,23 @@
-"""A study's numbers: the paper-style table (mean ± sd over seeds) and, per dataset, each
-arm's Δ vs plain fine-tuning paired over images *and* seeds, with a verdict."""
+"""A study's numbers: the paper-style table (mean ± sd over seeds), each arm's Δ vs plain
+paired over images *and* seeds (`stats.seed_image_stats`), the units a collapse stopped,
+and the validation curves (mean ± sd over seeds)."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcir_cli.stats import fmt_p
+from mcir_cli.stats import fmt_p, seed_image_stats
 
-RESAMPLES = 10_000
+# how the Δ statistics are made: study.md, the terminal and report.html say it in these words
+METHOD = ("Δ PSNR vs plain, paired over images and seeds: 95 % CI and p from a t test over seeds "
+          "(seeds − 1 degrees of freedom) whose error also carries each image's own variation; win rate over "
+          "(seed, image) pairs; 'detectable' is the smallest Δ this design finds at 80 % power")
+COLLAPSE_RULE = "a unit's first collapse stops it: it is scored as stopped and left out of the Δ statistics"
 
 
 def _per_image(result: dict[str, Any], dataset: str, metric: str) -> dict[str, float]:
@@ -25,76 +33,97 @@ def delta_matrix(results: dict[str, Any], arm: str, seeds: list[int], dataset: s
         new = _per_image(results[f"{arm}-s{seed}"], dataset, metric)
         names = sorted(set(base) & set(new)) if names is None else names
         rows.append([new[n] - base[n] for n in names])
-    return np.asarray(rows, dtype=np.float64), names or []
+    return np.asarray(rows, dtype=np.float64).reshape(len(seeds), -1), names or []
 
 
-def clustered_stats(d: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
-    """Mean Δ with a 95 % bootstrap CI resampling seeds and images (two-way), the win
-    rate over (seed, image) pairs, a sign-flip permutation p over images (of their
-    seed-mean Δ), and how many seeds improved on average."""
-    k, n = d.shape
-    rng = np.random.default_rng(seed)
-    s_idx = rng.integers(0, k, size=(resamples, k))
-    i_idx = rng.integers(0, n, size=(resamples, n))
-    boot = d[s_idx[:, :, None], i_idx[:, None, :]].mean(axis=(1, 2))
-    per_image = d.mean(axis=0)
-    obs = abs(per_image.mean())
-    signs = rng.choice((-1.0, 1.0), size=(resamples, n))
-    flips = np.abs((signs * per_image).mean(axis=1))
-    p = (np.sum(flips >= obs - 1e-15) + 1) / (resamples + 1)
-    if not np.any(per_image):
-        p = 1.0
-    per_seed = d.mean(axis=1)
-    return {
-        "mean": float(d.mean()), "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-        "win_rate": float(np.mean(d > 0)), "ties": float(np.mean(d == 0)), "p": float(p),
-        "per_seed": [float(x) for x in per_seed], "seeds_better": int(np.sum(per_seed > 0)), "seeds": k, "images": n,
-    }
+def _stopped(results: dict[str, Any], name: str) -> bool:
+    return bool(results[name].get("training", {}).get("stopped"))
 
 
-def verdict(s: dict[str, Any], alpha: float = 0.05) -> str:
-    lo, hi = s["ci"]
-    if lo > 0 and s["p"] < alpha and s["seeds_better"] == s["seeds"]:
-        return "better than plain fine-tuning (CI above 0, p < 0.05, every seed)"
-    if hi < 0 and s["p"] < alpha and s["seeds_better"] == 0:
-        return "worse than plain fine-tuning (CI below 0, p < 0.05, every seed)"
-    if s["images"] * s["seeds"] <= 5:
-        return "too few images and seeds to call"
-    return "not distinguishable from plain fine-tuning at 5 %"
+def paired_seeds(plan: Any, results: dict[str, Any], arm: str) -> list[int]:
+    """The seeds whose arm and plain units both ran to the end (a collapse breaks the pair)."""
+    return [s for s in plan.seeds if not _stopped(results, f"plain-s{s}") and not _stopped(results, f"{arm}-s{s}")]
+
+
+def collapses(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
+    """Every unit's steps and collapses, as study.json records them."""
+    out = {}
+    for arm in plan.arms:
+        for seed in plan.seeds:
+            name = plan.run_name(arm, seed)
+            t = results[name].get("training", {})
+            out[name] = {"steps": t.get("steps"), "collapses": t.get("collapses", 0), "stopped": t.get("stopped")}
+    return out
+
+
+def _start_row(plan: Any, results: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
+    starts = [results[plan.start_name(s)] for s in (plan.seeds if plan.from_scratch else plan.seeds[:1])]
+    return _mean_row(starts, datasets)
+
+
+def _mean_row(rows: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
+    out = {}
+    for d in datasets:
+        vals = {m: [r["datasets"][d][m] for r in rows] for m in ("psnr", "ssim")}
+        out[d] = {m: float(np.mean(v)) for m, v in vals.items()}
+        out[d].update({f"{m}_sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in vals.items()})
+    return out
 
 
 def _table(plan: Any, results: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
-    table: dict[str, Any] = {"start": {d: {"psnr": results["start"]["datasets"][d]["psnr"],
-                                           "ssim": results["start"]["datasets"][d]["ssim"]} for d in datasets}}
+    table: dict[str, Any] = {"start": _start_row(plan, results, datasets)}
     for arm in plan.arms:
-        row = {}
-        for d in datasets:
-            vals = {m: [results[f"{arm.name}-s{s}"]["datasets"][d][m] for s in plan.seeds] for m in ("psnr", "ssim")}
-            row[d] = {m: float(np.mean(v)) for m, v in vals.items()}
-            row[d].update({f"{m}_sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in vals.items()})
-        table[arm.name] = row
+        table[arm.name] = _mean_row([results[plan.run_name(arm, s)] for s in plan.seeds], datasets)
     return table
 
 
-def summarise(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
-    """study.json: the plan, the conventions, the table and every arm's Δ vs plain."""
-    datasets = list(results["start"]["datasets"])
-    out: dict[str, Any] = {"plan": plan.to_json(), "conventions": results["start"]["conventions"],
-                           "datasets": datasets, "table": _table(plan, results, datasets), "deltas": {}}
+def _arm_deltas(plan: Any, results: dict[str, Any], arm: str, datasets: list[str]) -> dict[str, Any]:
+    seeds = paired_seeds(plan, results, arm)
+    per: dict[str, Any] = {}
+    if not seeds:
+        return {"seeds_used": [], "datasets": {}}
+    mats = []
+    for d in datasets:
+        mat, _ = delta_matrix(results, arm, seeds, d)
+        mats.append(mat)
+        per[d] = seed_image_stats(mat).to_dict()
+    if len(mats) > 1:  # all benchmark images together: every (seed, image) pair once
+        per["all images"] = seed_image_stats(np.concatenate(mats, axis=1)).to_dict()
+    return {"seeds_used": seeds, "datasets": per}
+
+
+def summarise(plan: Any, results: dict[str, Any], curves: dict[str, Any] | None = None) -> dict[str, Any]:
+    """study.json: the plan, the conventions, the table, every unit's collapses, every
+    arm's Δ vs plain and (with --val-every) the validation curves."""
+    datasets = list(results[plan.start_name(plan.seeds[0])]["datasets"])
+    out: dict[str, Any] = {"plan": plan.to_json(), "recipe": plan.recipe_note(), "method": METHOD,
+                           "collapse_rule": COLLAPSE_RULE,
+                           "conventions": results[plan.start_name(plan.seeds[0])]["conventions"],
+                           "datasets": datasets, "table": _table(plan, results, datasets),
+                           "units": collapses(plan, results), "deltas": {}}
     for arm in plan.arms:
-        if arm.name == "plain":
-            continue
-        per: dict[str, Any] = {}
-        mats = []
-        for d in datasets:
-            mat, _ = delta_matrix(results, arm.name, plan.seeds, d)
-            mats.append(mat)
-            per[d] = clustered_stats(mat)
-            per[d]["verdict"] = verdict(per[d])
-        if len(mats) > 1:  # all benchmark images together: every (seed, image) pair once
-            per["all images"] = clustered_stats(np.concatenate(mats, axis=1))
-            per["all images"]["verdict"] = verdict(per["all images"])
-        out["deltas"][arm.name] = {"settings": arm.describe(), "datasets": per}
+        if arm.name != "plain":
+            out["deltas"][arm.name] = {"settings": arm.describe(), **_arm_deltas(plan, results, arm.name, datasets)}
+    if curves:
+        out["curves"] = curves
+    return out
+
+
+def validation_curves(plan: Any, runs: dict[str, Path]) -> dict[str, Any]:
+    """Per arm, the benchmarks' validation PSNR over steps (each run's val.json), mean ±
+    sd over the seeds that reached each step."""
+    out: dict[str, Any] = {}
+    for arm in plan.arms:
+        by_step: dict[int, list[float]] = {}
+        for seed in plan.seeds:
+            path = runs[plan.run_name(arm, seed)] / "val.json"
+            history = json.loads(path.read_text())["history"] if path.exists() else []
+            for h in history:
+                by_step.setdefault(int(h["step"]), []).append(float(h["psnr"]))
+        steps = sorted(by_step)
+        out[arm.name] = {"steps": steps, "mean": [float(np.mean(by_step[s])) for s in steps],
+                         "sd": [float(np.std(by_step[s], ddof=1)) if len(by_step[s]) > 1 else 0.0 for s in steps],
+                         "n": [len(by_step[s]) for s in steps]}
     return out
 
 
@@ -102,26 +131,72 @@ def _pm(mean: float, sd: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd else f"{mean:.{digits}f}"
 
 
+def study_number(x: float | None) -> float:
+    """A statistic from study.json, where JSON's null stands for undefined (one seed)."""
+    return float("nan") if x is None else float(x)
+
+
+def fmt_signed(x: float | None, digits: int = 4) -> str:
+    """A Δ or CI bound in every study table: "+0.0012", "-" when undefined (one seed)."""
+    x = study_number(x)
+    return f"{x:+.{digits}f}" if math.isfinite(x) else "-"
+
+
+def _markdown_deltas(summary: dict[str, Any]) -> list[str]:
+    lines = [f"{METHOD}.", ""]
+    for arm, info in summary["deltas"].items():
+        dropped = sorted(set(summary["plan"]["seeds"]) - set(info["seeds_used"]))
+        note = f"; seeds {', '.join(map(str, dropped))} left out (a collapse)" if dropped else ""
+        lines += [f"**{arm}** ({info['settings']}{note})", "",
+                  "| dataset | Δ dB | 95 % CI | win rate | p | detectable | seeds better | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for d, s in info["datasets"].items():
+            lo, hi = s["ci"]
+            lines.append(f"| {d} | {fmt_signed(s['mean'])} | [{fmt_signed(lo)}, {fmt_signed(hi)}] | "
+                         f"{s['win_rate']:.0%} | {fmt_p(study_number(s['p']))} | {fmt_signed(s['detectable']).lstrip('+')} | "
+                         f"{s['seeds_better']}/{s['seeds']} | {s['verdict']} |")
+        lines.append("")
+    return lines
+
+
+def _markdown_units(summary: dict[str, Any]) -> list[str]:
+    hit = {n: u for n, u in summary["units"].items() if u["collapses"] or u["stopped"]}
+    lines = [f"Collapses ({COLLAPSE_RULE}): " + ("none." if not hit else ""), ""]
+    for name, u in hit.items():
+        lines.append(f"- {name}: {u['collapses']} collapse(s), {u['steps']} steps; {u['stopped'] or 'finished'}")
+    return lines + ([""] if hit else [])
+
+
+def _markdown_curves(summary: dict[str, Any]) -> list[str]:
+    curves = summary.get("curves")
+    if not curves:
+        return []
+    arms = list(curves)
+    steps = sorted({s for c in curves.values() for s in c["steps"]})
+    lines = ["Validation PSNR (dB) on the benchmarks over training, mean ± sd over seeds:", "",
+             "| step | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for step in steps:
+        cells = []
+        for a in arms:
+            c = curves[a]
+            cells.append(_pm(c["mean"][c["steps"].index(step)], c["sd"][c["steps"].index(step)], 3)
+                         if step in c["steps"] else "")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     plan, datasets = summary["plan"], summary["datasets"]
     conv = summary["conventions"].get("description", summary["conventions"])
     seeds = plan["seeds"]
+    start = "each seed's random initialisation" if plan.get("from_scratch") else "the start checkpoint"
     lines = [f"# mcir study: {len(plan['arms'])} arms x {len(seeds)} seeds x {plan['iters']} steps", "",
+             f"Training: {summary['recipe']}. The start row is {start}.", "",
              f"PSNR (dB) / SSIM, {conv}; mean ± sd over seeds {', '.join(map(str, seeds))}.", "",
              "| model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for name, row in summary["table"].items():
         cells = [f"{_pm(row[d]['psnr'], row[d].get('psnr_sd', 0), 2)} / {_pm(row[d]['ssim'], row[d].get('ssim_sd', 0), 4)}"
                  for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Δ PSNR vs plain fine-tuning, paired over images and seeds (95 % two-way bootstrap CI, "
-              f"{RESAMPLES} resamples; win rate over (seed, image) pairs; sign-flip permutation p over images):", ""]
-    for arm, info in summary["deltas"].items():
-        lines += [f"**{arm}** ({info['settings']})", "", "| dataset | Δ dB | 95 % CI | win rate | p | seeds better | verdict |",
-                  "|---|---|---|---|---|---|---|"]
-        for d, s in info["datasets"].items():
-            lo, hi = s["ci"]
-            lines.append(f"| {d} | {s['mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {s['win_rate']:.0%} | "
-                         f"{fmt_p(s['p'])} | {s['seeds_better']}/{s['seeds']} | {s['verdict']} |")
-        lines.append("")
-    return "\n".join(lines)
-
+    lines.append("")
+    return "\n".join(lines + _markdown_units(summary) + _markdown_deltas(summary) + _markdown_curves(summary))

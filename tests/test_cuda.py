@@ -60,6 +60,32 @@ def test_trainer_cuda_defaults(tmp_path):
     start = next(r for r in log if r.get("event") == "start")
     print(f"CUDA trainer: amp {start['amp']}; {start['compile']}; {start['layout']}")
     assert start["amp"].startswith("bf16 autocast")  # the precision note, as retrain logs it
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32  # true fp32 parts
     steps = [r for r in log if "event" not in r]
     assert len(steps) == 20 and all(r["l_neg"] > 0 for r in steps)
     print(f"CUDA trainer: {steps[-1]['it_s']:.1f} it/s at batch 8 x 48")
+
+
+def test_restore_auto_tile_and_amp_on_cuda(tmp_path):
+    """`mcir restore --tile auto --amp` on CUDA: a tile size from free memory (said), tiles
+    batched, bf16; the result is the CPU fp32 result within bf16's error (PSNR >= 35 dB)."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mcir_cli.cli import app
+
+    ckpt = str(shared_path("weights", "IMDN", "IMDN_x4.pth"))
+    Image.open(shared_path("data", "sr", "Set5", "HR", "butterfly.png")).convert("RGB").save(tmp_path / "b.png")
+    runner = CliRunner()
+    gpu = runner.invoke(app, ["restore", str(tmp_path / "b.png"), "-o", str(tmp_path / "gpu.png"),
+                              "--checkpoint", ckpt, "--device", "cuda", "--tile", "auto", "--amp"])
+    assert gpu.exit_code == 0 and "GiB free on cuda" in gpu.output and "bf16" in gpu.output, gpu.output
+    print(gpu.output)
+    cpu = runner.invoke(app, ["restore", str(tmp_path / "b.png"), "-o", str(tmp_path / "cpu.png"),
+                              "--checkpoint", ckpt, "--device", "cpu", "--tile", "none"])
+    assert cpu.exit_code == 0, cpu.output
+    a, b = (np.asarray(Image.open(tmp_path / n)).astype(float) for n in ("gpu.png", "cpu.png"))
+    psnr = 10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12))
+    print(f"restore CUDA bf16 auto tile vs CPU fp32: {psnr:.1f} dB")
+    assert psnr >= 35

@@ -23,6 +23,7 @@ PANELS = {
     ("study",): ["Data", "Model", "Arms", "Optimisation", "MCIR / SPN", "Speed", "Run control"],
     ("demo",): ["Run control", "Speed", "MCIR / SPN"],
     ("plot",): ["Arguments", "Output", "Legend"],
+    ("restore",): ["Arguments", "Model", "Output", "Speed"],
     ("models",): ["Commands"],
     ("models", "inspect"): ["Arguments"],
     ("data",): ["Commands"],

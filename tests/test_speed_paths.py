@@ -279,6 +279,7 @@ def test_precision_decision():
     # auto is fp32: bf16 rounds a fine-tuning negative by as much as it differs (docs/evidence.md)
     assert speed.precision_decision(None, "cuda")[:2] == (None, None)
     assert speed.precision_decision("auto", "cuda")[:2] == (None, None)
+    assert "TF32 off" in speed.precision_decision("auto", "cuda")[2]  # true fp32 on CUDA, said at the start
     assert speed.precision_decision("bf16-negatives", "cuda")[:2] == (None, bf16)
     assert speed.precision_decision("bf16", "cuda")[:2] == (bf16, bf16)
     for amp in ("fp32", "none"):

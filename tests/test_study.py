@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
 from mcir_cli.study import StudyPlan, parse_arm, plan_paths, run_study
-from mcir_cli.study_report import clustered_stats, verdict
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()
@@ -122,18 +122,6 @@ def test_arms_and_plans_are_checked():
         StudyPlan(output="o", data=["d"], benchmarks=["b"], arms=[parse_arm("mcir"), parse_arm("mcir-paper")])
 
 
-def test_clustered_statistics():
-    rng = np.random.default_rng(0)
-    better = 0.05 + 0.01 * rng.standard_normal((3, 40))
-    s = clustered_stats(better)
-    assert s["ci"][0] > 0 and s["p"] < 0.01 and s["seeds_better"] == 3 and s["win_rate"] == 1.0
-    assert verdict(s).startswith("better")
-    noise = 0.05 * rng.standard_normal((3, 40))
-    assert clustered_stats(noise)["ci"][0] < 0 < clustered_stats(noise)["ci"][1]
-    assert verdict(clustered_stats(-better)).startswith("worse")
-    assert clustered_stats(np.zeros((2, 5)))["p"] == 1.0
-
-
 def test_bad_study_input_is_refused_before_any_work(bench, tmp_path):
     for arm, msg in (("x:lam=-1", "--arm x: --lambda must be a number >= 0"),
                      ("x:negative_init=bogus", "--arm x: --negative-init must be one of"),
@@ -147,3 +135,85 @@ def test_bad_study_input_is_refused_before_any_work(bench, tmp_path):
     assert not (tmp_path / "s").exists()
     res = runner.invoke(app, ["study", "--resume", str(tmp_path / "s"), "--iters", "5"])
     assert res.exit_code == 2 and "(remove --iters)" in res.output
+    common = ["study", "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--benchmark",
+              str(bench), "--from-scratch", "-o", str(tmp_path / "s")]
+    for extra, msg in (([], "--from-scratch needs --model PRESET"),
+                       (["--model", "imdn-x4", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth"))],
+                        "drop --checkpoint"),
+                       (["--model", "imdn-x4", "--val-every", "5000"], "--val-every must be between 0 and")):
+        res = runner.invoke(app, common + extra)
+        assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "s").exists()
+
+
+def test_from_scratch_ignores_pretrained_weights_in_mcir_weights(monkeypatch):
+    """`--from-scratch` means random weights even when $MCIR_WEIGHTS holds the preset's
+    pretrained file (it used to load it while applying the from-scratch recipe)."""
+    from mcir_cli.checkpoint import read_checkpoint
+    from mcir_cli.models import load_model
+
+    monkeypatch.setenv("MCIR_WEIGHTS", str(shared_path("weights")))
+    pretrained = read_checkpoint(shared_path("weights", "IMDN", "IMDN_x4.pth")).state_dict
+    found = load_model(None, "imdn-x4").net.state_dict()
+    scratch = load_model(None, "imdn-x4", allow_random=True, seed=0).net.state_dict()
+    key = next(k for k in found if k.endswith("weight") and found[k].ndim == 4)
+    assert torch.equal(found[key], pretrained[next(k for k in pretrained if k.endswith(key))])
+    assert not torch.equal(scratch[key], found[key])
+    again = load_model(None, "imdn-x4", allow_random=True, seed=0).net.state_dict()
+    assert all(torch.equal(scratch[k], again[k]) for k in scratch)  # seeded
+
+
+def _scratch_plan(out: Path, bench: Path, **kw) -> StudyPlan:
+    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [bench], None)
+    base = dict(model="imdn-x4", from_scratch=True, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0, 1],
+                iters=3, val_every=1, common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2},
+                device="cpu")
+    base.update(kw)
+    return StudyPlan(**paths, **base)
+
+
+def test_from_scratch_study_shares_each_seeds_initialisation(bench, tmp_path):
+    out = tmp_path / "scratch"
+    summary = run_study(_scratch_plan(out, bench))
+    inits = sorted(p.name for p in (out / "init").iterdir())
+    assert inits == ["s0.safetensors", "s1.safetensors"]
+    assert (out / "init" / "s0.safetensors").read_bytes() != (out / "init" / "s1.safetensors").read_bytes()
+    for arm in ("plain", "mcir"):
+        cfg = json.loads((out / "runs" / f"{arm}-s1" / "config.json").read_text())["config"]
+        assert cfg["checkpoint"] == str(out / "init" / "s1.safetensors") and cfg["allow_random_init"]
+        # the recipe's schedule (IMDN: multistep at 200k of 1M steps) scaled to 3 steps
+        assert cfg["schedule"] == "multistep" and cfg["milestones"] == [1, 1, 2, 2] and cfg["iters"] == 3
+    assert "scaled from 1000000 to 3 steps" in summary["recipe"]
+    assert "scaled" in json.loads((out / "plan.json").read_text())["recipe"]
+    starts = sorted(p.name for p in (out / "results").glob("start*.json"))
+    assert starts == ["start-s0.json", "start-s1.json"]
+    s0 = json.loads((out / "results" / "start-s0.json").read_text())["datasets"]["Set5crops"]["psnr"]
+    s1 = json.loads((out / "results" / "start-s1.json").read_text())["datasets"]["Set5crops"]["psnr"]
+    assert summary["table"]["start"]["Set5crops"]["psnr"] == pytest.approx((s0 + s1) / 2)
+    # validation curves: every arm at steps 1..3, mean over both seeds
+    for arm in ("plain", "mcir"):
+        curve = summary["curves"][arm]
+        assert curve["steps"] == [0, 1, 2, 3] and curve["n"] == [2, 2, 2, 3 - 1]
+    vals = [json.loads((out / "runs" / f"mcir-s{s}" / "val.json").read_text())["history"] for s in (0, 1)]
+    assert summary["curves"]["mcir"]["mean"][2] == pytest.approx((vals[0][2]["psnr"] + vals[1][2]["psnr"]) / 2)
+    md = (out / "study.md").read_text()
+    assert "each seed's random initialisation" in md and "Validation PSNR" in md and "Collapses" in md
+
+
+def test_a_collapse_stops_the_unit_and_leaves_it_out(bench, tmp_path):
+    """The study's one rule: whichever arm collapses stops there (no arm goes on at a halved
+    lr or λ its partner never had); the unit is reported and left out of the Δ statistics;
+    a resume scores it as it stopped instead of training it on."""
+    plan = _plan(tmp_path / "c", bench, arms=[parse_arm("plain"), parse_arm("hot:lam=100,negative_init=mix")],
+                 seeds=[0], iters=8)
+    summary = run_study(plan)
+    unit = summary["units"]["hot-s0"]
+    assert unit["collapses"] == 1 and unit["steps"] < 8 and "collapse" in unit["stopped"]
+    assert summary["units"]["plain-s0"] == {"steps": 8, "collapses": 0, "stopped": None}
+    assert summary["deltas"]["hot"] == {"settings": plan.arms[1].describe(), "seeds_used": [], "datasets": {}}
+    assert "hot-s0: 1 collapse(s)" in (tmp_path / "c" / "study.md").read_text()
+    (tmp_path / "c" / "results" / "hot-s0.json").unlink()
+    log_before = (tmp_path / "c" / "runs" / "hot-s0" / "log.jsonl").read_text()
+    again = run_study(plan, resume=True)
+    assert again["units"]["hot-s0"] == unit
+    assert (tmp_path / "c" / "runs" / "hot-s0" / "log.jsonl").read_text() == log_before

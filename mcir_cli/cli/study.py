@@ -11,6 +11,8 @@ from rich.table import Table
 
 from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
+from mcir_cli.stats import p_phrase
+from mcir_cli.study_report import METHOD, fmt_signed, study_number
 
 
 def _seeds(text: str) -> list[int]:
@@ -45,6 +47,8 @@ def study(
     device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New study folder (must not exist).", rich_help_panel="Run control"),
     resume: Optional[Path] = typer.Option(None, help="Continue the study in this folder (finished arms are kept).", rich_help_panel="Run control"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train --model PRESET from a random initialisation per seed (shared by every arm of the seed), its recipe's lr schedule scaled to --iters.", rich_help_panel="Model"),
+    val_every: int = typer.Option(0, help="Score the benchmarks every N steps of every run: study.md and report.html draw each arm's curve, mean ± sd over seeds (0: only at the end).", rich_help_panel="Run control"),
 ) -> None:
     """Prove it: K seeds of plain fine-tuning vs MCIR at equal steps, scored on held-out benchmarks.
 
@@ -61,7 +65,7 @@ def study(
     else:
         if output is None or not data or not benchmark:
             raise McirError("give --data TRAIN, --benchmark DIR (repeatable) and a new --output STUDY")
-        if checkpoint is None and model is None:
+        if checkpoint is None and model is None and not from_scratch:
             raise McirError("give a start model: --checkpoint FILE and/or --model PRESET")
         common: dict[str, Any] = {k: v for k, v in (("batch", batch), ("patch", patch), ("lr", lr), ("lam", lam),
                                                      ("embedding_init", embedding_init), ("res_scale", res_scale)) if v is not None}
@@ -69,7 +73,8 @@ def study(
             common["embedding_weights"] = str(embedding_weights)
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
         plan = StudyPlan(**plan_paths(output, data, benchmark, checkpoint), model=model, scale=scale, arms=arms,
-                         seeds=_seeds(seeds), iters=iters, common=common, device=device)
+                         seeds=_seeds(seeds), iters=iters, common=common, device=device, from_scratch=from_scratch,
+                         val_every=val_every)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         overall = bar.add_task("study", total=len(plan.arms) * len(plan.seeds) + 1)
@@ -105,12 +110,16 @@ def _render(summary: dict[str, Any], root: Path) -> None:
     for name, row in summary["table"].items():
         table.add_row(name, *(f"{row[d]['psnr']:.2f}/{row[d]['ssim']:.4f}" for d in datasets))
     console.print(table)
-    console.print("[bold]Evidence[/] (Δ PSNR vs plain, paired over images and seeds; 95 % two-way bootstrap CI; "
-                  "sign-flip p):", highlight=False)
+    console.print(f"training: {summary['recipe']}", highlight=False, soft_wrap=True)
+    for name, u in summary["units"].items():
+        if u["stopped"]:
+            console.print(f"[yellow]{name}: stopped by a collapse at step {u['steps']} "
+                          "(left out of the Δ statistics)[/]", highlight=False, soft_wrap=True)
+    console.print(f"[bold]Evidence[/] ({METHOD}):", highlight=False, soft_wrap=True)
     for arm, info in summary["deltas"].items():
         for d, s in info["datasets"].items():
             lo, hi = s["ci"]
-            console.print(f"  {arm} on {d}: {s['mean']:+.3f} dB [{lo:+.3f}, {hi:+.3f}], better on {s['win_rate']:.0%} "
-                          f"of (seed, image) pairs, {s['seeds_better']}/{s['seeds']} seeds, p = {s['p']:.3g} — "
-                          f"{s['verdict']}", highlight=False, soft_wrap=True)
+            console.print(f"  {arm} on {d}: {fmt_signed(s['mean'], 3)} dB [{fmt_signed(lo, 3)}, {fmt_signed(hi, 3)}], "
+                          f"better on {s['win_rate']:.0%} of (seed, image) pairs, {s['seeds_better']}/{s['seeds']} "
+                          f"seeds, {p_phrase(study_number(s['p']))} — {s['verdict']}", highlight=False, soft_wrap=True)
     console.print(f"written: {root / 'study.json'}, {root / 'study.md'}, {root / 'report.html'}", highlight=False)
