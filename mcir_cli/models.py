@@ -268,16 +268,18 @@ def settle_res_scale(loaded: LoadedModel, res_scale: float | None) -> None:
         return
     meta = loaded.checkpoint.metadata if loaded.checkpoint is not None else {}
     if res_scale is None and "res_scale" in meta:
-        res_scale = float(meta["res_scale"])
+        try:
+            res_scale = float(meta["res_scale"])
+        except ValueError:
+            raise McirError(f"the metadata's res_scale is not a number ({meta['res_scale'][:40]!r})",
+                            loaded.checkpoint.path if loaded.checkpoint else None) from None
     if res_scale is not None:
         if not (res_scale > 0 and res_scale <= 10):
             raise McirError(f"--res-scale must be in (0, 10] (got {res_scale})")
         net.set_res_scale(res_scale)
         loaded.hyperparameters["res_scale"] = float(res_scale)
         return
-    from mcir_cli.archs.edsr import guess_res_scale
-
-    guess, why = guess_res_scale(int(net.hyperparameters.get("n_feats", net.hyperparameters.get("num_feat", 64))))
+    guess, why = net.res_scale_guess()
     where = loaded.checkpoint.path if loaded.checkpoint is not None else loaded.label
     log.warning("%s: EDSR's res_scale is not stored in the weights; guessed res_scale %g from the width (%s); "
                 "give --res-scale if it was trained with another", where, guess, why)

@@ -73,6 +73,11 @@ class _SettableResScale:
     def res_scale(self) -> float:
         return float(self.hyperparameters["res_scale"])
 
+    def res_scale_guess(self) -> tuple[float, str]:
+        """`guess_res_scale` for this network's width (n_feats, BasicSR's num_feat)."""
+        hp = self.hyperparameters
+        return guess_res_scale(int(hp.get("n_feats", hp.get("num_feat", 64))))
+
 
 class ResBlock(nn.Module):
     """conv-ReLU-conv residual block, residual scaled by ``res_scale``."""
