@@ -37,7 +37,7 @@ def lambda_hint(ratio_per_lambda: float, band: tuple[float, float]) -> str:
     mcir's heuristic."""
     lam = lambda_for_band(ratio_per_lambda, band)
     if lam is None:
-        return "the SPN term was zero: the negatives equal the target"
+        return "the SPN term was zero: no negatives (plain fine-tuning), or negatives equal to the target"
     return (f"try λ = {lam:g} (--lambda {lam:g}; mcir's heuristic: the λ that puts the ratio at "
             f"{math.sqrt(band[0] * band[1]):.1%}, the band's geometric middle, as the ratio scales with λ)")
 
@@ -117,6 +117,8 @@ class LambdaControl:
     out_of_band: int = 0
     ratio_sum: float = 0.0
     ratio_n: int = 0
+    unit_sum: float = 0.0  # Σ ratio/λ = Σ l_neg/|l_rec|, each step's over its own λ
+    unit_n: int = 0
 
     def __post_init__(self) -> None:
         if self.ceiling is None:
@@ -129,6 +131,8 @@ class LambdaControl:
         one bounded multiplicative move toward the band."""
         lo, hi = self.band
         self.ratio_sum, self.ratio_n = self.ratio_sum + ratio, self.ratio_n + 1
+        if self.lam > 0:
+            self.unit_sum, self.unit_n = self.unit_sum + ratio / self.lam, self.unit_n + 1
         self.out_of_band = self.out_of_band + 1 if not lo <= ratio <= hi else 0
         if not self.auto:
             return
@@ -146,6 +150,11 @@ class LambdaControl:
     def mean_ratio(self) -> float | None:
         return self.ratio_sum / self.ratio_n if self.ratio_n else None
 
+    @property
+    def ratio_per_lambda(self) -> float | None:
+        """The run's mean l_neg/|l_rec| (what `lambda_for_band` needs)."""
+        return self.unit_sum / self.unit_n if self.unit_n else None
+
     def warning(self, patience: int) -> str | None:
         """The out-of-band warning, once, when the streak reaches `patience` steps."""
         if self.out_of_band != patience:
@@ -157,7 +166,8 @@ class LambdaControl:
 
     def state_dict(self) -> dict[str, Any]:
         return {"lam": self.lam, "lam_ceiling": self.ceiling, "lam_floor": self.floor,
-                "out_of_band": self.out_of_band, "ratio_sum": self.ratio_sum, "ratio_n": self.ratio_n}
+                "out_of_band": self.out_of_band, "ratio_sum": self.ratio_sum, "ratio_n": self.ratio_n,
+                "unit_sum": self.unit_sum, "unit_n": self.unit_n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam = float(state["lam"])
@@ -165,6 +175,7 @@ class LambdaControl:
         self.floor = float(state.get("lam_floor", self.floor))
         self.out_of_band = int(state.get("out_of_band", 0))
         self.ratio_sum, self.ratio_n = float(state.get("ratio_sum", 0.0)), int(state.get("ratio_n", 0))
+        self.unit_sum, self.unit_n = float(state.get("unit_sum", 0.0)), int(state.get("unit_n", 0))
 
 
 @dataclass

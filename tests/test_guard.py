@@ -270,4 +270,12 @@ def test_lambda_to_try_comes_from_the_ratio_per_unit_lambda():
     assert lambda_for_band(3e-4, (0.01, 0.10)) == 100.0
     assert lambda_for_band(0.0, (0.01, 0.10)) is None
     assert lambda_hint(0.2, (0.01, 0.10)).startswith("try λ = 0.2 (--lambda 0.2; mcir's heuristic")
-    assert "negatives equal the target" in lambda_hint(0.0, (0.01, 0.10))
+    assert "the SPN term was zero: no negatives" in lambda_hint(0.0, (0.01, 0.10))
+    ctl = LambdaControl(1e-4, band=(0.01, 0.10))  # per step over its own λ (the guard may halve it)
+    ctl.observe(2e-5)
+    ctl.on_collapse()
+    ctl.observe(1e-5)
+    assert ctl.ratio_per_lambda == pytest.approx(0.2) and ctl.mean_ratio == pytest.approx(1.5e-5)
+    again = LambdaControl(1e-4)
+    again.load_state_dict(ctl.state_dict())  # a resume keeps it
+    assert again.ratio_per_lambda == pytest.approx(0.2)

@@ -208,8 +208,10 @@ def _render_summary(result, lam_auto: bool) -> None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
         colour = "green" if inside else "yellow"
-        retry = "try another --lambda" if lam_auto else "try another --lambda or --lambda auto"
-        advice = "" if inside else f" — outside mcir's heuristic band; {retry}"
+        from mcir_cli.guard import lambda_hint
+
+        hint = lambda_hint(result.ratio_per_lambda or 0.0, result.ratio_band)
+        advice = "" if inside else f" — outside mcir's heuristic band; {hint}" + ("" if lam_auto else " (or --lambda auto)")
         console.print(
             f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
             f"(band {lo:.0%}–{hi:.0%}, mcir's heuristic, not from the paper){advice}", highlight=False, soft_wrap=True,
