@@ -24,6 +24,8 @@ _API = {
     "psnr": "mcir_cli.metrics", "ssim": "mcir_cli.metrics",
     "imresize": "mcir_cli.resize", "read_image": "mcir_cli.imageio", "StudyPlan": "mcir_cli.study",
     "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.plot",
+    "RealESRGANSettings": "mcir_cli.degradation_config", "Degrader": "mcir_cli.degradations",
+    "degrade_dataset": "mcir_cli.degrade_data", "compare_without_gt": "mcir_cli.compare_unpaired",
     "restore_images": "mcir_cli.restore",
 }
 __all__ = ["__version__", *_API]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.config_checks import validate_config
+from mcir_cli.degradation_config import resolve_degradation
 from mcir_cli.errors import McirError
 from mcir_cli.recipes import Hyperparameters, Recipe, SPNSettings, get_preset
 
@@ -64,6 +65,8 @@ class TrainConfig(Hyperparameters, _Inputs):
     amp: str | None = None  # None = auto: fp32 everywhere (speed.precision_decision says why)
     train_bn: bool = False
     noise_sigma: float | None = None
+    degradation: str | None = None  # "realesrgan": inputs made on the fly from the HR images
+    degradation_settings: dict[str, Any] | None = None  # all of them, resolved by make_config
     val_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     log_every: int = 1
@@ -220,6 +223,7 @@ def make_config(
     base["recipe_note"] = note + scale_note
     base.update({k: v for k, v in overrides.items() if v is not None})
     _resolve_steps(base)
+    resolve_degradation(base, preset)
     # absolute paths: config.json must let a resume (or a reader) find them from any folder
     if base.get("val"):  # one folder or several
         vals = [base["val"]] if isinstance(base["val"], (str, Path)) else list(base["val"])
@@ -320,6 +324,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for section, names in (("recipe", {}), ("spn", {**_SPN_AS, "lambda": "lam"})):
         for key, value in (raw.pop(section, None) or {}).items():
             flat[names.get(key, key)] = value
+    if isinstance(raw.get("degradation"), dict):  # the [degradation] table: its settings, checked here
+        from mcir_cli.degradation_config import split_table
+
+        flat["degradation"], flat["degradation_settings"] = split_table(raw.pop("degradation"), path)
     for key, value in raw.items():
         flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
@@ -334,6 +342,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                             "negative_steps)", path)
         if key == "lam" and value == "auto":
             out["lam_auto"] = True
+            continue
+        if key == "degradation_settings":
+            out[key] = value
             continue
         out[key] = _typed(key, value, fields[key], path)
     return out

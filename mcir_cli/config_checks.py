@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mcir_cli.degradation_config import check_degradation
 from mcir_cli.errors import McirError
 from mcir_cli.recipes import OPTIMIZERS, SCHEDULES, check_noise_sigma, check_task_name
 
@@ -62,6 +63,7 @@ def validate_config(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     check_noise_sigma(cfg.noise_sigma)
     check_task_name(cfg.task)
+    check_degradation(cfg.degradation, cfg.degradation_settings, cfg.task)
     _check_choice("--negative-init", cfg.negative_init, NEGATIVE_INITS)
     _check_choice("--schedule", cfg.schedule, SCHEDULES)
     _check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)

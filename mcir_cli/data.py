@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mcir_cli.degradation_config import RealESRGANSettings
 from mcir_cli.errors import McirError
 from mcir_cli.imageio import read_image
 from mcir_cli.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
@@ -225,6 +226,7 @@ class PatchDataset(torch.utils.data.Dataset):
         cache: bool | str = "auto",
         cache_limit_bytes: int = 4 << 30,
         channels: int | None = None,
+        degradation: RealESRGANSettings | None = None,
     ) -> None:
         from mcir_cli.imageio import image_size, is_grey
 
@@ -237,6 +239,9 @@ class PatchDataset(torch.utils.data.Dataset):
         self.task = datasets[0].task
         if any(d.scale != self.scale for d in datasets):
             raise McirError("training folders of different scales cannot be mixed")
+        self.degradation = degradation
+        if degradation is not None:
+            datasets = _clean_sources(datasets, channels)
         if self.task == "denoise" and noise_sigma is None:
             raise McirError("denoising training on clean images needs --noise-sigma")
         items: list[tuple[Dataset, Pair]] = []
@@ -285,17 +290,19 @@ class PatchDataset(torch.utils.data.Dataset):
         d, pair = self.items[k]
         if pair.lq is not None:
             return load_pair(d, pair)
-        if whole_lr and self.task != "denoise" and self.scale > 1:
+        if whole_lr and self.task != "denoise" and self.scale > 1 and self.degradation is None:
             return load_pair(d, pair)  # MATLAB bicubic of the mod-cropped image
         return None, read_image(pair.gt)
 
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 0x9E3779B1 + index) % (2**63))
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | tuple[dict[str, Tensor], Tensor]:
         g = self._generator(index)
         k = int(torch.randint(len(self.items), (1,), generator=g))
         lq_full, gt_full = self._cache[k] if self._cache is not None else self._load(k)
+        if self.degradation is not None:
+            return self._hr_crop(gt_full, g)
         s, p = self.scale, self.patch
         synth = lq_full is None
         src = gt_full if synth else lq_full
@@ -317,6 +324,49 @@ class PatchDataset(torch.utils.data.Dataset):
             t = int(torch.randint(8, (1,), generator=g))
             lq, gt = dihedral(lq, t), dihedral(gt, t)
         return lq.float().contiguous(), gt.float().contiguous()
+
+
+    def _hr_crop(self, hr: Tensor, g: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
+        """`--degradation realesrgan`: an HR crop of crop_pad_size (at least the training
+        patch; smaller images reflect-padded), flipped horizontally half the time (Real-ESRGAN's
+        use_hflip, no rotation), with its kernels and the seed of its noise
+        (`degradations.Degrader` makes the input from them)."""
+        from mcir_cli.blur_kernels import draw_kernels
+
+        s, settings = self.scale, self.degradation
+        size = max(-(-settings.crop_pad_size // s) * s, self.patch * s)
+        hr = hr.expand(3, -1, -1) if hr.shape[0] == 1 else hr
+        h, w = hr.shape[-2:]
+        short = (0, max(0, size - w), 0, max(0, size - h))
+        if any(short):
+            hr = torch.nn.functional.pad(hr[None], short, mode="reflect" if max(short) < min(h, w) else "replicate")[0]
+        top = int(torch.randint(hr.shape[-2] - size + 1, (1,), generator=g))
+        left = int(torch.randint(hr.shape[-1] - size + 1, (1,), generator=g))
+        crop = hr[..., top : top + size, left : left + size]
+        if self.augment and int(torch.randint(2, (1,), generator=g)):
+            crop = crop.flip(-1)
+        draws = draw_kernels(settings, g)[0]
+        draws["seed"] = torch.randint(2**62, (), generator=g)
+        return draws, crop.float().contiguous()
+
+
+def _clean_sources(datasets: Sequence[Dataset], channels: int | None) -> list[Dataset]:
+    """The ground truths of SR training folders, the only thing an on-the-fly degradation
+    uses (LR files beside them are left out, and it says so)."""
+    from dataclasses import replace
+
+    if channels == 1:
+        raise McirError("--degradation realesrgan makes colour inputs; the model takes grey input")
+    out = []
+    for d in datasets:
+        if d.task != "sr" or d.scale < 2:
+            raise McirError(f"--degradation realesrgan trains super-resolution (x2 or more); this folder is "
+                            f"{d.task} x{d.scale}", d.root)
+        if any(p.lq is not None for p in d.pairs):
+            logging.getLogger("mcir").info("%s: its LR files are not used: --degradation realesrgan makes the "
+                                           "inputs from the HR images", d.root)
+        out.append(replace(d, pairs=tuple(Pair(p.name, p.gt, None) for p in d.pairs)))
+    return out
 
 
 class RankIndices(torch.utils.data.Sampler):

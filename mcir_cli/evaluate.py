@@ -27,6 +27,7 @@ from mcir_cli.inference import resolve_device, restore
 from mcir_cli.limits import check_image_sizes
 from mcir_cli.metrics import Conventions, psnr, ssim
 from mcir_cli.models import LoadedModel
+from mcir_cli.paper import paper_rows
 
 Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
 
@@ -201,6 +202,9 @@ def evaluate_model(
                                   noise_sigma=noise_sigma, noise_seed=noise_seed, progress=progress)
             for d in datasets
         }
+    rows = paper_rows(result)  # the paper's figures, beside the measured ones, never mixed in
+    if rows:
+        result["paper"] = rows
     return result
 
 

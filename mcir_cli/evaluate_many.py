@@ -32,6 +32,17 @@ class Scoring:
     tile: int | None = None
 
 
+def load_comparable(checkpoints: list[Path], scale: int | None, res_scale: float | None = None) -> list[LoadedModel]:
+    """All models first: checkpoints that cannot be compared (different scales) are refused
+    before any work (`res_scale`: EDSR's, `--res-scale`)."""
+    models = [load_model(path, None, scale, res_scale=res_scale) for path in checkpoints]
+    if len({m.scale for m in models}) > 1:
+        found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
+        raise McirError(f"the checkpoints restore at different scales ({found}); compare models of one "
+                        "scale, on the same benchmark")
+    return models
+
+
 def evaluate_checkpoints(
     checkpoints: list[Path],
     data: list[Path],
@@ -44,13 +55,7 @@ def evaluate_checkpoints(
 
     Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
     total)` is called per image. The models are kept for the visuals."""
-    # all models first: checkpoints that cannot be compared are refused before any scoring
-    models = [load_model(path, None, scoring.scale, res_scale=scoring.res_scale) for path in checkpoints]
-    scales = {m.scale for m in models}
-    if len(scales) > 1:
-        found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
-        raise McirError(f"the checkpoints restore at different scales ({found}); compare models of one "
-                        "scale, on the same benchmark")
+    models = load_comparable(checkpoints, scoring.scale, scoring.res_scale)
     results = []
     for path, model in zip(checkpoints, models):
         label = checkpoint_label(path)

@@ -21,7 +21,8 @@ import numpy as np
 
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import atomic_write_text, writable_target
-from mcir_cli.results import METRICS, Comparison, conventions_text, render_evidence
+from mcir_cli.paper import MARK, average_row, by_preset, cell, paper_notes, row_labels
+from mcir_cli.results import AVERAGE, METRICS, Comparison, conventions_text, render_evidence
 from mcir_cli.stats import score_delta
 
 JSON_FORMAT = "mcir.compare/1"
@@ -118,12 +119,38 @@ def to_dict(comparison: Comparison) -> dict:
                         for i, name in enumerate(names)]
                    for ds, names in comp.images.items()},
         "bootstrap": {"n_resamples": comp.n_resamples, "seed": comp.seed, "ci": 0.95},
+        "paper": comp.paper,  # printed figures, kept apart from every measured field above
     })
 
 
 def to_json(comparison: Comparison) -> str:
     """Strict JSON (non-finite numbers written as the strings "inf"/"-inf"/"nan")."""
     return json.dumps(to_dict(comparison), indent=2, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------- paper rows
+
+
+def paper_table_rows(rows: list[dict], columns: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, cells) of the paper's rows (baseline, + SPN, Δ per preset) in a table whose
+    columns are datasets (and the average): the printed figures, "–" where the paper has
+    none; its "Avg." under the average where the datasets are its test sets."""
+    out = []
+    datasets = [c for c in columns if c != AVERAGE]
+    for preset, by_ds in by_preset(rows).items():
+        by_col = {**by_ds, AVERAGE: average_row(preset, by_ds, datasets)}
+        for label, which in zip(row_labels(preset, by_ds), ("baseline", "spn", "delta")):
+            out.append((label, [cell(by_col.get(col), which) for col in columns]))
+    return out
+
+
+def _paper_csv_columns(comp: Comparison, dataset: str) -> list[str]:
+    """The paper's figures for a dataset's CSV rows (empty where it has none)."""
+    row = next((r for r in comp.paper if r["dataset"] == dataset), None)
+    if row is None:
+        return [""] * 9
+    figures = (str(row[k][m]) for k in ("baseline", "spn", "delta") for m in ("psnr", "ssim"))
+    return [row["table"], row["preset"], *figures, "; ".join(row["flags"])]
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -147,6 +174,10 @@ def to_markdown(comparison: Comparison) -> str:
     for lab in comp.models[1:]:
         cells = [" / ".join(delta_cells(comp, lab, c)) for c in comp.columns]
         lines.append(f"| {md_escape(comp.delta_label(lab))} | " + " | ".join(cells) + " |")
+    lines += [f"| *{md_escape(label)}* | " + " | ".join(md_escape(c) for c in cells) + " |"
+              for label, cells in paper_table_rows(comp.paper, comp.columns)]
+    if comp.paper:
+        lines += ["", "### The paper's figures", ""] + [f"- {md_escape(n)}" for n in paper_notes(comp.paper)]
     lines += ["", f"### Evidence (paired over images; 95 % bootstrap CI, {comp.n_resamples} "
                   f"resamples, seed {comp.seed}; sign-flip permutation p)", ""]
     lines += [f"- {md_escape(s)}" for s in render_evidence(comp)]
@@ -170,7 +201,8 @@ def _csv_num(x: float) -> str:
 def to_csv(comparison: Comparison) -> str:
     """One row per (dataset, image): psnr_<label> and ssim_<label> for every model, then
     delta_psnr_<label> and delta_ssim_<label> (label - baseline) for every later model,
-    and a last column `conventions` saying how every number was measured."""
+    and a column `conventions` saying how every number was measured; where the paper
+    reports a dataset, paper_* columns repeat its printed figures (not measurements)."""
     comp = comparison
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -178,7 +210,9 @@ def to_csv(comparison: Comparison) -> str:
     header += [f"psnr_{lab}" for lab in comp.models] + [f"ssim_{lab}" for lab in comp.models]
     for lab in comp.models[1:]:
         header += [f"delta_psnr_{lab}", f"delta_ssim_{lab}"]
-    w.writerow(header + ["conventions"])
+    paper_header = ["paper_table", "paper_preset", "paper_baseline_psnr", "paper_baseline_ssim", "paper_spn_psnr",
+                    "paper_spn_ssim", "paper_delta_psnr", "paper_delta_ssim", "paper_flags"] if comp.paper else []
+    w.writerow(header + ["conventions"] + paper_header)
     conv = conventions_text(comp.conventions)
     for ds in comp.datasets:
         sc = comp.image_scores[ds]
@@ -189,7 +223,7 @@ def to_csv(comparison: Comparison) -> str:
             for lab in comp.models[1:]:
                 row += [_csv_num(score_delta(sc[comp.baseline]["psnr"][i], sc[lab]["psnr"][i])),
                         _csv_num(score_delta(sc[comp.baseline]["ssim"][i], sc[lab]["ssim"][i]))]
-            w.writerow(row + [conv])
+            w.writerow(row + [conv] + (_paper_csv_columns(comp, ds) if comp.paper else []))
     return buf.getvalue()
 
 
@@ -199,7 +233,7 @@ def to_csv(comparison: Comparison) -> str:
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}",
+    "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}", "†": r"\textdagger{}", "–": "--",
 }
 
 
@@ -217,6 +251,9 @@ def _latex_caption_of(comp: Comparison) -> str:
     quant_txt = f"images quantised to {quant} (BasicSR conventions)" if quant else "no quantisation"
     caption = (f"PSNR (dB)/SSIM on {channel}, {crop}, {quant_txt}. Best in bold. "
                f"$\\Delta$: difference to {comp.baseline}. Average: mean of the per-dataset means.")
+    if comp.paper:
+        caption += (" Paper rows (italic): figures printed in the MCIR paper (AAAI 2024), not measured here; "
+                    f"{MARK}: the paper's figure is on the full test set or differs in setting.")
     # escape everything except the math put in on purpose
     marker = "\x00DELTA\x00"
     return latex_escape(caption.replace("$\\Delta$", marker)).replace(marker, "$\\Delta$")
@@ -245,6 +282,11 @@ def to_latex(comparison: Comparison, label: str = "tab:mcir-compare") -> str:
             dp, dq = delta_cells(comp, lab, col)
             cells.append(f"{_latex_num(dp)}/{dq}")
         lines.append(f"{name} & " + " & ".join(cells) + " \\\\")
+    paper = paper_table_rows(comp.paper, comp.columns)
+    if paper:
+        lines.append("\\midrule")
+    lines += [f"\\textit{{{latex_escape(label)}}} & " + " & ".join(latex_escape(c) for c in cells) + " \\\\"
+              for label, cells in paper]
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 

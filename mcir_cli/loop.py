@@ -80,10 +80,10 @@ class Run:
     """One run: built (or resumed) in __init__, trained by `train()`."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepStats], None] | None = None,
-                 dist: Any = None) -> None:
+                 dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> None:
         from mcir_cli.distributed import DistContext
 
-        self.cfg, self.on_step = cfg, on_step
+        self.cfg, self.on_step, self.preempt_signals = cfg, on_step, tuple(preempt_signals)
         self.dist = dist or DistContext.single()
         self.folder = RunFolder(cfg.output, self.dist.is_main)
         device = self.dist.device if self.dist.world_size > 1 else resolve_device(cfg.device)
@@ -173,11 +173,12 @@ class Run:
         same stream of patches; after a collapse the stream moves on past the bad batch."""
         cfg, W = self.cfg, self.dist.world_size
         indices = RankIndices(self.state.samples, max(1, cfg.iters - self.state.step), cfg.batch, W, self.dist.rank)
-        yield from torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             self.parts.patches, batch_size=cfg.batch, sampler=indices, num_workers=cfg.workers,
             pin_memory=self.parts.device.type == "cuda", persistent_workers=cfg.workers > 0, drop_last=True,
             generator=torch.Generator(),  # keeps the global RNG (drop-path) untouched
         )
+        yield from self.parts.degrader.batches(loader) if self.parts.degrader else loader
 
     def after_step(self, s: StepLosses, ratio: float, logger: Any) -> None:
         """Negatives' EMA updates, λ control, the rollback snapshot, the DDP sync check."""
@@ -272,7 +273,8 @@ class Run:
                                         f"{st.best_step}'s ({st.best_psnr:.2f} dB)")
         self.fill_result(result)
         self.log(logger, {"event": "end", "step": st.step, "stopped_early": result.stopped_early,
-                          "best_psnr": st.best_psnr, "collapses": st.collapses, "mean_ratio": result.mean_ratio})
+                          "best_psnr": st.best_psnr, "collapses": st.collapses, "mean_ratio": result.mean_ratio,
+                          "stop": result.stop_kind})
 
     def finish_finished(self, result: TrainResult) -> TrainResult:
         """A resume at or past --iters: nothing to train, but a run killed during its final
@@ -351,16 +353,20 @@ class Run:
 
     def request_stop(self, signum: int, frame: Any = None) -> None:
         """The SIGINT/SIGTERM handler: save and stop at the end of this step; a second
-        signal stops at once."""
-        if self.stop_request is not None:
+        signal stops at once. Under a scheduler (`preempt_signals`, its preemption signals)
+        no signal aborts (it may send several; its SIGKILL is the abort) and a preemption
+        signal is the one recorded (the caller requeues on it)."""
+        if self.stop_request is not None and not self.preempt_signals:
             raise KeyboardInterrupt
-        self.stop_request = signal.Signals(signum).name
-        log.warning("%s received: saving at the end of this step (press again to abort)", self.stop_request)
+        if self.stop_request is None or signum in self.preempt_signals:
+            self.stop_request = signal.Signals(signum).name
+        log.warning("%s received: saving at the end of this step%s", self.stop_request,
+                    "" if self.preempt_signals else " (press again to abort)")
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
         previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *self.preempt_signals):
             with contextlib.suppress(ValueError):  # not the main thread
                 previous[sig] = signal.signal(sig, self.request_stop)
         try:
@@ -371,9 +377,10 @@ class Run:
 
 
 def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None, resume: bool = False,
-            dist: Any = None) -> TrainResult:
+            dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> TrainResult:
     """Retrain a model with MCIR (or plainly with negative_init='none'): a new run folder,
-    or `resume` the one in cfg.output. The folder is locked for the whole run."""
+    or `resume` the one in cfg.output. The folder is locked for the whole run.
+    `preempt_signals`: a scheduler's signals that also save and stop (see Run.request_stop)."""
     out = Path(cfg.output)
     folder = RunFolder(out, dist is None or dist.is_main)
     # an empty folder holds nothing to lose (also one a run killed at its very start left,
@@ -386,7 +393,7 @@ def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None
     try:
         with folder.lock():
             folder.remove_stale_temps()
-            return Run(cfg, resume=resume, on_step=on_step, dist=dist).train()
+            return Run(cfg, resume=resume, on_step=on_step, dist=dist, preempt_signals=preempt_signals).train()
     except torch.cuda.OutOfMemoryError:
         folder.discard_if_unstarted()
         raise McirError(f"CUDA out of memory at batch {cfg.batch} x patch {cfg.patch}: try a smaller --batch or --patch") from None

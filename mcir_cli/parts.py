@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from mcir_cli.config import TrainConfig
 from mcir_cli.data import Dataset, PatchDataset, discover_all
+from mcir_cli.degradations import Degrader
+from mcir_cli.degradation_config import RealESRGANSettings, settings_from_dict
 from mcir_cli.errors import McirError
 from mcir_cli.limits import check_batch_memory, check_image_sizes
 from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss
@@ -38,6 +40,7 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     bank: NegativeBank | None = None
     spn: SPNLoss | None = None
+    degrader: Degrader | None = None  # --degradation: makes each batch's inputs on the device
     ema: dict[str, Tensor] | None = None
     amp_dtype: torch.dtype | None = None  # the target's autocast dtype (None: fp32)
     spn_dtype: torch.dtype | None = None  # the negatives' and embedding's
@@ -109,6 +112,7 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
     patches = PatchDataset(
         datasets, cfg.patch, length=2**62, seed=cfg.seed, channels=loaded.in_channels,  # indices come from the loop
         noise_sigma=cfg.noise_sigma, cache={"on": True, "off": False}.get(cfg.cache, "auto"),
+        degradation=degradation_settings(cfg),
     )
     # after the patch check (no image large enough), before any work: the batch must fit
     check_batch_memory(cfg.batch, cfg.patch, loaded.scale, loaded.in_channels, next(loaded.restorer.parameters()).device)
@@ -122,6 +126,19 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
 
         check_image_sizes(val_sets, conventions_for(task, loaded.scale))
     return patches, val_sets, task
+
+
+def degradation_settings(cfg: TrainConfig) -> RealESRGANSettings | None:
+    """The run's on-the-fly degradation, from config.json's complete settings."""
+    return settings_from_dict(cfg.degradation_settings) if cfg.degradation else None
+
+
+def first_input(patches: PatchDataset, degrader: Degrader | None, device: torch.device) -> Tensor:
+    """The input of the run's first sample, as a batch of one on `device`."""
+    if degrader is None:
+        return patches[0][0].unsqueeze(0).to(device)
+    draws, hr = torch.utils.data.default_collate([patches[0]])
+    return degrader(draws, hr)[0]
 
 
 def _negatives(cfg: TrainConfig, loaded: LoadedModel, device: torch.device) -> tuple[NegativeBank, SPNLoss, str]:
@@ -152,9 +169,10 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     loaded, task = _model(cfg, start, device)
     model = loaded.restorer
     patches, vals, task = _data(cfg, loaded, task)
+    degrader = Degrader(patches.degradation, loaded.scale, cfg.patch, device) if patches.degradation else None
     # memory layout, decided on a real patch before the negatives copy the weights
     probe = cfg.channels_last == "auto" and device.type == "cuda"
-    sample = patches[0][0].unsqueeze(0).to(device) if probe else None
+    sample = first_input(patches, degrader, device) if probe else None
     channels_last, layout_note = channels_last_decision(model, device, cfg.channels_last, sample)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -171,7 +189,7 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     return Parts(
         loaded=loaded, model=model, net=dist.wrap(model), task=task, device=device, patches=patches,
         vals=vals, rec_loss=make_rec_loss(cfg.loss), optimizer=optimizer, scheduler=scheduler, bank=bank,
-        spn=spn, ema=ema_init(model) if cfg.ema_decay > 0 else None, amp_dtype=amp_dtype, spn_dtype=spn_dtype,
+        spn=spn, degrader=degrader, ema=ema_init(model) if cfg.ema_decay > 0 else None, amp_dtype=amp_dtype, spn_dtype=spn_dtype,
         channels_last=channels_last, n_bn=count_batchnorm(model),
         notes={"embedding": embedding_note, "precision": precision_note, "layout": layout_note},
     )

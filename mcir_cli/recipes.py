@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
+from mcir_cli.paper import PaperFigures, parse_paper
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,6 +131,9 @@ class Preset:
     weights_file: str | None = None  # relative to $MCIR_WEIGHTS
     weights_url: str | None = None
     path: Path | None = None
+    degradation: str | None = None  # the [degradation] table's type: inputs made on the fly
+    degradation_settings: dict[str, Any] = field(default_factory=dict)  # the settings it gives
+    paper: PaperFigures | None = None  # the MCIR paper's figures for this model ([paper])
 
 
 def presets_dir() -> Path:
@@ -157,6 +161,7 @@ def load_preset_file(path: str | Path) -> Preset:
         recipe = {k: _tuple(v) for k, v in data.get("recipe", {}).items()}
         spn = {("lam" if k == "lambda" else k): _tuple(v) for k, v in data.get("spn", {}).items()}
         weights = data.get("weights", {})
+        degradation, degradation_settings = _degradation(data.get("degradation"), path)
         preset = Preset(
             name=data.get("name", path.stem),
             task=data["task"],
@@ -179,11 +184,24 @@ def load_preset_file(path: str | Path) -> Preset:
             weights_file=weights.get("file"),
             weights_url=weights.get("url"),
             path=path,
+            degradation=degradation,
+            degradation_settings=degradation_settings,
+            paper=parse_paper(data.get("paper"), data["task"], path),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise McirError(f"malformed preset ({type(exc).__name__}: {exc})", path) from None
     _check_preset(preset)
     return preset
+
+
+def _degradation(table: Any, path: Path) -> tuple[str | None, dict[str, Any]]:
+    if table is None:
+        return None, {}
+    if not isinstance(table, dict):
+        raise McirError("malformed preset ([degradation] must be a table)", path)
+    from mcir_cli.degradation_config import split_table
+
+    return split_table(table, path)
 
 
 OPTIMIZERS = ("adam", "adamw")

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, score_cells, to_dict
+from mcir_cli.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, paper_table_rows, score_cells, to_dict
+from mcir_cli.paper import paper_notes
 from mcir_cli.results import Comparison, conventions_text, render_evidence
 from mcir_cli.stats import PairedStats, fmt_p
 from mcir_cli.study_report import COLLAPSE_RULE, METHOD, fmt_signed, study_number
@@ -39,6 +40,7 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: rig
 th:first-child, td:first-child { text-align: left; }
 thead th { border-bottom: 2px solid var(--fg); }
 th.sortable { cursor: pointer; } th.sortable::after { content: " \\2195"; color: var(--muted); }
+tr.paper td, tr.paper th { color: var(--muted); font-style: italic; }
 .best { font-weight: 700; } .gain { color: var(--gain); } .loss { color: var(--loss); }
 figure { margin: 12px 0; } figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: .9em; }
@@ -126,10 +128,32 @@ def table_html(comp: Comparison, section: str) -> str:
                 cells.append(_cell(text, cls=_sign_class(value), section=section, kind="delta",
                                    model=lab, column=col, metric=metric))
         rows.append(f"<tr><th>{esc(comp.delta_label(lab))}</th>{''.join(cells)}</tr>")
+    rows += paper_rows_html(comp.paper, comp.columns, section)
     sub = "".join("<th>PSNR (dB)</th><th>SSIM</th>" for _ in comp.columns)
     return ('<div class="scroll"><table class="scores"><thead><tr><th rowspan="2">model</th>'
             + "".join(f'<th colspan="2">{esc(c)}</th>' for c in comp.columns)
             + f"</tr><tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def paper_rows_html(rows: list[dict], columns: list[str], section: str) -> list[str]:
+    """The paper's rows (baseline, + SPN, Δ per preset) in a table whose columns are
+    datasets, in italics and marked data-kind="paper-*": printed figures, not measured."""
+    out = []
+    for i, (label, cells) in enumerate(paper_table_rows(rows, columns)):
+        kind = ("paper-baseline", "paper-spn", "paper-delta")[i % 3]
+        tds = "".join(_cell(part, section=section, kind=kind, column=col, metric=metric)
+                      for col, text in zip(columns, cells)
+                      for metric, part in zip(("psnr", "ssim"), text.split("/") if "/" in text else (text, text)))
+        out.append(f'<tr class="paper"><th><i>{esc(label)}</i></th>{tds}</tr>')
+    return out
+
+
+def paper_notes_html(rows: list[dict]) -> str:
+    """The footnotes of the paper rows: what each row is, its flags, the paper's own
+    contradictions."""
+    if not rows:
+        return ""
+    return '<ul class="paper-notes muted">' + "".join(f"<li>{esc(n)}</li>" for n in paper_notes(rows)) + "</ul>"
 
 
 def stats_html(comp: Comparison, section: str) -> str:
@@ -204,7 +228,7 @@ def comparison_section(comp: Comparison, heading: str, section: str, *, charts: 
     out = [f'<section id="{esc(section)}"><h2>{esc(heading)}</h2>',
            f'<p class="conventions">{esc(conventions_text(comp.conventions))}; baseline: '
            f"<b>{esc(comp.baseline)}</b>; the average column is the mean of the dataset means (the paper's).</p>",
-           table_html(comp, section),
+           table_html(comp, section), paper_notes_html(comp.paper),
            f"<h3>Evidence</h3><p class=\"muted\">Paired over images: mean Δ, 95 % paired-bootstrap CI "
            f"({comp.n_resamples} resamples, seed {comp.seed}), sign-flip permutation p.</p>",
            '<ul class="evidence">' + "".join(f"<li>{esc(s)}</li>" for s in render_evidence(comp)) + "</ul>",
@@ -317,6 +341,7 @@ def study_table_html(summary: dict[str, Any]) -> str:
                 text = f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd else "")
                 cells.append(_cell(text, section="study", kind="study-score", model=name, column=d, metric=metric))
         rows.append(f"<tr><th>{esc(name)}</th>{''.join(cells)}</tr>")
+    rows += paper_rows_html(summary.get("paper", []), datasets, "study")
     return ('<div class="scroll"><table class="scores"><thead><tr><th rowspan="2">model</th>'
             + "".join(f'<th colspan="2">{esc(d)}</th>' for d in datasets) + "</tr><tr>"
             + "<th>PSNR (dB)</th><th>SSIM</th>" * len(datasets)
@@ -383,7 +408,8 @@ def study_report(summary: dict[str, Any], per_image: dict[str, dict[str, tuple[l
     conv = summary["conventions"].get("description", "")
     section = (f'<section id="study"><h2>PSNR/SSIM, mean ± sd over seeds {", ".join(map(str, plan["seeds"]))}</h2>'
                f'<p class="conventions">{esc(conv)}</p><p class="muted">Training: {esc(summary.get("recipe", ""))}'
-               f'</p>' + study_table_html(summary) + study_units_html(summary)
+               f'</p>' + study_table_html(summary)
+               + paper_notes_html(summary.get("paper", [])) + study_units_html(summary)
                + f"<h2>Δ PSNR vs plain</h2><p class=\"muted\">{esc(METHOD)}.</p>"
                + study_deltas_html(summary, per_image) + study_curves_html(summary)
                + '<script type="application/json" class="mcir-data" data-section="study">'

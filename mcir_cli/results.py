@@ -11,12 +11,13 @@ against the baseline image by image (`stats.py`). Pure; `exports.py` and the CLI
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mcir_cli.alignment import Dropped, align, check_conventions, display_labels, mean_or_nan
 from mcir_cli.errors import McirError
+from mcir_cli.paper import merged_rows
 from mcir_cli.result_files import validate_result
 from mcir_cli.stats import PairedStats, paired_stats, score_delta, verdict
 
@@ -49,6 +50,9 @@ class Comparison:
     dropped: Dropped
     n_resamples: int
     seed: int
+    # the MCIR paper's printed figures for these datasets (`paper.paper_rows`): shown beside
+    # the measured rows, never part of scores, deltas or stats
+    paper: list[dict] = field(default_factory=list)
 
     @property
     def baseline(self) -> str:
@@ -131,7 +135,7 @@ def compare_results(results: list[dict], n_resamples: int = 10_000, seed: int = 
     return Comparison(models=labels, model_info=[dict(r["model"]) for r in aligned],
                       datasets=datasets, conventions=conventions, scores=scores, deltas=deltas,
                       stats=stats, images=images, image_scores=image_scores, dropped=dropped,
-                      n_resamples=n_resamples, seed=seed)
+                      n_resamples=n_resamples, seed=seed, paper=merged_rows(aligned))
 
 
 # --------------------------------------------------------------------------- text

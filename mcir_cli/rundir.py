@@ -244,9 +244,13 @@ class RunFolder:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 raise McirError("another mcir process is training in this run folder; wait for it or stop it",
                                 self.root) from None
+            except OSError as exc:  # NFS emulates flock with POSIX locks, which a folder's fd cannot take
+                log.warning("%s: this file system cannot lock a folder (%s); nothing keeps a second process out "
+                            "of this run (a study's units are locked by files: docs/distributed.md)",
+                            self.root, exc.strerror or type(exc).__name__)
             yield
         finally:
             os.close(fd)  # releases the lock

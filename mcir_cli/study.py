@@ -7,8 +7,9 @@ A study folder holds `plan.json` (what was asked: a resume must ask the same),
 `init/s<seed>.safetensors` (from scratch: every arm of a seed starts from it),
 `runs/<arm>-s<seed>/` (ordinary run folders), `results/<arm>-s<seed>.json` and
 `results/start.json` or `results/start-s<seed>.json` (ordinary `mcir evaluate` results,
-plus the unit's `training` record: steps, collapses), then `study.json`, `study.md` and
-`report.html`.
+plus the unit's `training` record: steps, collapses), `units/` (each unit's lock and claim
+log: study_units.py, which runs the units, also sharded over processes and machines;
+study_submit.py hands them to Slurm), then `study.json`, `study.md` and `report.html`.
 
 One rule for every arm: a unit's first collapse stops it (the guard rolls back to the last
 good weights, which are scored), and the unit is reported and left out of the Δ statistics;
@@ -110,7 +111,8 @@ class StudyPlan:
     common: dict[str, Any] = field(default_factory=dict)  # make_config overrides for every arm
     device: str = "auto"
     from_scratch: bool = False  # a preset's recipe from one random initialisation per seed
-    val_every: int = 0  # > 0: every run scores the benchmarks every this many steps (the curves)
+    val_every: int = 0  # > 0: every run scores `val` every this many steps (the curves)
+    val: list[str] = field(default_factory=list)  # the curves' folders (empty: the benchmarks)
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arms]
@@ -156,7 +158,7 @@ class StudyPlan:
         overrides = {**self.common, **arm.settings, "seed": seed, "iters": self.iters, "device": self.device,
                      "max_collapses": 1}  # the study's one rule: a collapse stops the unit (see the module)
         if self.val_every:
-            overrides.update(val=tuple(self.benchmarks), val_every=self.val_every)
+            overrides.update(val=tuple(self.val or self.benchmarks), val_every=self.val_every)
         start = self.checkpoint
         if self.from_scratch:
             start, overrides["allow_random_init"] = str(self.init_path(seed)), True
@@ -185,7 +187,7 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
                         "continue it with the same flags, or choose a new --output", path)
 
 
-def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
+def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
     from mcir_cli.evaluate import evaluate_model
     from mcir_cli.models import load_model
@@ -199,7 +201,7 @@ def _evaluate(plan: StudyPlan, weights: str | Path | None, label: str, out: Path
     return result
 
 
-def _write_init(plan: StudyPlan, seed: int) -> Path:
+def write_init(plan: StudyPlan, seed: int) -> Path:
     """The seed's random initialisation, written once: every arm of the seed starts from
     these very weights."""
     from mcir_cli.checkpoint import save_safetensors
@@ -213,16 +215,31 @@ def _write_init(plan: StudyPlan, seed: int) -> Path:
 
 
 def _stopped_run(run: Path) -> dict[str, Any] | None:
-    """The `end` record of a run that stopped before its --iters (a collapse): a resume
-    of the study must score it as it is, not train it on."""
+    """The `end` record of a run that a collapse stopped before its --iters: a resume of
+    the study must score it as it is, not train it on. A run stopped by a signal (Ctrl-C,
+    SIGTERM, a preemption) is not one: it is resumed."""
     log_path = run / "log.jsonl"
     if not log_path.exists():
         return None
     ends = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("event") == "end"]
-    return ends[-1] if ends and ends[-1].get("stopped_early") else None
+    if not ends or not ends[-1].get("stopped_early"):
+        return None
+    # logs from before the "stop" field: a signal's stop says how to continue
+    signalled = ends[-1].get("stop", "signal" if "continue with --resume" in ends[-1]["stopped_early"] else None)
+    return None if signalled == "signal" else ends[-1]
 
 
-def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None) -> tuple[Path, dict[str, Any]]:
+class UnitStopped(KeyboardInterrupt):
+    """A unit's run stopped by a signal (Ctrl-C, SIGTERM, a scheduler's preemption): its
+    state is saved and a resume continues it bit-exactly."""
+
+    def __init__(self, unit: str, signal: str | None, step: int) -> None:
+        super().__init__(f"{unit}: stopped by {signal or 'a signal'} at step {step}, state saved")
+        self.unit, self.signal, self.step = unit, signal, step
+
+
+def train_unit(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] | None,
+           preempt_signals: tuple[int, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """The arm's run folder, trained to plan.iters (a new run, a resume of an interrupted
     one, or a finished one as it is), and its training record."""
     from mcir_cli.loop import retrain
@@ -234,64 +251,67 @@ def _train(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], None] 
     if stopped is not None:
         return run, {"steps": stopped["step"], "iters": plan.iters, "collapses": stopped.get("collapses", 0),
                      "stopped": stopped["stopped_early"]}
-    if (run / "config.json").exists():
-        result = retrain(load_run_config(run), on_step=callback, resume=True)
-    else:
-        result = retrain(cfg, on_step=callback)
+    resume = (run / "config.json").exists()
+    result = retrain(load_run_config(run) if resume else cfg, on_step=callback, resume=resume,
+                     preempt_signals=preempt_signals)
     if result.stop_kind == "signal":
-        raise KeyboardInterrupt
+        raise UnitStopped(plan.run_name(arm, seed), result.stop_signal, result.steps)
     return run, {"steps": result.steps, "iters": plan.iters, "collapses": result.collapses,
                  "stopped": result.stopped_early}
 
 
-def _start_rows(plan: StudyPlan, root: Path) -> None:
-    """The table's first row: the pretrained start, or every seed's initialisation."""
-    for seed in plan.seeds if plan.from_scratch else plan.seeds[:1]:
-        out = root / "results" / f"{plan.start_name(seed)}.json"
-        if not out.exists():
-            weights = _write_init(plan, seed) if plan.from_scratch else plan.checkpoint
-            _evaluate(plan, weights, plan.start_name(seed), out)
+def create_study(plan: StudyPlan) -> None:
+    """A new study folder: plan.json (with the recipe note) and results/; the plan is
+    checked first, nothing is written when it is wrong (`--plan-only` stops here)."""
+    root = Path(plan.output)
+    check_plan(plan)  # bad input is found before anything is written or trained
+    if root.exists():
+        raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
+    writable_target(root, "study folder")
+    (root / "results").mkdir(parents=True)
+    plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
+    atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
+
+
+def open_study(plan: StudyPlan) -> None:
+    """An existing study folder, to continue: its plan.json must be this plan."""
+    root = Path(plan.output)
+    check_plan(plan)
+    if not (root / "plan.json").exists():
+        raise McirError("not a study folder (no plan.json)", root)
+    writable_target(root / "results", "study folder")
+    _check_same_plan(plan, root / "plan.json")
 
 
 def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callable[[str, int], None] | None = None,
               resume: bool = False) -> dict[str, Any]:
-    """Run every (arm, seed) not yet evaluated, then summarise. `resume` continues a
-    study folder (finished arms are kept as they are)."""
+    """Run every unit (start rows, then each arm x seed) not yet evaluated, then summarise.
+    `resume` continues a study folder (finished units are kept as they are); units that
+    other processes hold (`mcir study --shard`) are waited for, or taken up if they die."""
+    from mcir_cli.study_units import work
+
+    (open_study if resume else create_study)(plan)
+    summary = work(plan, wait=True, on_event=on_event, on_step=on_step).summary
+    if summary is None:  # pragma: no cover - every unit was run here or waited for
+        raise RuntimeError("a study unit is unfinished after waiting for it")
+    if on_event:
+        total = len(plan.arms) * len(plan.seeds) + 1
+        on_event("summary", total, total)
+    return summary
+
+
+def write_summary(plan: StudyPlan) -> dict[str, Any]:
+    """study.json, study.md and report.html from every unit's result (atomic writes; the
+    caller holds the summary lock when other processes may finish at the same time)."""
     from mcir_cli.study_report import summarise, to_markdown, validation_curves
 
     root = Path(plan.output)
-    check_plan(plan)  # bad input is found before anything is written or trained
-    if root.exists() and not resume:
-        raise McirError("study folder exists; continue it with --resume or choose a new --output", root)
-    if resume and not (root / "plan.json").exists():
-        raise McirError("not a study folder (no plan.json)", root)
-    writable_target(root, "study folder")
-    if resume:
-        _check_same_plan(plan, root / "plan.json")
-    else:
-        (root / "results").mkdir(parents=True)
-        plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
-        atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
-    jobs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
-    total = len(jobs) + 1
-    _start_rows(plan, root)
-    for done, (arm, seed) in enumerate(jobs, 1):
-        name = plan.run_name(arm, seed)
-        out = root / "results" / f"{name}.json"
-        if on_event:
-            on_event(name, done, total)
-        if out.exists():
-            continue
-        run, training = _train(plan, arm, seed, (lambda step, n=name: on_step(n, step)) if on_step else None)
-        _evaluate(plan, run / "model.safetensors", name, out, training)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
     summary = summarise(plan, results, validation_curves(plan, runs) if plan.val_every else None)
     atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(root / "study.md", to_markdown(summary))
     _write_report(plan, summary, results, runs, root / "report.html")
-    if on_event:
-        on_event("summary", total, total)
     return summary
 
 
@@ -313,7 +333,7 @@ def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, A
 
 def check_plan(plan: StudyPlan) -> None:
     """Every folder there and every arm's configuration valid, before any work."""
-    for flag, paths in (("--data", plan.data), ("--benchmark", plan.benchmarks)):
+    for flag, paths in (("--data", plan.data), ("--benchmark", plan.benchmarks), ("--val", plan.val)):
         for p in paths:
             if not Path(p).exists():
                 raise McirError(f"{flag}: folder not found", p)
@@ -332,13 +352,25 @@ def load_plan(root: str | Path) -> StudyPlan:
     if not path.exists():
         raise McirError("not a study folder (no plan.json)", Path(root))
     try:
-        return StudyPlan.from_json(json.loads(path.read_text()))
+        plan = StudyPlan.from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise McirError(f"plan.json is damaged ({type(exc).__name__})", path) from None
+    if not _same_folder(plan.output, root):  # else the study's writes would go to the other folder
+        raise McirError(f"plan.json belongs to the study folder {plan.output}, not this one (a moved or copied "
+                        "study: its paths must be those every machine sees)", path)
+    return plan
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def plan_paths(output: str | Path, data: list[str | Path], benchmarks: list[str | Path],
-               checkpoint: str | Path | None) -> dict[str, Any]:
+               checkpoint: str | Path | None, val: list[str | Path] = ()) -> dict[str, Any]:
     """Absolute paths, so a study resumes from any folder."""
     return {"output": absolute(output), "data": [absolute(d) for d in data],
-            "benchmarks": [absolute(b) for b in benchmarks], "checkpoint": absolute(checkpoint) if checkpoint else None}
+            "benchmarks": [absolute(b) for b in benchmarks], "checkpoint": absolute(checkpoint) if checkpoint else None,
+            "val": [absolute(v) for v in val]}

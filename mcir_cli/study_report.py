@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mcir_cli.paper import paper_notes, paper_rows
 from mcir_cli.stats import fmt_p, seed_image_stats
 
 # how the Δ statistics are made: study.md, the terminal and report.html say it in these words
@@ -104,6 +105,7 @@ def summarise(plan: Any, results: dict[str, Any], curves: dict[str, Any] | None 
     for arm in plan.arms:
         if arm.name != "plain":
             out["deltas"][arm.name] = {"settings": arm.describe(), **_arm_deltas(plan, results, arm.name, datasets)}
+    out["paper"] = paper_summary(results[plan.start_name(plan.seeds[0])])
     if curves:
         out["curves"] = curves
     return out
@@ -125,6 +127,29 @@ def validation_curves(plan: Any, runs: dict[str, Path]) -> dict[str, Any]:
                          "sd": [float(np.std(by_step[s], ddof=1)) if len(by_step[s]) > 1 else 0.0 for s in steps],
                          "n": [len(by_step[s]) for s in steps]}
     return out
+
+
+# --------------------------------------------------------------------------- the paper's rows
+
+
+def paper_summary(start: dict[str, Any]) -> list[dict[str, Any]]:
+    """study.json's `paper`: the MCIR paper's printed figures for the study's benchmarks,
+    from the start model's result (every arm is its architecture); never in the statistics."""
+    return paper_rows(start)
+
+
+def paper_table_lines(summary: dict[str, Any]) -> list[str]:
+    """study.md's paper rows (baseline, + SPN, Δ per preset) under the measured table."""
+    from mcir_cli.exports import paper_table_rows
+
+    return [f"| *{label}* | " + " | ".join(cells) + " |"
+            for label, cells in paper_table_rows(summary.get("paper", []), summary["datasets"])]
+
+
+def paper_notes_lines(summary: dict[str, Any]) -> list[str]:
+    """study.md's footnotes of the paper rows."""
+    notes = paper_notes(summary.get("paper", []))
+    return ["", *(f"- {n}" for n in notes)] if notes else []
 
 
 def _pm(mean: float, sd: float, digits: int) -> str:
@@ -173,7 +198,9 @@ def _markdown_curves(summary: dict[str, Any]) -> list[str]:
         return []
     arms = list(curves)
     steps = sorted({s for c in curves.values() for s in c["steps"]})
-    lines = ["Validation PSNR (dB) on the benchmarks over training, mean ± sd over seeds:", "",
+    where = ", ".join(Path(v).name for v in summary["plan"].get("val") or summary["plan"]["benchmarks"])
+    lines = [f"Validation PSNR (dB) on {where} over training (the mean of the folders' means), "
+             "mean ± sd over seeds:", "",
              "| step | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for step in steps:
         cells = []
@@ -198,5 +225,6 @@ def to_markdown(summary: dict[str, Any]) -> str:
         cells = [f"{_pm(row[d]['psnr'], row[d].get('psnr_sd', 0), 2)} / {_pm(row[d]['ssim'], row[d].get('ssim_sd', 0), 4)}"
                  for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += paper_table_lines(summary) + paper_notes_lines(summary)
     lines.append("")
     return "\n".join(lines + _markdown_units(summary) + _markdown_deltas(summary) + _markdown_curves(summary))

@@ -215,6 +215,33 @@ def comparison_strip(lq: Any, base: Any, new: Any, gt: Any,
     return canvas
 
 
+def outputs_strip(lq: Any, outputs: Sequence[Any], labels: Sequence[str], zoom: int = 3) -> Image.Image:
+    """Images without ground truth: LQ (nearest-upscaled) | each model's output, labelled,
+    above zoomed crops of the region where the first two outputs differ most. Inputs are
+    CHW tensors in [0, 1]; every output has the size of the first."""
+    outs = [_to_hwc(o) for o in outputs]
+    h, w = outs[0].shape[:2]
+    if any(o.shape[:2] != (h, w) for o in outs):
+        raise ValueError("the outputs differ in size")
+    lq_arr = _strip_arrays(lq, outputs[0], outputs[0], outputs[0])[0]
+    box = largest_difference_box(_divergence_hwc(outs[0], outs[-1]), crop_size(h, w))
+    cw, ch = box[2] - box[0], box[3] - box[1]
+    panels = [_to_pil(a) for a in (lq_arr, *outs)]
+    n = len(panels)
+    width = max(n * w, n * cw * zoom) + (n - 1) * SEP
+    canvas = Image.new("RGB", (width, LABEL_H + h + SEP + LABEL_H + ch * zoom), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    y0 = LABEL_H + h + SEP
+    for i, (panel, label) in enumerate(zip(panels, ("LQ (upscaled, no GT)", *labels))):
+        canvas.paste(panel, (i * (w + SEP), LABEL_H))
+        _text(draw, (i * (w + SEP) + 2, 2), label, w - 2)
+        crop = panel.crop(box).resize((cw * zoom, ch * zoom), Image.Resampling.NEAREST)
+        canvas.paste(crop, (i * (cw * zoom + SEP), y0 + LABEL_H))
+    _text(draw, (2, y0 + 2), f"x{zoom} crops at ({box[0]},{box[1]})-({box[2]},{box[3]}), largest "
+          f"|{labels[-1]} - {labels[0]}|", width - 4)
+    return canvas
+
+
 def _strip_arrays(lq: Any, base: Any, new: Any, gt: Any) -> tuple[np.ndarray, ...]:
     """(LQ, base, new, GT) as H x W x C arrays of GT size: the outputs checked against
     the GT, the LQ nearest-upscaled to it."""

@@ -163,8 +163,8 @@ def test_from_scratch_ignores_pretrained_weights_in_mcir_weights(monkeypatch):
     assert all(torch.equal(scratch[k], again[k]) for k in scratch)  # seeded
 
 
-def _scratch_plan(out: Path, bench: Path, **kw) -> StudyPlan:
-    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [bench], None)
+def _scratch_plan(out: Path, bench: Path, val: Path, **kw) -> StudyPlan:
+    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [bench], None, [val])
     base = dict(model="imdn-x4", from_scratch=True, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0, 1],
                 iters=3, val_every=1, common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2},
                 device="cpu")
@@ -174,13 +174,15 @@ def _scratch_plan(out: Path, bench: Path, **kw) -> StudyPlan:
 
 def test_from_scratch_study_shares_each_seeds_initialisation(bench, tmp_path):
     out = tmp_path / "scratch"
-    summary = run_study(_scratch_plan(out, bench))
+    val = set5_crops(tmp_path / "ValCrops", ("baby",), 48)  # the curves' own small folder
+    summary = run_study(_scratch_plan(out, bench, val))
     inits = sorted(p.name for p in (out / "init").iterdir())
     assert inits == ["s0.safetensors", "s1.safetensors"]
     assert (out / "init" / "s0.safetensors").read_bytes() != (out / "init" / "s1.safetensors").read_bytes()
     for arm in ("plain", "mcir"):
         cfg = json.loads((out / "runs" / f"{arm}-s1" / "config.json").read_text())["config"]
         assert cfg["checkpoint"] == str(out / "init" / "s1.safetensors") and cfg["allow_random_init"]
+        assert cfg["val"] == [str(val)] and cfg["val_every"] == 1
         # the recipe's schedule (IMDN: multistep at 200k of 1M steps) scaled to 3 steps
         assert cfg["schedule"] == "multistep" and cfg["milestones"] == [1, 1, 2, 2] and cfg["iters"] == 3
     assert "scaled from 1000000 to 3 steps" in summary["recipe"]
@@ -197,7 +199,7 @@ def test_from_scratch_study_shares_each_seeds_initialisation(bench, tmp_path):
     vals = [json.loads((out / "runs" / f"mcir-s{s}" / "val.json").read_text())["history"] for s in (0, 1)]
     assert summary["curves"]["mcir"]["mean"][2] == pytest.approx((vals[0][2]["psnr"] + vals[1][2]["psnr"]) / 2)
     md = (out / "study.md").read_text()
-    assert "each seed's random initialisation" in md and "Validation PSNR" in md and "Collapses" in md
+    assert "each seed's random initialisation" in md and "Validation PSNR (dB) on ValCrops" in md and "Collapses" in md
 
 
 def test_a_collapse_stops_the_unit_and_leaves_it_out(bench, tmp_path):

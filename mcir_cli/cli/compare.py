@@ -38,11 +38,12 @@ def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path
 def _show(run: CompareRun, visuals: Path | None) -> None:
     """The table, what was left out, the evidence, the files written; an exit code 2 for
     asked-for visuals that could not be made (after everything else is shown)."""
-    from mcir_cli.cli.render import print_evidence, print_notes, render_table
+    from mcir_cli.cli.render import print_evidence, print_notes, print_paper_notes, render_table
     from mcir_cli.results import render_evidence
 
     comp = run.comparison
     console.print(render_table(comp))
+    print_paper_notes(comp.paper)
     print_notes(comp.dropped.messages())
     print_evidence(f"[bold]Evidence[/] (paired over images; 95 % bootstrap CI, {comp.n_resamples} resamples, "
                    f"seed {comp.seed}; sign-flip permutation p):", render_evidence(comp))
@@ -84,6 +85,7 @@ def compare(
     visuals: Optional[Path] = typer.Option(None, "--visuals", help="Folder (new or empty) for comparison strips and Δ bar charts.", rich_help_panel="Output"),
     html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML report (new file): table, evidence, per-image charts, strips, and training curves when the models come from run folders.", rich_help_panel="Output"),
     top_k: int = typer.Option(3, help="With --visuals or --html: strips for the k images per dataset with the largest |Δ PSNR|.", rich_help_panel="Output"),
+    no_gt: bool = typer.Option(False, "--no-gt", help="With --checkpoint: the --data folders hold input images only (real photos, a real-world benchmark's LR): no PSNR exists; every image's outputs side by side in --visuals.", rich_help_panel="Inputs"),
 ) -> None:
     """Compare a baseline with retrained models image by image: table, Δ, 95 % CI, p, visuals.
 
@@ -96,6 +98,10 @@ def compare(
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
     })
     _check_scoring_flags(task, crop_border, None, tile)
+    if no_gt:
+        return _compare_without_gt(checkpoint or [], data or [], visuals, scale, device, tile, label, {
+            "--json": json_out, "--markdown": markdown, "--csv": csv_out, "--latex": latex, "--html": html,
+            "--task": task, "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None})
     if resamples < 1:
         raise McirError(f"--resamples must be at least 1 (got {resamples})")
     if top_k < 1:
@@ -118,3 +124,24 @@ def compare(
             visuals_progress=lambda done, total: advance("visuals", done, total),
         )
     _show(run, visuals)
+
+
+def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path | None, scale: int | None,
+                        device: str, tile: int | None, label: list[str] | None, scores: dict[str, Any]) -> None:
+    """--no-gt: no scores, so no table, exports or statistics; the strips, and why."""
+    from mcir_cli.compare_unpaired import compare_without_gt
+
+    if not checkpoint:
+        raise McirError("--no-gt runs the models on the images: give --checkpoint A --checkpoint B --data IMAGES/")
+    given = [flag for flag, value in scores.items() if value]
+    if given:
+        raise McirError(f"{', '.join(given)} need scores, and --no-gt images have no ground truth to score against")
+    with _progress() as bar:
+        job = bar.add_task("outputs", total=None)
+        run = compare_without_gt(checkpoint, data, visuals, scale=scale, device=device, tile=tile, labels=label,
+                                 progress=lambda done, total: bar.update(job, completed=done, total=total))
+    console.print(f"{run.note}: no table, no Δ and no p-value; the models' outputs are shown side by side.",
+                  highlight=False)
+    shown = ", ".join(f"{name} ({n} image{'s' * (n != 1)})" for name, n in run.images.items())
+    console.print(f"visuals: {len(run.strips)} strips (LQ | {' | '.join(run.labels)}) of {shown} in {visuals}",
+                  highlight=False)

@@ -100,3 +100,31 @@ def _show_pairs(found: Any, show: int) -> None:
             lq, gt = _rel(p.lq, found.root), _rel(p.gt, found.root)
         pairs.add_row(escape(p.name), escape(lq), escape(gt))
     console.print(pairs)
+
+
+@data_app.command("degrade")
+@handle_errors
+def data_degrade(
+    source: Path = typer.Argument(..., help="An SR folder (a benchmark as published, or HR images only); its ground truths are used."),
+    output: Path = typer.Option(..., "--output", "-o", help="New folder for the copy (must not exist, or be empty).", rich_help_panel="Output"),
+    scale: int = typer.Option(4, help="SR scale of the inputs made.", rich_help_panel="Degradation"),
+    seed: int = typer.Option(0, help="Seed: the same seed and settings give the same files.", rich_help_panel="Degradation"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table changing the published defaults (Real-ESRGAN's option names).", rich_help_panel="Degradation"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto: where the degradation runs (the noise of a CUDA copy differs from a CPU copy's; degradation.json says which).", rich_help_panel="Degradation"),
+) -> None:
+    """A benchmark copy degraded once by Real-ESRGAN's second-order degradation.
+
+    Writes OUTPUT/HR/ (the ground truths, mod-cropped), OUTPUT/LR_realesrgan/X{s}/ and
+    OUTPUT/degradation.json (settings, seed, each image's draws): an SR benchmark folder
+    that evaluate, compare, study and --val read like Set5, the same inputs for every model.
+
+    Example: mcir data degrade Set5/ -o Set5-realesrgan/ --scale 4 --seed 0
+    """
+    from mcir_cli.degradation_config import degradation_flags
+    from mcir_cli.degrade_data import degrade_dataset
+
+    settings = degradation_flags(None, degradation_config)["degradation_settings"]
+    done = degrade_dataset(source, output, scale, seed=seed, settings=settings, device=device)
+    console.print(f"{done.images} images of {escape(str(source))} ({escape(done.layout)}) degraded x{done.scale} "
+                  f"by the Real-ESRGAN second-order pipeline, seed {done.seed} -> {escape(str(done.output))} "
+                  f"(HR/, LR_realesrgan/X{done.scale}/, degradation.json)")

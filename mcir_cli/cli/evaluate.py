@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
 
@@ -34,6 +35,7 @@ def results_table(result: dict[str, Any], title: str | None = None) -> Table:
         n = sum(len(d["images"]) for d in rows.values())
         # the mean of the dataset means (how papers average benchmarks), not of all images
         table.add_row(f"[bold]mean of {len(rows)} datasets[/]", f"[bold]{avg_p:.2f}", f"[bold]{avg_s:.4f}", f"{n} in all")
+    add_paper_rows_by_dataset(table, result.get("paper", []))
     return table
 
 
@@ -115,6 +117,7 @@ def evaluate(
     info = result["model"]
     title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
     console.print(results_table(result, title))
+    print_paper_notes(result.get("paper", []))
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if output is not None:

@@ -45,8 +45,9 @@ def models_list(ctx: typer.Context) -> None:
     from mcir_cli import archs
     from mcir_cli.recipes import list_presets
 
-    table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS")
-    for col in ("name", "task", "scale", "architecture", "params", "weights", "recipe source"):
+    table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS; paper: "
+                  "the MCIR paper's table with this model's printed figures, and its test sets")
+    for col in ("name", "task", "scale", "architecture", "params", "weights", "recipe source", "paper"):
         table.add_column(
             col,
             justify="right" if col in ("scale", "params") else "left",
@@ -57,6 +58,7 @@ def models_list(ctx: typer.Context) -> None:
         table.add_row(
             p.name, p.task, f"x{p.scale}" if p.task == "sr" else "-", p.architecture,
             f"{p.params:,}" if p.params else "?", _weights_cell(p), _short_source(p.source),
+            f"{p.paper.table}: {', '.join(p.paper.results)}" if p.paper else "-",
         )
     console.print(table)
     archs.register()

@@ -13,7 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mcir_cli.cli.app import console, err_console
-from mcir_cli.exports import fmt_dpsnr, fmt_dssim, score_cells
+from mcir_cli.exports import fmt_dpsnr, fmt_dssim, paper_table_rows, score_cells
+from mcir_cli.paper import FULL_SET, paper_notes
 from mcir_cli.results import Comparison, conventions_text
 
 
@@ -53,7 +54,37 @@ def render_table(comparison: Comparison) -> Table:
             t.append(fmt_dssim(d.ssim), style=_colour(d.ssim))
             cells.append(t)
         table.add_row(*cells)
+    add_paper_rows(table, comp.paper, comp.columns)
     return table
+
+
+def add_paper_rows(table: Table, rows: list[dict], columns: list[str]) -> None:
+    """The paper's rows (baseline, + SPN, Δ per preset) under a table whose columns are
+    datasets, in their own section and dimmed: printed figures, not measurements."""
+    for i, (label, cells) in enumerate(paper_table_rows(rows, columns)):
+        if i % 3 == 0:
+            table.add_section()
+        table.add_row(Text(label, style="italic"), *(Text(c, style="dim") for c in cells))
+
+
+def add_paper_rows_by_dataset(table: Table, rows: list[dict]) -> None:
+    """The paper's rows under `mcir evaluate`'s table (a row per dataset): baseline →
+    + SPN (Δ) in the PSNR and SSIM columns, "full set" where the paper's set is larger."""
+    if rows:
+        table.add_section()
+    for row in rows:
+        (bp, bs), (sp, ss) = (row[k]["printed"].split("/") for k in ("baseline", "spn"))
+        dp, ds = row["delta"]["printed"].split("/")
+        full = any(f.startswith(FULL_SET) for f in row["flags"])
+        table.add_row(Text(f"{row['dataset']}: paper {row['table']} ({row['preset']})", style="italic"),
+                      Text(f"{bp} → {sp} ({dp})", style="dim"), Text(f"{bs} → {ss} ({ds})", style="dim"),
+                      Text("full set" if full else "", style="dim"))
+
+
+def print_paper_notes(rows: list[dict]) -> None:
+    """The footnotes of the paper rows (flags, the paper's own contradictions)."""
+    for line in paper_notes(rows):
+        console.print(Text(line, style="dim"), highlight=False, soft_wrap=True)
 
 
 def print_evidence(header: str, lines: list[str]) -> None:

@@ -46,6 +46,8 @@ def retrain(
     embedding_weights: Optional[Path] = typer.Option(None, help="Local VGG weights (.pth/.safetensors) when torchvision's cache is empty.", rich_help_panel="MCIR / SPN"),
     embedding_init: str = typer.Option("pretrained", help="pretrained | random (offline fallback; not the paper's loss).", rich_help_panel="MCIR / SPN"),
     noise_sigma: Optional[float] = typer.Option(None, help="Denoising: σ (0–255) of the noise added to clean patches.", rich_help_panel="Data"),
+    degradation: Optional[str] = typer.Option(None, help="realesrgan: SR inputs made on the fly from the HR images by Real-ESRGAN's second-order degradation; none: the folders' own LR (default: a preset's, e.g. realesrnet-x4plus; else none).", rich_help_panel="Data"),
+    degradation_config: Optional[Path] = typer.Option(None, help="TOML with a \\[degradation] table (Real-ESRGAN's option names) changing the published defaults.", rich_help_panel="Data"),
     train_bn: bool = typer.Option(False, "--train-bn", help="Update BatchNorm running statistics (frozen by default).", rich_help_panel="Model"),
     seed: int = typer.Option(0, help="Seed for initialisation, patches and augmentation.", rich_help_panel="Optimisation"),
     device: str = typer.Option("auto", help="auto | cuda | cpu", rich_help_panel="Speed"),
@@ -71,6 +73,7 @@ def retrain(
     The baseline to compare with: the same command with --negative-init none.
     """
     from mcir_cli.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
+    from mcir_cli.degradation_config import degradation_flags
     from mcir_cli.distributed import DistContext
     from mcir_cli.loop import retrain as run_retrain
 
@@ -94,7 +97,7 @@ def retrain(
             noise_sigma=noise_sigma, val_every=val_every, save_every=save_every, log_every=log_every,
             workers=workers, cache=cache, tensorboard=tensorboard, allow_random_init=from_scratch,
             compile=compile, channels_last=channels_last, collapse_factor=collapse_factor, val_drop=val_drop,
-            tile=tile,
+            tile=tile, **degradation_flags(degradation, degradation_config),
         )
         if config is not None:
             flags = _with_run_file(ctx, flags, config)
@@ -129,7 +132,7 @@ def _default_output(model: str | None, checkpoint: Path | None, dist) -> Path:
 
 
 # TrainConfig fields whose flag has another parameter name
-_PARAM_OF = {"lam_auto": "lam", "allow_random_init": "from_scratch"}
+_PARAM_OF = {"lam_auto": "lam", "allow_random_init": "from_scratch", "degradation_settings": "degradation_config"}
 
 
 def _with_run_file(ctx: typer.Context, flags: dict, path: Path) -> dict:

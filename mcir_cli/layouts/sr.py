@@ -73,9 +73,10 @@ def sr_benchmark(f: Folder) -> Match | None:
     `LRbicx4/baby.png`)."""
     per_scale: dict[int, list[tuple[Path, Path]]] = {}
     names: dict[int, str] = {}
-    if "hr" in f.subs and "lr_bicubic" in f.subs:
-        for s, d in _sr_scale_dirs(f.subs["lr_bicubic"]).items():
-            per_scale[s], names[s] = [(f.subs["hr"], d)], "HR/ + LR_bicubic/X{s}/"
+    for kind in ("lr_bicubic", "lr_realesrgan"):  # LR_realesrgan: `mcir data degrade`'s copies
+        if "hr" in f.subs and kind in f.subs:
+            for s, d in _sr_scale_dirs(f.subs[kind]).items():
+                per_scale[s], names[s] = [(f.subs["hr"], d)], f"HR/ + {f.subs[kind].name}/X{{s}}/"
     gtmod = next((f.subs[n] for n in sorted(f.subs) if re.fullmatch(r"gtmod\d+", n)), None)
     if gtmod is not None:
         for n, d in f.subs.items():
