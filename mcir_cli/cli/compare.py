@@ -99,7 +99,7 @@ def compare(
     })
     _check_scoring_flags(task, crop_border, None, tile)
     if no_gt:
-        return _compare_without_gt(checkpoint or [], data or [], visuals, scale, device, tile, label, {
+        return _compare_without_gt(checkpoint or [], data or [], visuals, (scale, res_scale), device, tile, label, {
             "--json": json_out, "--markdown": markdown, "--csv": csv_out, "--latex": latex, "--html": html,
             "--task": task, "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None})
     if resamples < 1:
@@ -126,8 +126,9 @@ def compare(
     _show(run, visuals)
 
 
-def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path | None, scale: int | None,
-                        device: str, tile: int | None, label: list[str] | None, scores: dict[str, Any]) -> None:
+def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path | None,
+                        scales: tuple[int | None, float | None], device: str, tile: int | None,
+                        label: list[str] | None, scores: dict[str, Any]) -> None:
     """--no-gt: no scores, so no table, exports or statistics; the strips, and why."""
     from mcir_cli.compare_unpaired import compare_without_gt
 
@@ -138,7 +139,8 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
         raise McirError(f"{', '.join(given)} need scores, and --no-gt images have no ground truth to score against")
     with _progress() as bar:
         job = bar.add_task("outputs", total=None)
-        run = compare_without_gt(checkpoint, data, visuals, scale=scale, device=device, tile=tile, labels=label,
+        run = compare_without_gt(checkpoint, data, visuals, scale=scales[0], res_scale=scales[1], device=device,
+                                 tile=tile, labels=label,
                                  progress=lambda done, total: bar.update(job, completed=done, total=total))
     console.print(f"{run.note}: no table, no Δ and no p-value; the models' outputs are shown side by side.",
                   highlight=False)
