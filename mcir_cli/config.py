@@ -65,6 +65,7 @@ class TrainConfig(Hyperparameters, _Inputs):
     amp: str | None = None  # None = auto: fp32 everywhere (speed.precision_decision says why)
     train_bn: bool = False
     noise_sigma: float | None = None
+    jpeg_quality: str | None = None  # "10", or "10-95" for a blind model (jpeg.parse_quality)
     degradation: str | None = None  # "realesrgan": inputs made on the fly from the HR images
     degradation_settings: dict[str, Any] | None = None  # all of them, resolved by make_config
     val_every: int = 0  # 0: only at the end

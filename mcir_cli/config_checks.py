@@ -63,6 +63,11 @@ def validate_config(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     check_noise_sigma(cfg.noise_sigma)
     check_task_name(cfg.task)
+    if cfg.jpeg_quality is not None:
+        from mcir_cli.jpeg import check_task, parse_quality
+
+        parse_quality(cfg.jpeg_quality)
+        check_task(cfg.task)
     check_degradation(cfg.degradation, cfg.degradation_settings, cfg.task)
     _check_choice("--negative-init", cfg.negative_init, NEGATIVE_INITS)
     _check_choice("--schedule", cfg.schedule, SCHEDULES)

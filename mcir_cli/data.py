@@ -9,9 +9,11 @@ training patches.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +24,9 @@ from mcir_cli.imageio import read_image
 from mcir_cli.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
 from mcir_cli.resize import imresize
 
+if TYPE_CHECKING:
+    from mcir_cli.jpeg import JpegQuality
+
 __all__ = ["PAIRED_LAYOUTS", "Dataset", "Pair", "PatchDataset", "discover", "discover_all", "infer_scale",
            "iter_pairs", "list_images", "load_gt", "load_pair"]
 
@@ -31,12 +36,13 @@ class Dataset:
     name: str
     root: Path
     layout: str
-    task: str  # sr | dehaze | derain | deblur | denoise | restore
+    task: str  # sr | dehaze | derain | deblur | denoise | jpeg | restore
     scale: int
     pairs: tuple[Pair, ...]
     notes: tuple[str, ...] = ()  # what discovery chose or left out (said when it is found)
     gt_crop: str = "top-left"  # "center": a larger ground truth is centre-cropped to its input (RESIDE)
     side_by_side: bool = False  # input | target in one file (DID-MDN)
+    jpeg_quality: int | None = None  # clean images compressed at this quality (jpeg.with_qualities)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -114,6 +120,10 @@ def load_pair(
             if noise_sigma is None:
                 raise McirError("denoising needs --noise-sigma", dataset.root)
             return add_noise(gt, noise_sigma, generator or torch.Generator().manual_seed(0)), gt
+        if dataset.task == "jpeg":
+            from mcir_cli.jpeg import compressed_input
+
+            return compressed_input(dataset, gt), gt
         gt = mod_crop(gt, s)
         # MATLAB's imresize on uint8 returns uint8: quantise like the published LR files.
         lq = (imresize(gt, 1 / s).clamp(0, 1) * 255).round() / 255
@@ -226,6 +236,8 @@ class PatchDataset(torch.utils.data.Dataset):
         cache: bool | str = "auto",
         cache_limit_bytes: int = 4 << 30,
         channels: int | None = None,
+        jpeg_quality: JpegQuality | None = None,
+        quality_target: bool = False,
         degradation: RealESRGANSettings | None = None,
     ) -> None:
         from mcir_cli.imageio import image_size, is_grey
@@ -234,7 +246,9 @@ class PatchDataset(torch.utils.data.Dataset):
         # the model's input channels: grey images among colour ones become 3 equal
         # channels (as in evaluation); colour images for a grey model are an error
         self.channels = channels
-        self.noise_sigma, self.augment = noise_sigma, augment
+        self.noise_sigma, self.augment, self.jpeg_quality = noise_sigma, augment, jpeg_quality
+        # FBCNN's quality-factor loss: each sample also gives (100 - q) / 100 (NaN: a given pair)
+        self.quality_target = quality_target
         self.scale = datasets[0].scale
         self.task = datasets[0].task
         if any(d.scale != self.scale for d in datasets):
@@ -244,6 +258,8 @@ class PatchDataset(torch.utils.data.Dataset):
             datasets = _clean_sources(datasets, channels)
         if self.task == "denoise" and noise_sigma is None:
             raise McirError("denoising training on clean images needs --noise-sigma")
+        if self.task == "jpeg" and jpeg_quality is None and any(p.lq is None for d in datasets for p in d.pairs):
+            raise McirError("JPEG training on clean images needs --jpeg-quality (e.g. 10, or 10-95 for a blind model)")
         items: list[tuple[Dataset, Pair]] = []
         too_small: list[str] = []
         pixels = 0
@@ -297,8 +313,9 @@ class PatchDataset(torch.utils.data.Dataset):
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 0x9E3779B1 + index) % (2**63))
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | tuple[dict[str, Tensor], Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, ...] | tuple[dict[str, Tensor], Tensor]:
         g = self._generator(index)
+        quality = math.nan
         k = int(torch.randint(len(self.items), (1,), generator=g))
         lq_full, gt_full = self._cache[k] if self._cache is not None else self._load(k)
         if self.degradation is not None:
@@ -314,16 +331,22 @@ class PatchDataset(torch.utils.data.Dataset):
         gt = gt_full[..., top * s : (top + p) * s, left * s : (left + p) * s]
         if synth and self.task == "denoise":
             lq = add_noise(gt, self.noise_sigma or 0.0, g)
+        elif synth and self.task == "jpeg":
+            from mcir_cli.jpeg import compressed_patch
+
+            assert self.jpeg_quality is not None
+            quality, lq, gt = compressed_patch(gt, self.jpeg_quality, g, self.augment)
         elif synth:
             lq = bicubic_lr_patch(gt_full, s, top, left, p)
         else:
             lq = lq_full[..., top : top + p, left : left + p]
         if self.channels == 3 and lq.shape[0] == 1:
             lq, gt = lq.expand(3, -1, -1), gt.expand(3, -1, -1)
-        if self.augment:
+        if self.augment and not (synth and self.task == "jpeg"):
             t = int(torch.randint(8, (1,), generator=g))
             lq, gt = dihedral(lq, t), dihedral(gt, t)
-        return lq.float().contiguous(), gt.float().contiguous()
+        lq, gt = lq.float().contiguous(), gt.float().contiguous()
+        return (lq, gt, torch.tensor((100 - quality) / 100)) if self.quality_target else (lq, gt)
 
 
     def _hr_crop(self, hr: Tensor, g: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:

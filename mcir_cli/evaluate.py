@@ -24,8 +24,9 @@ from mcir_cli.errors import McirError
 from mcir_cli.fsutil import confined, safe_name, sha256_file
 from mcir_cli.imageio import read_image, write_image
 from mcir_cli.inference import resolve_device, restore
+from mcir_cli.jpeg import check_task, record_inputs, with_qualities
 from mcir_cli.limits import check_image_sizes
-from mcir_cli.metrics import Conventions, psnr, ssim
+from mcir_cli.metrics import Conventions, psnr, psnrb, ssim
 from mcir_cli.models import LoadedModel
 from mcir_cli.paper import paper_rows
 
@@ -36,7 +37,8 @@ def _score(out: Tensor, gt: Tensor, conv: Conventions, path: Path) -> dict[str, 
     """PSNR and SSIM of one image; a convention the image cannot take (a border crop
     larger than the image) is a one-line error naming the file."""
     try:
-        return {"psnr": float(psnr(out, gt, conv)), "ssim": float(ssim(out, gt, conv))}
+        scores = {"psnr": float(psnr(out, gt, conv)), "ssim": float(ssim(out, gt, conv))}
+        return {**scores, "psnrb": float(psnrb(out, gt, conv))} if conv.psnrb else scores
     except ValueError as exc:
         raise McirError(f"cannot score with {conv.describe()}: {exc}", path) from None
 
@@ -55,11 +57,8 @@ def has_colour_images(dataset: Dataset) -> bool:
 
 def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(images)
-    return {
-        "psnr": sum(i["psnr"] for i in images) / n if n else math.nan,
-        "ssim": sum(i["ssim"] for i in images) / n if n else math.nan,
-        "images": images,
-    }
+    keys = ("psnr", "ssim", "psnrb") if images and "psnrb" in images[0] else ("psnr", "ssim")
+    return {**{k: sum(i[k] for i in images) / n if n else math.nan for k in keys}, "images": images}
 
 
 def _check_channels(model: LoadedModel, dataset: Dataset, channels: int, path: Path) -> None:
@@ -174,13 +173,17 @@ def evaluate_model(
     save_images: str | Path | None = None,
     noise_sigma: float | None = None,
     noise_seed: int = 0,
+    jpeg_quality: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score a model on benchmark folders with the field's conventions."""
+    """Score a model on benchmark folders with the field's conventions; JPEG: one row
+    per (folder, quality)."""
     model.check_task(task)
     if task is None and model.task is None and noise_sigma is not None and model.scale == 1:
         task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
-    datasets = discover_all(data, model.scale if model.scale > 1 else None, task or model.task)
+    if task is None and model.task is None and jpeg_quality and model.scale == 1:
+        task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN): JPEG
+    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, jpeg_quality)
     task = task or model.task or datasets[0].task
     if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
@@ -192,6 +195,7 @@ def evaluate_model(
     result["model"] = model_info(model)
     if noise_sigma is not None:
         result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
+    record_inputs(result, datasets)
     # tiling and precision change the numbers slightly: recorded, and compare checks them
     result["inference"] = {"tile": tile, "tile_overlap": overlap if tile else None,
                            "amp": "bf16" if amp == "bf16" and dev.type == "cuda" else "fp32"}
@@ -206,6 +210,15 @@ def evaluate_model(
     if rows:
         result["paper"] = rows
     return result
+
+
+def _discover(data: Sequence[str | Path], scale: int | None, task: str | None,
+              jpeg_quality: Sequence[int] | None) -> list[Dataset]:
+    """The benchmark datasets, a JPEG folder of clean images once per quality."""
+    if jpeg_quality:
+        check_task(task)
+    datasets = discover_all(data, scale, task)
+    return with_qualities(datasets, tuple(jpeg_quality) if jpeg_quality else None)
 
 
 @contextmanager
@@ -268,8 +281,10 @@ def evaluate_restored(
     y_channel: bool | None = None,
     crop_border: int | None = None,
     progress: Progress | None = None,
+    jpeg_quality: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Score images already restored by any method (`restored/<dataset>/<name>.png` or flat)."""
+    """Score images already restored by any method (`restored/<dataset>/<name>.png` or flat;
+    JPEG rows: `restored/<dataset>/q<q>/<name>.png`)."""
     restored = Path(restored)
     if not restored.is_dir():
         raise McirError("restored-images folder not found", restored)
@@ -279,7 +294,34 @@ def evaluate_restored(
         return read_image(path), path
 
     return _score_outputs(data, scale, task, y_channel, crop_border, progress, output,
-                          {"architecture": "restored images", "label": restored.name})
+                          {"architecture": "restored images", "label": restored.name}, jpeg_quality)
+
+
+def evaluate_compressed(
+    data: Sequence[str | Path],
+    jpeg_quality: Sequence[int],
+    *,
+    y_channel: bool | None = None,
+    crop_border: int | None = None,
+    progress: Progress | None = None,
+    save_images: str | Path | None = None,
+) -> dict[str, Any]:
+    """The "JPEG" row of every artifact-removal table: the decoded JPEG itself scored
+    against the clean image (as `evaluate_bicubic` is SR's baseline). With `save_images`,
+    the decoded images are written (lossless PNG) as `<dataset>/q<q>/<name>.png`."""
+    from mcir_cli.data import load_pair
+
+    staging: Path | None = None
+
+    def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
+        lq, _ = load_pair(d, pair)
+        if staging is not None:
+            _save_output(staging, d, pair, lq)
+        return lq, pair.lq or pair.gt
+
+    with _staged(Path(save_images) if save_images is not None else None) as staging:
+        return _score_outputs(data, None, "jpeg", y_channel, crop_border, progress, output,
+                              {"architecture": "JPEG (no restoration)", "label": "JPEG"}, jpeg_quality)
 
 
 def evaluate_bicubic(
@@ -323,12 +365,13 @@ def _score_outputs(
     data: Sequence[str | Path], scale: int | None, task: str | None, y_channel: bool | None,
     crop_border: int | None, progress: Progress | None,
     output: Callable[[Dataset, Any], tuple[Tensor, Path]], model: dict[str, Any],
+    jpeg_quality: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Score `output(dataset, pair) -> (image, its file)` against every ground truth: the
-    shared path of methods that are not a model (restored folders, bicubic)."""
+    shared path of methods that are not a model (restored folders, bicubic, JPEG)."""
     from mcir_cli.data import load_gt
 
-    datasets = discover_all(data, scale, task)
+    datasets = _discover(data, scale, task, jpeg_quality)
     task = task or datasets[0].task
     s = datasets[0].scale
     conv = conventions_for(task, s, y_channel, crop_border)
@@ -336,6 +379,7 @@ def _score_outputs(
     result = result_header(conv, task)
     result["model"] = {"checkpoint": None, "sha256": None, "scale": s, **model}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}
+    record_inputs(result, datasets)
     if scale is None and s > 1:  # images do not say their scale; the folder did
         result["notes"] = [f"scale x{s} taken from the LR images of {datasets[0].root.name} (no --scale "
                            f"given); it sets the border crop of the SR convention"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from mcir_cli.data import Dataset, discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate import evaluate_model
+from mcir_cli.jpeg import with_qualities
 from mcir_cli.models import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
@@ -30,6 +31,7 @@ class Scoring:
     crop_border: int | None = None
     device: str = "auto"
     tile: int | None = None
+    jpeg_quality: tuple[int, ...] | None = None  # JPEG: clean images compressed at each
 
 
 def load_comparable(checkpoints: list[Path], scale: int | None, res_scale: float | None = None) -> list[LoadedModel]:
@@ -66,9 +68,10 @@ def evaluate_checkpoints(
 
         res = evaluate_model(model, data, task=scoring.task, y_channel=scoring.y_channel,
                              crop_border=scoring.crop_border, device=scoring.device, tile=scoring.tile,
-                             progress=per_image)
+                             jpeg_quality=scoring.jpeg_quality, progress=per_image)
         res["model"]["label"] = label
         results.append(res)
     first = models[0]
-    datasets = {d.name: d for d in discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))}
+    found = discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))
+    datasets = {d.name: d for d in with_qualities(found, scoring.jpeg_quality)}
     return results, models, datasets

@@ -130,9 +130,10 @@ class Run:
                 self.rollback.take(st.step, self.snapshot(), force=True)
             data, t_last, since = self.batches(), time.perf_counter(), 0
             while st.step < cfg.iters:
-                lq, gt = next(data)
+                lq, gt, *quality = next(data)  # + FBCNN's quality-factor targets when trained
                 st.samples += cfg.batch * self.dist.world_size  # the data never rewinds
-                s = spn_step(self.parts, lq, gt, self.lam.lam, cfg.grad_clip, cfg.ema_decay)
+                s = spn_step(self.parts, lq, gt, self.lam.lam, cfg.grad_clip, cfg.ema_decay,
+                             quality[0] if quality else None)
                 s.loss, s.l_rec, s.l_neg = self.dist.mean([s.loss, s.l_rec, s.l_neg])
                 ratio = contrast_ratio(self.lam.lam, s.l_neg, s.l_rec) if self.parts.bank else 0.0
                 error = error_magnitude(cfg.loss, s.l_rec)

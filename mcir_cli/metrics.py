@@ -13,6 +13,13 @@ BasicSR (`basicsr/metrics/psnr_ssim.py`) scores 8-bit images:
   'valid' filtering (the map loses 5 px on every side), mean of the map per channel,
   then the mean over channels.
 Grey images (1 channel) are scored on that channel whatever `y_channel` says.
+
+JPEG artifact removal adds PSNR-B (Yim & Bovik 2011) as FBCNN's `utils_image.calculate_psnrb`
+computes it (its colour tables were made with it; KAIR's newer one works per channel):
+PSNR-B = 10 log10(255^2 / (MSE + BEF)), MSE over the scored channels, BEF (the blocking
+effect factor of 8x8 blocks) on the restored image only: on its Y for colour (MATLAB
+rgb2ycbcr of the uint8 RGB, rounded to integers, as FBCNN's `rgb2ycbcr`), on its grey
+channel for grey images.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Conventions", "PSNRSSIM", "psnr", "quantize", "rgb_to_y", "ssim"]
+__all__ = ["Conventions", "PSNRSSIM", "psnr", "psnrb", "quantize", "rgb_to_y", "ssim"]
 
 _SR_TASKS = {"sr"}
 # "restore": paired folders of no named task (data.PAIRED_LAYOUTS), scored as RGB
-_OTHER_TASKS = {"dehaze", "derain", "deblur", "denoise", "restore"}
+_OTHER_TASKS = {"dehaze", "derain", "deblur", "denoise", "jpeg", "restore"}
+_PSNRB_TASKS = {"jpeg"}  # PSNR-B is a JPEG measure (8x8 blocks)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Conventions:
     y_channel: bool
     crop_border: int
     quantize: str = "uint8"
+    psnrb: bool = False  # also PSNR-B (JPEG artifact removal)
 
     def __post_init__(self) -> None:
         if self.crop_border < 0:
@@ -44,12 +53,19 @@ class Conventions:
             raise ValueError(f"only uint8 quantisation is supported, got {self.quantize!r}")
 
     def as_dict(self) -> dict:
-        return {"y_channel": self.y_channel, "crop_border": self.crop_border, "quantize": self.quantize}
+        d = {"y_channel": self.y_channel, "crop_border": self.crop_border, "quantize": self.quantize}
+        return {**d, "psnrb": True} if self.psnrb else d  # results without PSNR-B read as before
 
     def describe(self) -> str:
         channel = "Y channel (BT.601)" if self.y_channel else "RGB"
+        if self.psnrb:  # JPEG test sets are often grey (Classic5): say how those are scored
+            channel += " (grey images: their stored grey values)"
         border = f"border {self.crop_border} px cropped" if self.crop_border else "no border crop"
-        return f"{channel}, {border}, uint8-quantised (BasicSR)"
+        text = f"{channel}, {border}, uint8-quantised (BasicSR)"
+        if self.psnrb:
+            on = "on the Y scored" if self.y_channel else "on the restored image's rounded Y"
+            text += f"; PSNR-B as FBCNN's calculate_psnrb (blocking factor {on})"
+        return text
 
     @classmethod
     def for_task(cls, task: str, scale: int = 1, y_channel: bool | None = None,
@@ -65,7 +81,7 @@ class Conventions:
         else:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(_SR_TASKS | _OTHER_TASKS)}")
         return cls(y_channel=y if y_channel is None else y_channel,
-                   crop_border=border if crop_border is None else crop_border)
+                   crop_border=border if crop_border is None else crop_border, psnrb=task in _PSNRB_TASKS)
 
 
 def quantize(img: torch.Tensor) -> torch.Tensor:
@@ -166,6 +182,43 @@ def ssim(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> 
     sigma1_sq, sigma2_sq, sigma12 = e11 - mu1_sq, e22 - mu2_sq, e12 - mu12
     ssim_map = ((2 * mu12 + c1) * (2 * sigma12 + c2)) / ((mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2))
     value = ssim_map.reshape(n, c, -1).mean(dim=2).mean(dim=1)
+    return value[0] if single else value
+
+
+def _blocking_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """BEF of (N, H, W) levels, float64 (FBCNN `compute_bef`): mean squared difference
+    across block boundaries minus that within blocks, times log2(B)/log2(min(H, W)), or 0
+    when boundaries are not the rougher. The pair counts are the formula's,
+    H·(W/B − 1) (not a count), as there."""
+    n, h, w = img.shape
+    dh = (img[..., :, :-1] - img[..., :, 1:]) ** 2  # column pairs (i, i+1), i < W-1
+    dv = (img[..., :-1, :] - img[..., 1:, :]) ** 2
+    hb = torch.zeros(w - 1, dtype=torch.bool, device=img.device)
+    hb[block - 1 :: block] = True
+    vb = torch.zeros(h - 1, dtype=torch.bool, device=img.device)
+    vb[block - 1 :: block] = True
+    d_b = dh[..., hb].sum(dim=(1, 2)) + dv[:, vb, :].sum(dim=(1, 2))
+    d_bc = dh[..., ~hb].sum(dim=(1, 2)) + dv[:, ~vb, :].sum(dim=(1, 2))
+    n_hb, n_vb = h * (w / block - 1), w * (h / block - 1)
+    n_hbc, n_vbc = h * (w - 1) - n_hb, w * (h - 1) - n_vb
+    d_b, d_bc = d_b / (n_hb + n_vb), d_bc / (n_hbc + n_vbc)
+    eta = math.log2(block) / math.log2(min(h, w))
+    return torch.where(d_b > d_bc, eta * (d_b - d_bc), torch.zeros_like(d_b))
+
+
+def _rounded_y(rgb255: torch.Tensor) -> torch.Tensor:
+    """FBCNN's `rgb2ycbcr` of uint8 RGB (N, 3, H, W): MATLAB's Y, rounded half to even."""
+    r, g, b = rgb255.unbind(1)
+    return torch.round((r * 65.481 + g * 128.553 + b * 24.966) / 255.0 + 16.0)
+
+
+def psnrb(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> torch.Tensor:
+    """PSNR-B in dB per image (shape [N], or 0-dim for a CHW input), float64: MSE over the
+    channels scored (as `psnr`), BEF of the restored image alone (FBCNN)."""
+    a, b, single = _prepare(restored, gt, conventions)
+    mse = ((a - b) ** 2).flatten(1).mean(dim=1)
+    luma = _rounded_y(a) if a.shape[1] == 3 else a[:, 0]
+    value = 10.0 * torch.log10((255.0 * 255.0) / (mse + _blocking_factor(luma)))
     return value[0] if single else value
 
 

@@ -72,17 +72,28 @@ class Restorer(nn.Module):
         olo, ohi = io.out_range
         self.out_lo, self.out_span = olo, ohi - olo
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, side: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+        """The restored image; with `side`, (image, the network's side output or None):
+        FBCNN's predicted quality factor, which its training loss needs."""
         if self.io.is_identity:
-            return self.net(x)
+            y, extra = _split(self.net(x))
+            return (y, extra) if side else y
         if self.io.in_range != (0.0, 1.0) or self.io.mean is not None:
             x = x * self.in_a + self.in_b  # a new tensor: the caller's input is safe
         elif self.io.clone_input:
             x = x.clone()
-        y = self.net(x)
+        y, extra = _split(self.net(x))
         if self.io.out_range != (0.0, 1.0):
             y = (y - self.out_lo) / self.out_span
-        return y
+        return (y, extra) if side else y
+
+
+def _split(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    """(restored image, side output) of a network: FBCNN returns the image and its
+    predicted quality factor (spandrel's call_fn keeps `model(x)[0]`); others, the image."""
+    if isinstance(out, (tuple, list)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
 
 
 @dataclass

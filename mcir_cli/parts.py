@@ -4,6 +4,7 @@ speed decisions (precision, memory layout, compile)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ from mcir_cli.data import Dataset, PatchDataset, discover_all
 from mcir_cli.degradations import Degrader
 from mcir_cli.degradation_config import RealESRGANSettings, settings_from_dict
 from mcir_cli.errors import McirError
+from mcir_cli.jpeg import QUALITY_ARCHITECTURES, benchmark_qualities, parse_quality, with_qualities
 from mcir_cli.limits import check_batch_memory, check_image_sizes
 from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss
 from mcir_cli.models import LoadedModel, Restorer, load_model
 from mcir_cli.negatives import NegativeBank
+
+log = logging.getLogger("mcir")
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Parts:
     spn_dtype: torch.dtype | None = None  # the negatives' and embedding's
     channels_last: bool = False
     n_bn: int = 0
+    qf_loss: float = 0.0  # FBCNN's quality-factor loss weight (step._reconstruction)
     notes: dict[str, str] = field(default_factory=dict)  # embedding, precision, layout, compile
 
 
@@ -104,6 +109,8 @@ def _model(cfg: TrainConfig, start: str | None, device: torch.device) -> tuple[L
 
 def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[PatchDataset, list[Dataset], str | None]:
     scale = loaded.scale if loaded.scale > 1 else None
+    if task is None and cfg.jpeg_quality and loaded.scale == 1:
+        task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN)
     datasets = discover_all(cfg.data, scale, task)
     task = task or datasets[0].task
     for d in datasets:
@@ -112,12 +119,16 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
     patches = PatchDataset(
         datasets, cfg.patch, length=2**62, seed=cfg.seed, channels=loaded.in_channels,  # indices come from the loop
         noise_sigma=cfg.noise_sigma, cache={"on": True, "off": False}.get(cfg.cache, "auto"),
+        jpeg_quality=parse_quality(cfg.jpeg_quality) if cfg.jpeg_quality else None,
+        quality_target=_quality_loss(cfg, loaded, task) > 0,
         degradation=degradation_settings(cfg),
     )
     # after the patch check (no image large enough), before any work: the batch must fit
     check_batch_memory(cfg.batch, cfg.patch, loaded.scale, loaded.in_channels, next(loaded.restorer.parameters()).device)
     vals = [cfg.val] if isinstance(cfg.val, str) else list(cfg.val or ())  # config.json of older runs: one path
     val_sets = discover_all(vals, scale, task) if vals else []
+    if cfg.jpeg_quality:  # clean validation images at the quality (a range: its low end)
+        val_sets = with_qualities(val_sets, benchmark_qualities(cfg.jpeg_quality))
     for v in val_sets:  # fail now, not after training
         if v.scale != loaded.scale:
             raise McirError(f"the model is x{loaded.scale}, but the validation data is x{v.scale}", v.root)
@@ -126,6 +137,17 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
 
         check_image_sizes(val_sets, conventions_for(task, loaded.scale))
     return patches, val_sets, task
+
+
+def _quality_loss(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> float:
+    """The weight of FBCNN's quality-factor loss for this run: the recipe's for a JPEG
+    model that predicts a quality (FBCNN), else 0 (a note says it is left out)."""
+    if not cfg.qf_loss:
+        return 0.0
+    if task == "jpeg" and loaded.architecture in QUALITY_ARCHITECTURES:
+        return cfg.qf_loss
+    log.warning("qf_loss %g left out: %s predicts no JPEG quality factor", cfg.qf_loss, loaded.architecture)
+    return 0.0
 
 
 def degradation_settings(cfg: TrainConfig) -> RealESRGANSettings | None:
@@ -190,7 +212,7 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
         loaded=loaded, model=model, net=dist.wrap(model), task=task, device=device, patches=patches,
         vals=vals, rec_loss=make_rec_loss(cfg.loss), optimizer=optimizer, scheduler=scheduler, bank=bank,
         spn=spn, degrader=degrader, ema=ema_init(model) if cfg.ema_decay > 0 else None, amp_dtype=amp_dtype, spn_dtype=spn_dtype,
-        channels_last=channels_last, n_bn=count_batchnorm(model),
+        channels_last=channels_last, n_bn=count_batchnorm(model), qf_loss=_quality_loss(cfg, loaded, task),
         notes={"embedding": embedding_note, "precision": precision_note, "layout": layout_note},
     )
 

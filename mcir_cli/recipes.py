@@ -24,7 +24,7 @@ else:  # pragma: no cover
 log = logging.getLogger("mcir")
 
 
-TASKS = ("sr", "dehaze", "derain", "deblur", "denoise")
+TASKS = ("sr", "dehaze", "derain", "deblur", "denoise", "jpeg")
 
 
 def check_task_name(task: str | None) -> None:
@@ -61,6 +61,7 @@ class Hyperparameters:
     grad_clip: float | None = None
     ema_decay: float = 0.0  # > 0: an EMA of the weights is validated and written (KAIR E_decay, BasicSR ema_decay)
     loss: str = "l1"
+    qf_loss: float = 0.0  # FBCNN: weight of the L1 loss on its predicted quality factor (QF_lossfn_weight)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ def _check_preset(preset: Preset) -> None:
             raise bad(f"{field_name} {value!r} is not one of {', '.join(allowed)}")
     if len(r.betas) != 2:
         raise bad(f"recipe.betas needs two values, got {list(r.betas)}")
+    if not (r.qf_loss >= 0 and math.isfinite(r.qf_loss)):
+        raise bad(f"recipe.qf_loss must be a weight >= 0, got {r.qf_loss}")
     if r.lr <= 0 or r.batch < 1 or r.patch < 1 or r.iterations < 1:
         raise bad("recipe.lr, batch, patch and iterations must be positive")
     if list(r.milestones) != sorted(r.milestones):
@@ -250,7 +253,7 @@ def _check_preset(preset: Preset) -> None:
 
 
 def list_presets() -> list[Preset]:
-    return [load_preset_file(p) for p in sorted(presets_dir().glob("*.toml"))]
+    return [load_preset_file(p) for p in sorted(presets_dir().glob("*.toml"), key=lambda p: p.stem)]
 
 
 def get_preset(name: str, scale: int | None = None) -> Preset:

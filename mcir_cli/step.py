@@ -34,7 +34,24 @@ def _distance_db(out: Tensor, neg: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-12))
 
 
-def spn_step(parts: Parts, lq: Tensor, gt: Tensor, lam: float, grad_clip: float | None, ema_decay: float) -> StepLosses:
+def _reconstruction(parts: Parts, lq: Tensor, gt: Tensor, quality: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The target's output and L_rec; with FBCNN's recipe, L_rec also holds its
+    quality-factor term, qf_loss · L1(predicted, (100 − q)/100), over the samples whose q
+    is known (FBCNN `model_fbcnn.py`; pairs given as files have none)."""
+    if quality is None or not parts.qf_loss:
+        out = parts.net(lq)
+        return out, parts.rec_loss(out.float(), gt)
+    out, predicted = parts.net(lq, side=True)
+    l_rec = parts.rec_loss(out.float(), gt)
+    quality = quality.to(parts.device).float()
+    known = ~torch.isnan(quality)
+    if known.any():
+        l_rec = l_rec + parts.qf_loss * (predicted.float().reshape(-1)[known] - quality[known]).abs().mean()
+    return out, l_rec
+
+
+def spn_step(parts: Parts, lq: Tensor, gt: Tensor, lam: float, grad_clip: float | None, ema_decay: float,
+             quality: Tensor | None = None) -> StepLosses:
     """Forward the target and the negatives, backward L, clip, and step the optimizer,
     the schedule and the EMA of the weights -- unless the loss or gradient is not finite
     (then nothing is applied and the collapse guard decides)."""
@@ -44,8 +61,7 @@ def spn_step(parts: Parts, lq: Tensor, gt: Tensor, lam: float, grad_clip: float 
         lq = lq.contiguous(memory_format=torch.channels_last)
     parts.optimizer.zero_grad(set_to_none=True)
     with autocast(parts.device, "bf16" if parts.amp_dtype is not None else None):
-        out = parts.net(lq)
-        l_rec = parts.rec_loss(out.float(), gt)
+        out, l_rec = _reconstruction(parts, lq, gt, quality)
     dist = torch.zeros(0, device=parts.device)
     if parts.bank is not None and parts.spn is not None:
         neg = parts.bank(lq, parts.spn_dtype)

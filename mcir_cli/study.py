@@ -190,10 +190,12 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
     from mcir_cli.evaluate import evaluate_model
+    from mcir_cli.jpeg import benchmark_qualities
     from mcir_cli.models import load_model
 
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
-    result = evaluate_model(loaded, plan.benchmarks, device=plan.device)
+    result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
+                            jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
     result["model"]["label"] = label
     if training is not None:
         result["training"] = training

@@ -8,7 +8,7 @@ hands the outputs to the drawing code (`write_comparison_visuals`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,10 @@ def _load_datasets(first: dict, source: str | Path | None) -> dict[str, Dataset]
         path = _locate(str(root), source)
         if path is None:
             raise VisualsUnavailable(f"data folder {root} ({name}) not found")
+        quality = (first.get("jpeg") or {}).get("datasets", {}).get(name)  # a JPEG row: its quality
         try:
-            datasets[name] = discover(path, scale if scale > 1 else None,
-                                      task if task in ("sr", "denoise") else None)
+            ds = discover(path, scale if scale > 1 else None, task if task in ("sr", "denoise", "jpeg") else None)
+            datasets[name] = replace(ds, name=name, jpeg_quality=int(quality)) if quality is not None else ds
         except McirError as exc:
             raise VisualsUnavailable(f"data folder {root} ({name}): {exc}") from None
     return datasets

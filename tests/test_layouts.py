@@ -615,6 +615,6 @@ def test_a_flat_folders_hint_names_only_what_data_inspect_takes(tmp_path, images
     for i, img in enumerate(images[:3]):
         put(tmp_path / "flat" / f"{i}.png", img)
     msg = one_line_error(runner.invoke(app, ["data", "inspect", str(tmp_path / "flat")]))
-    assert "--task denoise (evaluate and retrain also need --noise-sigma S)" in msg
+    assert "--task denoise, for JPEG --task jpeg (evaluate and retrain also need --noise-sigma S or --jpeg-quality Q)" in msg
     assert row(inspect(tmp_path / "flat", "--task", "denoise"), "task") == "denoise"
     assert row(inspect(tmp_path / "flat", "--scale", "4"), "layout").startswith("HR-only")

@@ -52,6 +52,10 @@ OFFICIAL_PARAMS: dict[str, int] = {
     "idt-ddn": 16_416_463,
     "idt-did": 16_416_463,
     "idt-spa": 16_416_463,
+    # FBCNN (jiaxi-jiang/FBCNN network_fbcnn.py, the released fbcnn_color/gray.pth
+    # configuration: nc 64/128/256/512, nb 4, the 512-wide quality head); "72 M" in #22
+    "fbcnn": 71_921_796,
+    "fbcnn-gray": 71_919_490,
     # RRDBNet (Real-ESRGAN's RealESRNet_x4plus.pth: 64 features, 23 RRDB blocks, growth 32)
     "realesrnet-x4plus": 16_697_987,
 }
@@ -70,7 +74,11 @@ IDT_PRESETS = {"idt-rain200h", "idt-rain200l", "idt-ddn", "idt-did", "idt-spa"}
 # the same network as idt-rain200h (only the dataset, iterations and file differ): its
 # 16 M-parameter builds and round trips are run once, for idt-rain200h
 IDT_TWINS = IDT_PRESETS - {"idt-rain200h"}
-BIG = {"swinir-x4", "nafnet-gopro-w32", "ffanet-its", "realesrnet-x4plus"} | IDT_PRESETS  # build, count, tiny forward only
+# fbcnn-gray is fbcnn with one channel in and out (checked below), built once; FBCNN's
+# 72 M parameters are built and counted, never written (the round trip is the same code
+# for every spandrel network, and 290 MB per format is too much for the suite)
+TWINS = IDT_TWINS | {"fbcnn-gray"}
+BIG = {"swinir-x4", "nafnet-gopro-w32", "ffanet-its", "fbcnn", "realesrnet-x4plus"} | IDT_PRESETS  # build, count, tiny forward only
 # recipe-patch forwards that take 2-5 s on one loaded core
 SLOW_PATCH = {"dehazeformer-b", "dehazeformer-s", "dctlsa-x2"}
 SLOW_ROUND_TRIP = {"swinir-x4", "nafnet-gopro-w32", "idt-rain200h"}
@@ -260,7 +268,7 @@ def test_valid_minimal_preset_uses_defaults(tmp_path):
 # --------------------------------------------------------------------------- networks
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in IDT_TWINS])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in TWINS])
 def test_builds_with_official_count_and_forward(name):
     p = get_preset(name)
     lm = _built(name)
@@ -298,6 +306,19 @@ def test_idt_presets_share_one_network(name):
     assert twin.weights_file != ref.weights_file
 
 
+def test_fbcnn_recipe_and_its_grey_twin():
+    """FBCNN options/train_fbcnn_{color,gray}.json: Adam 2e-5, batch 128, patch 96,
+    MultiStepLR x0.5, L1 + 0.001 x the quality-factor L1 (QF_lossfn_weight)."""
+    colour, grey = get_preset("fbcnn"), get_preset("fbcnn-gray")
+    r = colour.recipe
+    assert (r.optimizer, r.lr, r.batch, r.patch, r.loss, r.qf_loss) == ("adam", 2e-5, 128, 96, "l1", 0.001)
+    assert r.milestones == (200_000, 400_000, 1_200_000, 1_600_000, 1_800_000) and r.gamma == 0.5
+    assert (colour.task, grey.task, colour.scale) == ("jpeg", "jpeg", 1)
+    assert grey.recipe == r and grey.kwargs == {**colour.kwargs, "in_nc": 1, "out_nc": 1}
+    # only the first and last 3x3 convs differ: 2 fewer input and output channels, 2 fewer biases
+    assert colour.params - grey.params == 2 * (9 * 64 * 2) + 2
+
+
 def test_idt_recipe_from_train_derain():
     # train_derain.py: Adam 1e-4, batch 4, crop 128, -SSIM, 400 epochs, MultiStepLR at
     # epochs 100/250/350 x 0.1; 1,800 Rain200H pairs = 450 batches per epoch
@@ -316,7 +337,7 @@ def test_seeded_builds_are_reproducible():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", _marked([n for n in NAMES if n not in BIG], SLOW_PATCH))
+@pytest.mark.parametrize("name", _marked([n for n in NAMES if n not in BIG | TWINS], SLOW_PATCH))
 def test_forward_at_recipe_patch(name):
     p = get_preset(name)
     lm = _built(name)
@@ -355,7 +376,7 @@ def _assert_same_outputs(a: LoadedModel, b: LoadedModel) -> None:
 
 # RealESRNet's 16.7 M RRDBNet round trip costs ~9 s on one core: ESRGAN's save/load is
 # spandrel's own path, which tests/test_realsr.py runs on a tiny RRDBNet (load, retrain, write, evaluate)
-@pytest.mark.parametrize("name", _marked([n for n in NAMES if n not in IDT_TWINS | {"realesrnet-x4plus"}],
+@pytest.mark.parametrize("name", _marked([n for n in NAMES if n not in TWINS | {"fbcnn", "realesrnet-x4plus"}],
                                          SLOW_ROUND_TRIP))
 def test_save_load_round_trip_both_formats(name, tmp_path):
     p = get_preset(name)

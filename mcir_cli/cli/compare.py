@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, handle_errors
-from mcir_cli.cli.evaluate import _check_scoring_flags
+from mcir_cli.cli.evaluate import _check_scoring_flags, _qualities
 from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
@@ -71,9 +71,10 @@ def compare(
     label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: the file's stem, with its folder when the stem names only a scale or step: DCTLSA/X4, EDSR_Mx4/net_g_5000; a run's model.* is the run's folder name).", rich_help_panel="Inputs"),
     scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
     res_scale: Optional[float] = typer.Option(None, help="With --checkpoint: " + RES_SCALE_HELP, rich_help_panel="Scoring"),
-    task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
+    task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise | jpeg (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Scoring"),
     crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: the scale for SR, 0 otherwise).", rich_help_panel="Scoring"),
+    jpeg_quality: Optional[str] = typer.Option(None, help="With --checkpoint, JPEG: qualities clean images are compressed at (e.g. 10,20,30,40).", rich_help_panel="Scoring"),
     device: str = typer.Option("auto", help="auto | cuda | cpu (evaluation and visuals).", rich_help_panel="Speed"),
     tile: Optional[int] = typer.Option(None, help="Tile size (input pixels) for large images, in evaluation and visuals (default: whole images).", rich_help_panel="Speed"),
     resamples: int = typer.Option(10_000, help="Bootstrap / permutation resamples.", rich_help_panel="Statistics"),
@@ -96,12 +97,15 @@ def compare(
     _compare_inputs(results or [], checkpoint or [], data or [], {
         "--data": data, "--scale": scale is not None, "--res-scale": res_scale is not None, "--task": task is not None,
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
+        "--jpeg-quality": jpeg_quality is not None,
     })
     _check_scoring_flags(task, crop_border, None, tile)
     if no_gt:
         return _compare_without_gt(checkpoint or [], data or [], visuals, (scale, res_scale), device, tile, label, {
             "--json": json_out, "--markdown": markdown, "--csv": csv_out, "--latex": latex, "--html": html,
-            "--task": task, "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None})
+            "--task": task, "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
+            "--jpeg-quality": jpeg_quality is not None})
+    qualities = _qualities(jpeg_quality, task)
     if resamples < 1:
         raise McirError(f"--resamples must be at least 1 (got {resamples})")
     if top_k < 1:
@@ -117,7 +121,7 @@ def compare(
         run = run_compare(
             results or [], checkpoints=checkpoint or [], data=data or [],
             scoring=Scoring(scale=scale, res_scale=res_scale, task=task, y_channel=y_channel, crop_border=crop_border,
-                            device=device, tile=tile),
+                            device=device, tile=tile, jpeg_quality=qualities),
             exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
             visuals=visuals, html=html, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
             progress=lambda lab, name, done, total: advance(f"{lab}: {name}", done, total),

@@ -26,7 +26,7 @@ def _rel(path: Path, root: Path) -> str:
 def data_inspect(
     folder: Path = typer.Argument(..., help="A dataset folder as published (or a list file of lq gt pairs)."),
     scale: Optional[int] = typer.Option(None, help="SR scale, when the folder holds several (default: the smallest).", rich_help_panel="Data"),
-    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise (default: the layout's).", rich_help_panel="Data"),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: the layout's).", rich_help_panel="Data"),
     show: int = typer.Option(5, min=0, help="How many pairs to list (0: none).", rich_help_panel="Output"),
 ) -> None:
     """The layout a folder matches, its task, scale(s) and first pairs; or why none fits.
@@ -94,7 +94,8 @@ def _show_pairs(found: Any, show: int) -> None:
         if found.side_by_side:
             lq, gt = f"{_rel(p.gt, found.root)} (left half)", f"{_rel(p.gt, found.root)} (right half)"
         elif p.lq is None:
-            made = "Gaussian noise added" if found.task == "denoise" else f"MATLAB bicubic x{found.scale} of the GT"
+            made = {"denoise": "Gaussian noise added", "jpeg": "JPEG-compressed at --jpeg-quality"}.get(
+                found.task, f"MATLAB bicubic x{found.scale} of the GT")
             lq, gt = f"({made})", _rel(p.gt, found.root)
         else:
             lq, gt = _rel(p.lq, found.root), _rel(p.gt, found.root)

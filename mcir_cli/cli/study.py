@@ -37,6 +37,8 @@ def study(
     model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given).", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
     res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
+    task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from model/layout).", rich_help_panel="Data"),
+    jpeg_quality: Optional[str] = typer.Option(None, help="JPEG: training quality, or a range (10-95); clean benchmarks are scored at it (a range: its low end).", rich_help_panel="Data"),
     arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
     seeds: str = typer.Option("0,1,2", help="Seeds; each seed gives every arm the same patches in the same order.", rich_help_panel="Arms"),
     iters: int = typer.Option(1000, help="Steps of every run.", rich_help_panel="Optimisation"),
@@ -67,6 +69,8 @@ def study(
 
     Example: mcir study --checkpoint IMDN_x4.pth --data DIV2K/ --benchmark Set5/ --benchmark Set14/ --arm plain --arm mcir --arm mcir-fitted --iters 2000 -o studies/imdn
     """
+    from mcir_cli.jpeg import parse_quality
+    from mcir_cli.recipes import check_task_name
     from mcir_cli.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths
     from mcir_cli.study_units import study_units
 
@@ -83,8 +87,12 @@ def study(
             raise McirError("give --data TRAIN, --benchmark DIR (repeatable) and a new --output STUDY")
         if checkpoint is None and model is None and not from_scratch:
             raise McirError("give a start model: --checkpoint FILE and/or --model PRESET")
+        check_task_name(task)
+        if jpeg_quality is not None:
+            parse_quality(jpeg_quality)
         common: dict[str, Any] = {k: v for k, v in (("batch", batch), ("patch", patch), ("lr", lr), ("lam", lam),
-                                                     ("embedding_init", embedding_init), ("res_scale", res_scale)) if v is not None}
+                                                     ("embedding_init", embedding_init), ("task", task),
+                                                     ("jpeg_quality", jpeg_quality), ("res_scale", res_scale)) if v is not None}
         if save_every:
             common["save_every"] = save_every
         if embedding_weights is not None:

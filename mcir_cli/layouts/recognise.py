@@ -97,7 +97,7 @@ class _NoLayout(McirError):
         tried = "; ".join(lay.expects for lay in LAYOUTS)
         super().__init__(
             f"matches no known layout (tried: {tried}; HR-only: HR/ or images with --scale; clean "
-            f"images with --task denoise; a list file of lq gt pairs; see docs/datasets.md); it holds: "
+            f"images with --task denoise or jpeg; a list file of lq gt pairs; see docs/datasets.md); it holds: "
             f"{f.holds()}",
             f.path,
         )
@@ -106,7 +106,7 @@ class _NoLayout(McirError):
 def recognise(root: str | Path, scale: int | None = None, task: str | None = None) -> Found:
     """Pairs, task, scale and layout of `root`; `scale` picks one of several SR scales (or
     asks for LR made from HR); `task` overrides the layout's and tells a flat folder of
-    clean images what to become (denoise: noise is added; sr: LR made by bicubic)."""
+    clean images what to become (denoise: noise is added; jpeg: compressed; sr: LR made by bicubic)."""
     try:
         m = match(root)
     except _NoLayout as exc:
@@ -114,6 +114,9 @@ def recognise(root: str | Path, scale: int | None = None, task: str | None = Non
     found = m.build(scale)
     if task and found.task != "sr":
         found = replace(found, task=task)
+    if task == "jpeg":
+        found = replace(found, notes=(*found.notes, "JPEG: the pairs are used as given; their inputs are never "
+                                                    "compressed again (--jpeg-quality does not apply)"))
     return found
 
 
@@ -121,28 +124,38 @@ def _fallback(exc: _NoLayout, scale: int | None, task: str | None) -> Found:
     f = exc.folder
     hr_dir = f.sub("hr", "gt", "gtmod12")
     if hr_dir is not None and list_images(hr_dir):
-        if task == "denoise":
-            return _clean(f.path, hr_dir)
+        if task in _CLEAN_TASKS:
+            return _clean(f.path, hr_dir, task)
         return hr_only(f.path, [hr_dir], scale)
     if f.images:
         if _side_by_side(f, task):
             return did_mdn(f)
-        if task == "denoise":
-            return _clean(f.path, f.path)
+        if task in _CLEAN_TASKS:
+            return _clean(f.path, f.path, task)
         if task in (None, "sr") and scale is not None and scale > 1:
             return hr_only(f.path, [f.path], scale)
         raise McirError(
             "a flat folder of images: for SR give --scale (LR is made by MATLAB bicubic), "
-            "for denoising --task denoise (evaluate and retrain also need --noise-sigma S), "
-            "for DID-MDN's side-by-side pairs --task derain",
+            "for denoising --task denoise, for JPEG --task jpeg (evaluate and retrain also need "
+            "--noise-sigma S or --jpeg-quality Q), for DID-MDN's side-by-side pairs --task derain",
             f.path,
         )
     raise exc
 
 
-def _clean(root: Path, folder: Path) -> Found:
-    pairs = tuple(Pair(p.stem, p, None) for p in list_images(folder))
-    return Found(root, "clean images (Gaussian noise added)", "denoise", 1, pairs)
+# tasks whose inputs are made from clean images: what is done to them
+_CLEAN_TASKS = {"denoise": "Gaussian noise added", "jpeg": "JPEG-compressed on the fly"}
+
+
+def _clean(root: Path, folder: Path, task: str) -> Found:
+    images = list_images(folder)
+    pairs = tuple(Pair(p.stem, p, None) for p in images)
+    stored = sum(p.suffix.lower() in (".jpg", ".jpeg") for p in images)
+    notes = ()
+    if task == "jpeg" and stored:
+        notes = (f"{stored} of the clean images are stored as JPEG: their own compression stays in the "
+                 "targets (they are compressed again for the inputs)",)
+    return Found(root, f"clean images ({_CLEAN_TASKS[task]})", task, 1, pairs, notes=notes)
 
 
 def scales_of(root: str | Path) -> tuple[int, ...]:
