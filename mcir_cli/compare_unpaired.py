@@ -47,8 +47,8 @@ def _folders(data: Sequence[Path]) -> dict[str, list[Path]]:
 
 
 def compare_without_gt(checkpoints: Sequence[Path], data: Sequence[Path], visuals: Path | None, *,
-                       scale: int | None = None, device: str = "auto", tile: int | None = None,
-                       labels: Sequence[str] | None = None,
+                       scale: int | None = None, res_scale: float | None = None, device: str = "auto",
+                       tile: int | None = None, labels: Sequence[str] | None = None,
                        progress: Callable[[int, int], None] | None = None) -> UnpairedCompare:
     """Every image of the `data` folders through every checkpoint, one strip each in
     `visuals/<folder>/<image>.png`; checked before any work."""
@@ -57,7 +57,7 @@ def compare_without_gt(checkpoints: Sequence[Path], data: Sequence[Path], visual
     check_visuals_folder(visuals)
     _check_label_count(labels, len(checkpoints))
     folders = _folders(data)
-    models = load_comparable(list(checkpoints), scale)
+    models = load_comparable(list(checkpoints), scale, res_scale)
     names = list(labels) if labels else [checkpoint_label(p) for p in checkpoints]
     dev = resolve_device(device)
     run = UnpairedCompare(names, {k: len(v) for k, v in folders.items()})

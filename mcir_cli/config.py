@@ -17,6 +17,9 @@ from mcir_cli.recipes import Hyperparameters, Recipe, SPNSettings, get_preset
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
 MIN_UPDATES = 4  # --negative-steps auto: the slowest negative updates at least this often
+# --negative-steps auto's floor (mcir's choice): no negative faster than every 2 steps, and
+# the paper's 1:5:10:20 kept below that: 2/10/20/40 for runs under 160 steps
+MIN_PERIOD = 2
 # settings a resume may change: they decide when to log, save and validate and how data
 # is loaded, never a number the training computes (patches depend on their index only)
 RESUME_SETTINGS = ("workers", "save_every", "log_every", "val_every", "tensorboard")
@@ -31,6 +34,7 @@ class _Inputs:
     checkpoint: str | None = None
     model: str | None = None
     scale: int | None = None
+    res_scale: float | None = None  # EDSR's, not stored in its weights (models.settle_res_scale)
     task: str | None = None
     val: tuple[str, ...] | str | None = None  # validation folders (a str in older config.json)
     iters: int = 1000
@@ -98,15 +102,14 @@ class TrainConfig(Hyperparameters, _Inputs):
 def fitted_steps(iters: int, paper: tuple[int, ...] = PAPER_STEPS) -> tuple[int, ...]:
     """`--negative-steps auto`: the paper's periods when the run is long enough for the
     slowest to update MIN_UPDATES times, else the same ratios (1:5:10:20) shrunk until
-    it does (at least 1 each, strictly increasing where possible). An option: the paper's
-    periods leave a short fine-tune's slow negatives at their initialisation, yet measured
-    no worse there (docs/evidence.md)."""
-    f = min(1.0, iters / (MIN_UPDATES * max(paper)))
-    steps: list[int] = []
-    for s in paper:
-        k = max(1, round(s * f))
-        steps.append(k if not steps or k > steps[-1] else steps[-1] + 1)
-    return tuple(steps)
+    it does, but not below MIN_PERIOD for the fastest (shrunk further, to 1, 2, 3, 4, the
+    negatives were the previous steps' weights, four nearly equal lags, the paper's
+    ratios lost): runs under 160 steps get 2/10/20/40, whose slow negatives update fewer
+    than MIN_UPDATES times (the run warns about those that never do). An option: the
+    paper's periods leave a short fine-tune's slow negatives at their initialisation, yet
+    measured no worse there (docs/evidence.md)."""
+    f = max(min(1.0, iters / (MIN_UPDATES * max(paper))), MIN_PERIOD / min(paper))
+    return tuple(round(s * f) for s in paper)
 
 
 def parse_steps(text: str) -> tuple[int, ...] | str:

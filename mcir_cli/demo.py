@@ -316,23 +316,35 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
 
 
 def _check_ratio(run: Path, note: _Notes) -> float | None:
-    """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band."""
+    """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band
+    that names a λ to try (`guard.lambda_for_band`)."""
+    from mcir_cli.curves import default_ratio_band
+    from mcir_cli.guard import lambda_hint
+
     ratio = mean_contrast_ratio(run / "log.jsonl")
-    if ratio is not None and not 0.01 <= ratio <= 0.10:
+    band = default_ratio_band()
+    if ratio is not None and not band[0] <= ratio <= band[1]:
+        hint = lambda_hint(mean_contrast_ratio(run / "log.jsonl", per_lambda=True) or 0.0, band)
         note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
-             "1–10 % band of mcir's heuristic (not the paper's): the SPN term had "
-             + ("little effect" if ratio < 0.01 else "a large weight") + " (try lam=...)", "warn")
+             f"{band[0]:.0%}–{band[1]:.0%} band of mcir's heuristic (not the paper's): the SPN term had "
+             + ("little effect" if ratio < band[0] else "a large weight") + f"; {hint}", "warn")
     return ratio
 
 
-def mean_contrast_ratio(log_path: Path) -> float | None:
-    """Mean of the logged λ·l_neg/l_rec over a run's steps (None without steps)."""
+def mean_contrast_ratio(log_path: Path, per_lambda: bool = False) -> float | None:
+    """Mean of the logged λ·l_neg/l_rec over a run's steps (None without steps); with
+    `per_lambda`, of l_neg/l_rec (each step's ratio over its own λ, which the guard may
+    have halved)."""
     values = []
     try:
         for line in log_path.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line) if line.strip() else {}
-            if "event" not in rec and isinstance(rec.get("ratio"), (int, float)):
+            if "event" in rec or not isinstance(rec.get("ratio"), (int, float)):
+                continue
+            if not per_lambda:
                 values.append(float(rec["ratio"]))
+            elif isinstance(rec.get("lam"), (int, float)) and rec["lam"] > 0:
+                values.append(float(rec["ratio"]) / float(rec["lam"]))
     except OSError:
         return None
     return sum(values) / len(values) if values else None

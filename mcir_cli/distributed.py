@@ -79,6 +79,15 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def agree(self, value: str) -> str:
+        """Rank 0's `value` on every rank: for what only one rank may choose (a run
+        folder named after the clock)."""
+        if self.world_size <= 1:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -12,7 +12,7 @@ from mcir_cli.data import Dataset, discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate import evaluate_model
 from mcir_cli.jpeg import with_qualities
-from mcir_cli.models import LoadedModel, load_model
+from mcir_cli.models import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
 
@@ -25,6 +25,7 @@ class Scoring:
     pictures."""
 
     scale: int | None = None
+    res_scale: float | None = None  # EDSR's, which no checkpoint stores (models.settle_res_scale)
     task: str | None = None
     y_channel: bool | None = None
     crop_border: int | None = None
@@ -33,24 +34,10 @@ class Scoring:
     jpeg_quality: tuple[int, ...] | None = None  # JPEG: clean images compressed at each
 
 
-_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
-
-
-def checkpoint_label(path: str | Path) -> str:
-    """A display label for a checkpoint: its stem, or `<run folder>` for the generic names
-    a run folder uses (RUN/model.safetensors -> "RUN", RUN/best.pth -> "RUN/best")."""
-    path = Path(path)
-    stem = path.stem
-    if stem.lower() in _GENERIC_STEMS and path.parent.name:
-        parent = path.resolve().parent.name
-        return parent if stem.lower() == "model" else f"{parent}/{stem}"
-    return stem
-
-
-def load_comparable(checkpoints: list[Path], scale: int | None) -> list[LoadedModel]:
+def load_comparable(checkpoints: list[Path], scale: int | None, res_scale: float | None = None) -> list[LoadedModel]:
     """All models first: checkpoints that cannot be compared (different scales) are refused
-    before any work."""
-    models = [load_model(path, None, scale) for path in checkpoints]
+    before any work (`res_scale`: EDSR's, `--res-scale`)."""
+    models = [load_model(path, None, scale, res_scale=res_scale) for path in checkpoints]
     if len({m.scale for m in models}) > 1:
         found = ", ".join(f"{checkpoint_label(p)} x{m.scale}" for p, m in zip(checkpoints, models))
         raise McirError(f"the checkpoints restore at different scales ({found}); compare models of one "
@@ -70,7 +57,7 @@ def evaluate_checkpoints(
 
     Returns (results, loaded models, datasets by name); `progress(label, dataset, done,
     total)` is called per image. The models are kept for the visuals."""
-    models = load_comparable(checkpoints, scoring.scale)
+    models = load_comparable(checkpoints, scoring.scale, scoring.res_scale)
     results = []
     for path, model in zip(checkpoints, models):
         label = checkpoint_label(path)

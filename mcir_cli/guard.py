@@ -22,6 +22,26 @@ def contrast_ratio(lam: float, l_neg: float, l_rec: float) -> float:
     return lam * l_neg / abs(l_rec) if l_rec else 0.0
 
 
+def lambda_for_band(ratio_per_lambda: float, band: tuple[float, float]) -> float | None:
+    """mcir's heuristic suggestion, not the paper's: the λ that puts the contrast ratio at
+    the band's geometric middle (√(lo·hi): 3.2 % for 1–10 %), from the run's mean ratio
+    per unit λ (l_neg/|l_rec|; the ratio is linear in λ at given losses), to one
+    significant digit; None when the SPN term was zero (negatives equal to the target)."""
+    if not ratio_per_lambda > 0 or not math.isfinite(ratio_per_lambda):
+        return None
+    return float(f"{math.sqrt(band[0] * band[1]) / ratio_per_lambda:.1g}")
+
+
+def lambda_hint(ratio_per_lambda: float, band: tuple[float, float]) -> str:
+    """What to try when a run's contrast ratio left the band: `lambda_for_band`, said as
+    mcir's heuristic."""
+    lam = lambda_for_band(ratio_per_lambda, band)
+    if lam is None:
+        return "the SPN term was zero: no negatives (plain fine-tuning), or negatives equal to the target"
+    return (f"try λ = {lam:g} (--lambda {lam:g}; mcir's heuristic: the λ that puts the ratio at "
+            f"{math.sqrt(band[0] * band[1]):.1%}, the band's geometric middle, as the ratio scales with λ)")
+
+
 @dataclass
 class CollapseGuard:
     """Decides whether a step collapsed. Valid for every reconstruction loss mcir offers:
@@ -97,6 +117,8 @@ class LambdaControl:
     out_of_band: int = 0
     ratio_sum: float = 0.0
     ratio_n: int = 0
+    unit_sum: float = 0.0  # Σ ratio/λ = Σ l_neg/|l_rec|, each step's over its own λ
+    unit_n: int = 0
 
     def __post_init__(self) -> None:
         if self.ceiling is None:
@@ -109,6 +131,8 @@ class LambdaControl:
         one bounded multiplicative move toward the band."""
         lo, hi = self.band
         self.ratio_sum, self.ratio_n = self.ratio_sum + ratio, self.ratio_n + 1
+        if self.lam > 0:
+            self.unit_sum, self.unit_n = self.unit_sum + ratio / self.lam, self.unit_n + 1
         self.out_of_band = self.out_of_band + 1 if not lo <= ratio <= hi else 0
         if not self.auto:
             return
@@ -126,6 +150,11 @@ class LambdaControl:
     def mean_ratio(self) -> float | None:
         return self.ratio_sum / self.ratio_n if self.ratio_n else None
 
+    @property
+    def ratio_per_lambda(self) -> float | None:
+        """The run's mean l_neg/|l_rec| (what `lambda_for_band` needs)."""
+        return self.unit_sum / self.unit_n if self.unit_n else None
+
     def warning(self, patience: int) -> str | None:
         """The out-of-band warning, once, when the streak reaches `patience` steps."""
         if self.out_of_band != patience:
@@ -137,7 +166,8 @@ class LambdaControl:
 
     def state_dict(self) -> dict[str, Any]:
         return {"lam": self.lam, "lam_ceiling": self.ceiling, "lam_floor": self.floor,
-                "out_of_band": self.out_of_band, "ratio_sum": self.ratio_sum, "ratio_n": self.ratio_n}
+                "out_of_band": self.out_of_band, "ratio_sum": self.ratio_sum, "ratio_n": self.ratio_n,
+                "unit_sum": self.unit_sum, "unit_n": self.unit_n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam = float(state["lam"])
@@ -145,6 +175,7 @@ class LambdaControl:
         self.floor = float(state.get("lam_floor", self.floor))
         self.out_of_band = int(state.get("out_of_band", 0))
         self.ratio_sum, self.ratio_n = float(state.get("ratio_sum", 0.0)), int(state.get("ratio_n", 0))
+        self.unit_sum, self.unit_n = float(state.get("unit_sum", 0.0)), int(state.get("unit_n", 0))
 
 
 @dataclass

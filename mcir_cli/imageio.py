@@ -14,6 +14,7 @@ Reading goes through Pillow. Rules:
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 import warnings
 import zlib
@@ -64,11 +65,26 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return _scale_float(arr)
 
 
+def _source(path: Path) -> Path | io.BytesIO:
+    """What Pillow opens: the file, or the encoded bytes of an image in an LMDB
+    (`NAME.lmdb/<key>.png`, BasicSR's datasets; see `mcir_cli.lmdb_images`)."""
+    from mcir_cli.lmdb_images import image_bytes
+
+    data = image_bytes(path)
+    return path if data is None else io.BytesIO(data)
+
+
+def _read_bytes(src: Path | io.BytesIO, n: int = -1) -> bytes:
+    if isinstance(src, io.BytesIO):
+        return src.getvalue()[: None if n < 0 else n]
+    with open(src, "rb") as fh:
+        return fh.read(n)
+
+
 def _png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, or None if not a PNG."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(33)
+        head = _read_bytes(_source(path), 33)
     except OSError:
         return None
     if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -86,7 +102,7 @@ def _decode_png16_colour(path: Path) -> np.ndarray:
     """Decode a non-interlaced 16-bit RGB/RGBA/grey+alpha PNG to uint16 H x W x C.
 
     Pillow keeps only the high byte of such files; this keeps all 16 bits."""
-    data = path.read_bytes()
+    data = _read_bytes(_source(path))
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
@@ -207,7 +223,7 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
     `McirError` naming the file); errors in the caller's block pass through unchanged."""
     path = Path(path)
     with _decode_errors(path):
-        img = Image.open(path)
+        img = Image.open(_source(path))
     with img:
         with _decode_errors(path):
             img.load()
@@ -292,7 +308,7 @@ def is_grey(path: str | Path) -> bool:
 def _header(path: str | Path) -> Image.Image:
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(_source(path)) as img:
             return img
     except FileNotFoundError:
         raise McirError("file not found", path) from None

@@ -59,6 +59,7 @@ class TrainResult:
     collapses: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
     mean_ratio: float | None = None  # mean contrast ratio λ·l_neg/|l_rec| over the run's steps
+    ratio_per_lambda: float | None = None  # mean l_neg/|l_rec|: the λ to try (guard.lambda_hint)
     ratio_band: tuple[float, float] = (0.01, 0.10)
     stop_kind: str | None = None  # "signal" or "collapses" when the run stopped before --iters
     stop_signal: str | None = None  # which signal stopped it (e.g. "SIGTERM"); None on another rank
@@ -303,6 +304,7 @@ class Run:
         st = self.state
         result.steps, result.best_psnr, result.best_step = st.step, st.best_psnr, st.best_step
         result.collapses, result.mean_ratio = st.collapses, self.lam.mean_ratio  # resumes included
+        result.ratio_per_lambda = self.lam.ratio_per_lambda
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:

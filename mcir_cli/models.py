@@ -11,6 +11,7 @@ import copy
 import importlib
 import importlib.resources
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,31 @@ from mcir_cli.errors import McirError
 log = logging.getLogger("mcir")
 
 from mcir_cli.recipes import IOSpec, Preset, get_preset
+
+
+# --------------------------------------------------------------------------- labels
+
+_GENERIC_STEMS = {"model", "best", "latest", "last", "final", "checkpoint", "net_g_latest"}
+# stems that name only a scale or a step (DCTLSA's `X4.pt`, BasicSR's `net_g_5000.pth`)
+_UNINFORMATIVE = re.compile(r"[xX]?\d+[xX]?|net_g_\d+|(model|checkpoint|ckpt|epoch|iter)[_-]?\d+", re.I)
+_CONTAINERS = {"models", "weights", "checkpoints", "ckpt", "ckpts"}  # BasicSR: experiments/<name>/models/
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A display label for a checkpoint: its stem when that says something, else with the
+    folder that does (DCTLSA/X4.pt -> "DCTLSA/X4", experiments/EDSR_Mx4/models/
+    net_g_5000.pth -> "EDSR_Mx4/net_g_5000", RUN/model.safetensors -> "RUN", RUN/best.pth
+    -> "RUN/best")."""
+    path = Path(path)
+    stem = path.stem
+    if stem.lower() not in _GENERIC_STEMS and not _UNINFORMATIVE.fullmatch(stem):
+        return stem
+    folder = path.resolve().parent
+    if folder.name.lower() in _CONTAINERS and folder.parent.name:
+        folder = folder.parent
+    if not folder.name:
+        return stem
+    return folder.name if stem.lower() == "model" else f"{folder.name}/{stem}"
 
 
 # --------------------------------------------------------------------------- networks
@@ -87,6 +113,7 @@ class LoadedModel:
     checkpoint: Checkpoint | None = None
     preset: Preset | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # the detector's: variant name, width, depth, layout
 
     @property
     def net(self) -> nn.Module:
@@ -111,7 +138,7 @@ class LoadedModel:
     @property
     def label(self) -> str:
         if self.checkpoint is not None and self.checkpoint.path is not None:
-            return self.checkpoint.path.stem
+            return checkpoint_label(self.checkpoint.path)
         return self.preset.name if self.preset else self.architecture
 
     def file_state_dict(self) -> dict[str, Tensor]:
@@ -199,6 +226,7 @@ def _from_descriptor(desc, checkpoint: Checkpoint | None, preset: Preset | None)
         checkpoint=checkpoint,
         preset=preset,
         hyperparameters=dict(getattr(net, "hyperparameters", {}) or {}),
+        tags=tuple(getattr(desc, "tags", ()) or ()),
     )
 
 
@@ -241,10 +269,38 @@ def resolve_weights(preset: Preset) -> Path | None:
     return None
 
 
+def settle_res_scale(loaded: LoadedModel, res_scale: float | None) -> None:
+    """EDSR's res_scale is in no file's weights: `--res-scale`, else what mcir wrote in
+    its safetensors metadata, else the guess from the width, said as a warning."""
+    net = loaded.net
+    if not hasattr(net, "set_res_scale"):
+        if res_scale is not None:
+            raise McirError(f"--res-scale applies to EDSR only; this model is {loaded.architecture}")
+        return
+    meta = loaded.checkpoint.metadata if loaded.checkpoint is not None else {}
+    if res_scale is None and "res_scale" in meta:
+        try:
+            res_scale = float(meta["res_scale"])
+        except ValueError:
+            raise McirError(f"the metadata's res_scale is not a number ({meta['res_scale'][:40]!r})",
+                            loaded.checkpoint.path if loaded.checkpoint else None) from None
+    if res_scale is not None:
+        if not (res_scale > 0 and res_scale <= 10):
+            raise McirError(f"--res-scale must be in (0, 10] (got {res_scale})")
+        net.set_res_scale(res_scale)
+        loaded.hyperparameters["res_scale"] = float(res_scale)
+        return
+    guess, why = net.res_scale_guess()
+    where = loaded.checkpoint.path if loaded.checkpoint is not None else loaded.label
+    log.warning("%s: EDSR's res_scale is not stored in the weights; guessed res_scale %g from the width (%s); "
+                "give --res-scale if it was trained with another", where, guess, why)
+
+
 def load_checkpoint_model(
-    path: str | Path, preset: Preset | None = None, scale: int | None = None
+    path: str | Path, preset: Preset | None = None, scale: int | None = None, res_scale: float | None = None
 ) -> LoadedModel:
-    """Load a checkpoint with its architecture detected from the file alone."""
+    """Load a checkpoint with its architecture detected from the file alone (`res_scale`:
+    EDSR's, which no file stores; see `settle_res_scale`)."""
     ckpt = read_checkpoint(path)
     desc = _descriptor_from_state_dict(ckpt.state_dict, ckpt.path)
     if ckpt.is_ema:
@@ -257,7 +313,9 @@ def load_checkpoint_model(
         )
     if scale is not None and int(desc.scale) != scale:
         raise McirError(f"checkpoint is x{desc.scale}, but --scale {scale} was given", ckpt.path)
-    return _from_descriptor(desc, ckpt, preset)
+    loaded = _from_descriptor(desc, ckpt, preset)
+    settle_res_scale(loaded, res_scale)
+    return loaded
 
 
 def load_model(
@@ -266,10 +324,12 @@ def load_model(
     scale: int | None = None,
     allow_random: bool = False,
     seed: int = 0,
+    res_scale: float | None = None,
 ) -> LoadedModel:
     """`--checkpoint FILE` and/or `--model PRESET`: the one way every command gets a model.
     `allow_random` (from scratch) means random weights whenever no checkpoint is named,
-    even when $MCIR_WEIGHTS holds the preset's pretrained file."""
+    even when $MCIR_WEIGHTS holds the preset's pretrained file; `res_scale`: `--res-scale`,
+    EDSR checkpoints only."""
     preset = get_preset(model, scale) if model else None
     if checkpoint is None and preset is not None and not allow_random:
         checkpoint = resolve_weights(preset)
@@ -281,11 +341,14 @@ def load_model(
                 "listed in $MCIR_WEIGHTS"
             )
     if checkpoint is not None:
-        return load_checkpoint_model(checkpoint, preset, scale)
+        return load_checkpoint_model(checkpoint, preset, scale, res_scale)
     if preset is None:
         raise McirError("give a model: --checkpoint FILE or --model PRESET")
     log.warning("preset %s: no pretrained weights, starting from a random initialisation", preset.name)
-    return from_preset(preset, seed)
+    loaded = from_preset(preset, seed)
+    if res_scale is not None:
+        settle_res_scale(loaded, res_scale)
+    return loaded
 
 
 def count_parameters(net: nn.Module, include_buffers: bool = False) -> int:

@@ -90,7 +90,8 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def _model(cfg: TrainConfig, start: str | None, device: torch.device) -> tuple[LoadedModel, str | None]:
-    loaded = load_model(start, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed)
+    loaded = load_model(start, cfg.model, cfg.scale, allow_random=cfg.allow_random_init, seed=cfg.seed,
+                        res_scale=cfg.res_scale)
     loaded.check_task(cfg.task)
     out_patch = cfg.patch * loaded.scale
     if cfg.negative_init != "none" and cfg.embedding in ("vgg16", "vgg19") and out_patch < 16:

@@ -80,6 +80,21 @@ def image_figure(data: bytes, mime: str, caption: str, alt: str) -> str:
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
+# a chart is never drawn below this share of its natural size (8 pt labels stay >= 8.5 CSS
+# px): on a phone it scrolls sideways in its own box instead of shrinking to unreadable text
+CHART_MIN_SCALE = 0.8
+
+
+def chart_figure(fig: Any, caption: str, alt: str) -> str:
+    """A matplotlib figure inline as SVG, at least CHART_MIN_SCALE of its natural width."""
+    from mcir_cli.charts import figure_bytes
+
+    min_px = round(fig.get_figwidth() * 96 * CHART_MIN_SCALE)  # CSS px are 1/96 in
+    return (f'<figure class="chart"><div class="scroll"><img style="min-width: {min_px}px" '
+            f'src="{data_uri(figure_bytes(fig, "svg"), "image/svg+xml")}" alt="{esc(alt)}"></div>'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
 def _cell(text: str, *, cls: str = "", **data: Any) -> str:
     attrs = "".join(f' data-{k}="{esc(v)}"' for k, v in data.items())
     cls_attr = f' class="{cls}"' if cls else ""
@@ -163,25 +178,26 @@ def _stat_row(s: PairedStats, section: str) -> str:
 
 
 def per_image_html(comp: Comparison, dataset: str, section: str) -> str:
-    """Every image of a dataset: each model's PSNR and the last model's Δ, sortable."""
-    last = comp.models[-1]
-    deltas = comp.image_deltas(dataset, last, "psnr")
+    """Every image of a dataset: each model's PSNR and each later model's Δ vs the
+    baseline, sortable."""
+    later = comp.models[1:]
+    deltas = {m: comp.image_deltas(dataset, m, "psnr") for m in later}
     head = "".join(f'<th class="sortable">{esc(m)}</th>' for m in comp.models)
+    head += "".join(f'<th class="sortable">{esc(comp.delta_label(m))}</th>' for m in later)
     rows = []
     for i, name in enumerate(comp.images[dataset]):
         vals = [comp.image_scores[dataset][m]["psnr"][i] for m in comp.models]
-        d = deltas[name]
         cells = [f'<td data-value="{esc(name)}">{esc(name)}</td>']
         cells += [_cell(fmt_psnr(v), value=_num(v), section=section, kind="image", model=m, column=dataset,
                         metric="psnr", image=name) for m, v in zip(comp.models, vals)]
-        cells.append(_cell(fmt_dpsnr(d), cls=_sign_class(d), value=_num(d), section=section, kind="image-delta",
-                           model=last, column=dataset, metric="psnr", image=name))
+        cells += [_cell(fmt_dpsnr(d), cls=_sign_class(d), value=_num(d), section=section, kind="image-delta",
+                        model=m, column=dataset, metric="psnr", image=name)
+                  for m in later for d in [deltas[m][name]]]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return (f"<details><summary>{esc(dataset)}: PSNR (dB) of every image ({len(rows)}), "
-            "click a column to sort</summary>"
+    return (f"<details><summary>{esc(dataset)}: PSNR (dB) of every image ({len(rows)}) and Δ vs "
+            f"{esc(comp.baseline)}, click a column to sort</summary>"
             f'<div class="scroll"><table class="sortable-table"><thead><tr><th class="sortable">image</th>{head}'
-            f'<th class="sortable">Δ {esc(last)}</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-            "</details>")
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div></details>')
 
 
 def _num(x: float) -> str:
@@ -190,7 +206,7 @@ def _num(x: float) -> str:
 
 def delta_charts_html(comp: Comparison) -> str:
     """One Δ PSNR chart per later model and dataset: image names, the mean and its CI."""
-    from mcir_cli.charts import delta_figure, figure_bytes
+    from mcir_cli.charts import delta_figure
 
     parts = []
     for lab in comp.models[1:]:
@@ -200,8 +216,7 @@ def delta_charts_html(comp: Comparison) -> str:
             fig = delta_figure(list(deltas), list(deltas.values()), metric="PSNR", unit="dB",
                                title=f"{ds}: {lab} − {comp.baseline}, per image",
                                mean=s.mean_delta, ci=(s.ci_low, s.ci_high))
-            parts.append(image_figure(figure_bytes(fig, "svg"), "image/svg+xml",
-                                      f"{ds}: Δ PSNR of {lab} vs {comp.baseline} per image; the line is the "
+            parts.append(chart_figure(fig, f"{ds}: Δ PSNR of {lab} vs {comp.baseline} per image; the line is the "
                                       "mean, the band its 95 % bootstrap CI",
                                       f"per-image PSNR change on {ds}"))
     return "".join(parts)
@@ -265,15 +280,13 @@ def curves_section(runs: dict[str, Path]) -> str:
     PSNR over steps), one colour per run."""
     if not runs:
         return ""
-    from mcir_cli.charts import figure_bytes
     from mcir_cli.curves import curves_figure
     from mcir_cli.plot import load_run
 
     fig = curves_figure([load_run(path, label) for label, path in runs.items()])
     names = ", ".join(f"{label} ({Path(p).name})" for label, p in runs.items())
     return ('<section id="curves"><h2>How the runs trained</h2>'
-            + image_figure(figure_bytes(fig, "svg"), "image/svg+xml", f"from log.jsonl of {names}",
-                           "training curves") + "</section>")
+            + chart_figure(fig, f"from log.jsonl of {names}", "training curves") + "</section>")
 
 
 def notes_html(notes: Sequence[str]) -> str:
@@ -338,7 +351,7 @@ def study_table_html(summary: dict[str, Any]) -> str:
 def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tuple[list[str], list[float]]]]) -> str:
     """Each arm's Δ PSNR vs plain (paired over images and seeds) and, per dataset, the
     chart of each image's seed-mean Δ with the two-way CI."""
-    from mcir_cli.charts import delta_figure, figure_bytes
+    from mcir_cli.charts import delta_figure
 
     out = []
     for arm, info in summary["deltas"].items():
@@ -364,8 +377,7 @@ def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tu
             ci = tuple(study_number(x) for x in s["ci"])
             fig = delta_figure(names, deltas, metric="PSNR", unit="dB", title=f"{d}: {arm} − plain, mean over seeds",
                                mean=s["mean"], ci=ci if all(map(math.isfinite, ci)) else None)
-            out.append(image_figure(figure_bytes(fig, "svg"), "image/svg+xml",
-                                    f"{d}: each image's Δ PSNR of {arm} vs plain, averaged over seeds; the band "
+            out.append(chart_figure(fig, f"{d}: each image's Δ PSNR of {arm} vs plain, averaged over seeds; the band "
                                     "is the 95 % CI of the mean Δ (t test over seeds, images' own variation "
                                     "included)", f"per-image Δ on {d}"))
     return "".join(out)
@@ -382,7 +394,6 @@ def study_units_html(summary: dict[str, Any]) -> str:
 
 def study_curves_html(summary: dict[str, Any]) -> str:
     """Validation PSNR over steps, mean ± sd over seeds, one line per arm (--val-every)."""
-    from mcir_cli.charts import figure_bytes
     from mcir_cli.curves import arm_curves_figure
 
     curves = summary.get("curves")
@@ -390,8 +401,7 @@ def study_curves_html(summary: dict[str, Any]) -> str:
         return ""
     fig = arm_curves_figure(curves, title="mean ± sd over seeds")
     return ("<h2>Validation over training</h2>"
-            + image_figure(figure_bytes(fig, "svg"), "image/svg+xml",
-                           "benchmark PSNR during training, each arm's mean over seeds with a ± sd band",
+            + chart_figure(fig, "benchmark PSNR during training, each arm's mean over seeds with a ± sd band",
                            "validation curves"))
 
 

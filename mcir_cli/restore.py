@@ -184,6 +184,7 @@ def restore_images(
     *,
     checkpoint: str | Path | None = None,
     model: str | None = None,
+    res_scale: float | None = None,
     loaded: LoadedModel | None = None,
     fmt: str | None = None,
     quality: int | None = None,
@@ -197,7 +198,8 @@ def restore_images(
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore image files and folders into `output` (see the module docstring): the
-    Python function behind `mcir restore`. `loaded` passes a model already loaded."""
+    Python function behind `mcir restore`. `loaded` passes a model already loaded;
+    `res_scale`: EDSR's (`--res-scale`, models.settle_res_scale)."""
     check_tiling(tile, overlap, tile_batch)
     dev = resolve_device(device)
     if quality is not None and not 1 <= quality <= 100:
@@ -205,7 +207,7 @@ def restore_images(
     jobs, skipped = _existing(plan_jobs(inputs, output, fmt), overwrite, skip_existing)
     if quality is not None and jobs and all(job.format not in ("JPEG", "WEBP") for job in jobs):
         raise McirError("--quality is for JPEG and WebP outputs (PNG, TIFF and BMP are lossless)")
-    net = loaded or load_model(checkpoint, model)
+    net = loaded or load_model(checkpoint, model, res_scale=res_scale)
     _model_channels(net)
     net.restorer.eval()  # before --tile auto's probe too (BatchNorm statistics stay)
     notes, largest = _check_all(net, jobs, progress)

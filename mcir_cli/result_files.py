@@ -87,8 +87,10 @@ def validate_result(data: Any, source: str | Path | None) -> dict:
         raise bad("missing key 'model.checkpoint'")
     label = model.get("label")
     if not isinstance(label, str) or not label.strip():
+        from mcir_cli.models import checkpoint_label
+
         ckpt = str(model.get("checkpoint") or "")
-        label = Path(ckpt).stem or "model"
+        label = (checkpoint_label(ckpt) if ckpt else "") or "model"
     model["label"] = label.strip()
     datasets = _object(data["datasets"], (), bad, "datasets")
     out_sets = {str(name): _validate_dataset(name, ds, bad) for name, ds in datasets.items()}

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from mcir_cli.checkpoint import save_like, save_safetensors
 from mcir_cli.config import RESUME_SETTINGS, TrainConfig
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import atomic_torch_save, atomic_write_text
+from mcir_cli.fsutil import atomic_torch_save, atomic_write_text, confined
 
 log = logging.getLogger("mcir")
 
@@ -72,6 +73,23 @@ class RunLog:
         self.fh.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def default_run_folder(model: str | None, checkpoint: str | Path | None, now: datetime | None = None,
+                       base: str | Path | None = None) -> Path:
+    """Where a retrain without --output writes: `<base or cwd>/runs/<preset, else the
+    checkpoint's label>-<YYYYmmdd-HHMMSS>` (as BasicSR's `experiments/<name>`), with -2,
+    -3, ... when that exists. Under torchrun only rank 0's choice counts (the CLI
+    broadcasts it: the ranks' clocks may straddle a second)."""
+    from mcir_cli.models import checkpoint_label
+
+    name = model or (checkpoint_label(checkpoint) if checkpoint else "run")
+    stem = f"{name.replace('/', '-')}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    runs = Path(base or Path.cwd()) / "runs"
+    path, k = confined(runs, stem), 2
+    while path.exists():
+        path, k = confined(runs, f"{stem}-{k}"), k + 1
+    return path
 
 
 class RunFolder:

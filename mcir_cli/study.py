@@ -193,7 +193,7 @@ def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: 
     from mcir_cli.jpeg import benchmark_qualities
     from mcir_cli.models import load_model
 
-    loaded = load_model(weights, plan.model, plan.scale)
+    loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
     result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
                             jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
     result["model"]["label"] = label

@@ -71,9 +71,11 @@ def weights_metadata(parts: Parts, cfg: Any, step: int, lam: float, best_psnr: f
     from mcir_cli import __version__
 
     loaded = parts.loaded
+    unstored = {"res_scale": loaded.net.res_scale} if hasattr(loaded.net, "set_res_scale") else {}
     return {
         "architecture": loaded.architecture,
         "scale": str(loaded.scale),
+        **unstored,  # EDSR's res_scale: read back by models.settle_res_scale
         "preset": loaded.preset.name if loaded.preset else "",
         "mcir_version": __version__,
         "training": {

@@ -28,6 +28,9 @@ PROBE = """<script>window.addEventListener("load", function () {
   b.probeImages = imgs.length;
   b.probeImagesOk = imgs.every(function (i) { return i.complete && i.naturalWidth > 0; });
   b.probeOverflow = document.documentElement.scrollWidth > window.innerWidth;
+  // the smallest drawn / natural width of a chart (its text shrinks with it)
+  b.probeChartScale = Math.min.apply(null, Array.prototype.map.call(document.querySelectorAll("figure.chart img"),
+    function (i) { return i.getBoundingClientRect().width / i.naturalWidth; }).concat([1]));
 });</script>"""
 
 

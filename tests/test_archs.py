@@ -370,3 +370,85 @@ def test_idt_vmap_over_stacked_copies() -> None:
     with torch.no_grad():
         ref = torch.stack([m(x) for m in models])
     torch.testing.assert_close(out.detach(), ref, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------ EDSR in BasicSR's layout, res_scale
+
+def to_basicsr_edsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An EDSR-PyTorch state dict under BasicSR's names (basicsr/archs/edsr_arch.py):
+    head.0 -> conv_first, body.i.body.{0,2} -> body.i.conv{1,2}, the closing body conv ->
+    conv_after_body, tail.0 -> upsample, tail.1 -> conv_last; BasicSR keeps no MeanShift
+    weights (its mean is a plain tensor, img_range an attribute)."""
+    import re
+
+    n_blocks = max(int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.body\.", k))) + 1
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("sub_mean.", "add_mean.")):
+            continue
+        k = re.sub(r"^head\.0\.", "conv_first.", k)
+        k = re.sub(r"^body\.(\d+)\.body\.0\.", r"body.\1.conv1.", k)
+        k = re.sub(r"^body\.(\d+)\.body\.2\.", r"body.\1.conv2.", k)
+        k = re.sub(rf"^body\.{n_blocks}\.", "conv_after_body.", k)
+        k = re.sub(r"^tail\.0\.", "upsample.", k)
+        out[re.sub(r"^tail\.1\.", "conv_last.", k)] = v
+    return out
+
+
+@pytest.mark.parametrize("scale", [4, 3])
+def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tmp_path: Path, scale: int) -> None:
+    from mcir_cli.archs.edsr import BasicSREDSR
+    from mcir_cli.checkpoint import read_checkpoint, save_like
+    from mcir_cli.imageio import read_image
+    from mcir_cli.models import load_checkpoint_model
+
+    torch.manual_seed(0)
+    official = tmp_path / "edsr_official.pth"
+    torch.save(BUILDERS["EDSR"](scale=scale, n_resblocks=2, n_feats=16).state_dict(), official)
+    basicsr = tmp_path / "EDSR_Mx.pth"  # BasicSR's wrapper: params and params_ema
+    bsd = to_basicsr_edsr(torch.load(official, weights_only=True))
+    torch.save({"params": bsd, "params_ema": bsd}, basicsr)
+
+    a, b = load_checkpoint_model(official), load_checkpoint_model(basicsr)
+    assert (b.architecture, b.scale, type(b.net)) == ("EDSR", scale, BasicSREDSR)
+    assert "basicsr-layout" in b.tags and b.checkpoint.is_ema
+    lr = read_image(shared_path("data", "sr", "Set5", "HR", "baby.png"))[:, 100:124, 200:224][None]
+    with torch.no_grad():
+        torch.testing.assert_close(b.restorer.eval()(lr), a.restorer.eval()(lr), rtol=0, atol=2e-6)
+    # written back in BasicSR's names and wrapper, and loaded again strictly
+    out = save_like(b.checkpoint, b.file_state_dict(), tmp_path / "again.pth")
+    again = read_checkpoint(out)
+    assert set(again.state_dict) == set(bsd) and again.wrapper_keys == ("params_ema",)
+    assert set(torch.load(out, weights_only=True)) == {"params", "params_ema"}
+
+
+def test_edsr_res_scale_guess_is_said_and_can_be_given(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mcir_cli.errors import McirError
+    from mcir_cli.models import load_checkpoint_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "edsr_wide.pth"
+    torch.save(to_basicsr_edsr(BUILDERS["EDSR"](scale=2, n_resblocks=1, n_feats=256).state_dict()), path)
+    with caplog.at_level("WARNING", logger="mcir"):
+        guessed = load_checkpoint_model(path)
+    assert "res_scale is not stored in the weights; guessed res_scale 0.1" in caplog.text
+    assert "256 features" in caplog.text and "--res-scale" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mcir"):
+        given = load_checkpoint_model(path, res_scale=1.0)
+    assert "res_scale" not in caplog.text
+    assert given.hyperparameters["res_scale"] == 1.0 and given.net.body[0].res_scale == 1.0
+    assert guessed.net.body[0].res_scale == 0.1
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(given.restorer(x), guessed.restorer(x))  # it is used
+    with pytest.raises(McirError, match="--res-scale applies to EDSR only"):
+        load_checkpoint_model(shared_path("weights", "IMDN", "IMDN_x4.pth"), res_scale=0.1)
+
+
+@pytest.mark.parametrize("variant", ["d", "w"])
+def test_dehazeformer_variants_are_named(variant: str) -> None:
+    from mcir_cli.models import _descriptor_from_state_dict
+
+    desc = _descriptor_from_state_dict(BUILDERS["DehazeFormer"](variant=variant).state_dict(), None)
+    assert f"dehazeformer-{variant}" in desc.tags

@@ -127,3 +127,32 @@ def test_a_task_the_model_contradicts_is_refused(tmp_path):
                               "--output", str(tmp_path / "run"), "--iters", "1"])
     assert "--task dehaze for an x4" in _one_line_error(res)
     assert not (tmp_path / "run").exists()
+
+
+def test_retrain_without_output_writes_a_new_dated_run_folder_and_says_so(tmp_path, monkeypatch):
+    import re
+    from datetime import datetime
+
+    from mcir_cli.rundir import default_run_folder
+
+    import torch
+
+    from mcir_cli.archs import BUILDERS
+
+    ckpt = tmp_path / "EDSR" / "X4.pth"  # a stem that names only the scale: the folder names the run
+    ckpt.parent.mkdir()
+    torch.save(BUILDERS["EDSR"](scale=4, n_resblocks=1, n_feats=8).state_dict(), ckpt)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(_set5()), "--iters", "1",
+                              "--batch", "1", "--patch", "12", "--embedding", "pixel", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"EDSR-X4-\d{8}-\d{6}", run.name) and (run / "model.safetensors").is_file()
+    assert f"no --output: the run folder is {run}" in " ".join(res.output.split())
+    # the name: preset, else the checkpoint's label; a folder of that second gets -2
+    now = datetime(2026, 12, 3, 16, 18, 0)
+    first = default_run_folder(None, "/w/DCTLSA/X4.pt", now, tmp_path)
+    assert first == tmp_path / "runs" / "DCTLSA-X4-20261203-161800"
+    first.mkdir(parents=True)
+    assert default_run_folder(None, "/w/DCTLSA/X4.pt", now, tmp_path).name == "DCTLSA-X4-20261203-161800-2"
+    assert default_run_folder("swinir-light", None, now, tmp_path).name == "swinir-light-20261203-161800"

@@ -60,7 +60,7 @@ def test_delta_row_is_the_difference_of_the_evaluations(evaluated, tmp_path):
     assert "data" in a and a["data"]["Set5"] == str(evaluated["set5"].resolve())
     comp = json.loads(out.read_text())
     base, new = comp["models"][0]["label"], comp["models"][1]["label"]
-    assert (base, new) == ("IMDN_x4", "X4")
+    assert (base, new) == ("IMDN_x4", "DCTLSA/X4")  # a stem naming only the scale gets its folder
     delta = comp["deltas"][new]["Set5"]
     assert delta["psnr"] == pytest.approx(b["datasets"]["Set5"]["psnr"] - a["datasets"]["Set5"]["psnr"], abs=1e-9)
     assert delta["ssim"] == pytest.approx(b["datasets"]["Set5"]["ssim"] - a["datasets"]["Set5"]["ssim"], abs=1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,13 +26,15 @@ def torchrun(args: list[str], cwd: Path | None = None) -> subprocess.CompletedPr
 def test_two_gloo_ranks_stay_identical_and_resume_on_one(tmp_path):
     ckpt = shared_path("weights", "DCTLSA", "X4.pt")
     data = shared_path("data", "train", "SunHays80_color_subset20")
-    run = tmp_path / "RUN"
-    proc = torchrun([
+    proc = torchrun([  # no --output: rank 0 names ./runs/<checkpoint>-<date>-<time>/ for both
         "-m", "mcir_cli", "retrain", "--checkpoint", str(ckpt), "--data", str(data),
         "--iters", "4", "--batch", "1", "--patch", "16", "--negative-steps", "2,4",
-        "--embedding", "pixel", "--device", "cpu", "--output", str(run),
-    ])
+        "--embedding", "pixel", "--device", "cpu",
+    ], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"DCTLSA-X4-\d{8}-\d{6}", run.name), run.name
+    assert proc.stderr.count(f"no --output: the run folder is {run}") == 1  # said once, by rank 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     checks = [r for r in log if r.get("event") == "sync_check"]
     assert checks and checks[-1]["ranks"] == 2
@@ -67,6 +70,7 @@ DRIFT_SCRIPT = textwrap.dedent(
     # the numbers and decisions every rank acts on agree (collapse guard, Ctrl-C)
     assert ctx.mean([float(ctx.rank), 2.0]) == [0.5, 2.0]
     assert ctx.any(ctx.rank == 1) is True and ctx.any(False) is False
+    assert ctx.agree(f"chosen by rank {ctx.rank}") == "chosen by rank 0"
     print(f"rank {ctx.rank}: agreement ok")
     if ctx.rank == 1:
         with torch.no_grad():

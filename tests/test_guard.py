@@ -139,7 +139,9 @@ def test_fitted_steps_keep_the_papers_ratios_and_fit_the_run():
     assert fitted_steps(300) == (4, 19, 38, 75)
     assert fitted_steps(1000) == (12, 62, 125, 250)
     assert fitted_steps(8000) == PAPER_STEPS == fitted_steps(500_000)
-    assert fitted_steps(3) == (1, 2, 3, 4)  # strictly increasing even when tiny
+    # the floor: never faster than every 2 steps, the paper's 1:5:10:20 kept (not 1, 2, 3, 4)
+    assert fitted_steps(3) == fitted_steps(40) == fitted_steps(160) == (2, 10, 20, 40)
+    assert fitted_steps(200) == (2, 12, 25, 50)  # above the floor: the slowest updates 4 times
     assert parse_steps("paper") == "paper" and parse_steps("auto") == "auto"
     assert parse_steps("3,7") == (3, 7)
 
@@ -258,3 +260,22 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
     with pytest.raises(McirError, match="No space left on device") as info:
         log.write({"step": 1})
     assert "log.jsonl" in str(info.value)
+
+
+def test_lambda_to_try_comes_from_the_ratio_per_unit_lambda():
+    from mcir_cli.guard import lambda_for_band, lambda_hint
+
+    # l_neg/l_rec = 0.2: λ = √(0.01·0.10) / 0.2 = 0.158 -> 0.2 (one significant digit)
+    assert lambda_for_band(0.2, (0.01, 0.10)) == 0.2
+    assert lambda_for_band(3e-4, (0.01, 0.10)) == 100.0
+    assert lambda_for_band(0.0, (0.01, 0.10)) is None
+    assert lambda_hint(0.2, (0.01, 0.10)).startswith("try λ = 0.2 (--lambda 0.2; mcir's heuristic")
+    assert "the SPN term was zero: no negatives" in lambda_hint(0.0, (0.01, 0.10))
+    ctl = LambdaControl(1e-4, band=(0.01, 0.10))  # per step over its own λ (the guard may halve it)
+    ctl.observe(2e-5)
+    ctl.on_collapse()
+    ctl.observe(1e-5)
+    assert ctl.ratio_per_lambda == pytest.approx(0.2) and ctl.mean_ratio == pytest.approx(1.5e-5)
+    again = LambdaControl(1e-4)
+    again.load_state_dict(ctl.state_dict())  # a resume keeps it
+    assert again.ratio_per_lambda == pytest.approx(0.2)

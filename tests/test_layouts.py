@@ -440,7 +440,7 @@ def test_bad_or_ambiguous_folder_is_one_line(tmp_path, images, case):
     elif case == "lmdb":
         (root / "input.lmdb").mkdir()
         (root / "target.lmdb").mkdir()
-        want = ["LMDB", "input.lmdb", "image folders"]
+        want = ["LMDB", "input.lmdb", "no data.mdb"]
     elif case == "splits":
         for split in ("val", "test"):
             put(root / split / "hazy" / "1.png", hazy(images[0]))
@@ -457,3 +457,164 @@ def test_bad_or_ambiguous_folder_is_one_line(tmp_path, images, case):
         assert str(root) in msg
         for w in want:
             assert w in msg, msg
+
+
+# --------------------------------------------------------------- BasicSR's LMDB datasets
+
+
+def make_lmdb_like_basicsr(folder: Path, lmdb_path: Path, compress_level: int = 1) -> list[str]:
+    """What BasicSR's scripts/data_preparation/create_lmdb.py does for DIV2K
+    (prepare_keys_div2k + basicsr/utils/lmdb_util.make_lmdb_from_imgs), Pillow standing in
+    for OpenCV: keys are the sorted PNG names without `.png`; each value is the image
+    PNG-encoded at zlib level `compress_level` (cv2's IMWRITE_PNG_COMPRESSION); map size
+    10 x the first image's encoded size x count; meta_info.txt `<key>.png (h,w,c) <level>`;
+    a commit every 5000 images. Returns the keys."""
+    import io
+
+    from PIL import Image
+
+    lmdb = pytest.importorskip("lmdb")
+    paths = sorted(folder.glob("*.png"))
+    keys = [p.name.split(".png")[0] for p in paths]
+
+    def encode(path: Path) -> tuple[bytes, tuple[int, int, int]]:
+        with Image.open(path) as img:
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", compress_level=compress_level)
+            return buf.getvalue(), (img.height, img.width, len(img.getbands()))
+
+    env = lmdb.open(str(lmdb_path), map_size=len(encode(paths[0])[0]) * len(paths) * 10)
+    txn = env.begin(write=True)
+    with open(lmdb_path / "meta_info.txt", "w") as meta:
+        for idx, (path, key) in enumerate(zip(paths, keys)):
+            data, (h, w, c) = encode(path)
+            txn.put(key.encode("ascii"), data)
+            meta.write(f"{key}.png ({h},{w},{c}) {compress_level}\n")
+            if idx % 5000 == 0:
+                txn.commit()
+                txn = env.begin(write=True)
+    txn.commit()
+    env.close()
+    return keys
+
+
+@pytest.fixture(scope="module")
+def div2k_lmdb(tmp_path_factory, images) -> Path:
+    """DIV2K as BasicSR users keep it: sub-images (`0001_s001.png`, the LR ones named alike
+    by extract_subimages.py) made into DIV2K_train_HR_sub.lmdb and
+    DIV2K_train_LR_bicubic_X4_sub.lmdb; the image folders are removed afterwards."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("lmdb") / "DIV2K"
+    hr_dir, lr_dir = root / "HR_sub", root / "X4_sub"
+    for i, img in enumerate(images[:6]):
+        put(hr_dir / f"{i // 2 + 1:04d}_s{i % 2 + 1:03d}.png", img)
+        put(lr_dir / f"{i // 2 + 1:04d}_s{i % 2 + 1:03d}.png", lr(img, 4))
+    make_lmdb_like_basicsr(hr_dir, root / "DIV2K_train_HR_sub.lmdb")
+    make_lmdb_like_basicsr(lr_dir, root / "DIV2K_train_LR_bicubic_X4_sub.lmdb")
+    shutil.copytree(hr_dir, root.parent / "HR_sub")  # the sources, kept to compare with
+    shutil.copytree(lr_dir, root.parent / "X4_sub")
+    shutil.rmtree(hr_dir)
+    shutil.rmtree(lr_dir)
+    return root
+
+
+def test_basicsr_lmdb_pairs_are_read_as_the_images_they_were_made_from(div2k_lmdb):
+    from mcir_cli.data import discover, load_pair
+
+    names = [f"{i:04d}_s{j:03d}" for i in (1, 2, 3) for j in (1, 2)]
+    out = check(div2k_lmdb, "sr", 4, names)
+    assert row(out, "layout").startswith("DIV2K_train_HR_sub.lmdb/ + DIV2K_train_LR_bicubic_X4_sub.lmdb/")
+    assert "match" in row(out, "sizes")
+    ds = discover(div2k_lmdb)
+    lq, gt = load_pair(ds, ds.pairs[3])
+    assert torch.equal(gt, read_image(div2k_lmdb.parent / "HR_sub" / f"{names[3]}.png"))
+    assert torch.equal(lq, read_image(div2k_lmdb.parent / "X4_sub" / f"{names[3]}.png"))
+    # one database alone is HR images: LR made by MATLAB bicubic, as for an HR folder
+    hr_only = inspect(div2k_lmdb / "DIV2K_train_HR_sub.lmdb", "--scale", "4")
+    assert "HR-only" in row(hr_only, "layout") and row(hr_only, "pairs") == "6"
+    found = recognise(div2k_lmdb / "DIV2K_train_HR_sub.lmdb", 4)
+    assert [p.name for p in found.pairs] == names and found.pairs[0].lq is None
+
+
+def test_lmdb_trains_through_the_cli(div2k_lmdb, tmp_path, caplog):
+    """A BasicSR user's case: EDSR in BasicSR's layout, --res-scale given, on DIV2K LMDBs."""
+    from safetensors import safe_open
+    from test_archs import to_basicsr_edsr
+
+    from mcir_cli.archs import BUILDERS
+    from mcir_cli.models import load_checkpoint_model
+
+    torch.manual_seed(0)
+    sd = to_basicsr_edsr(BUILDERS["EDSR"](scale=4, n_resblocks=1, n_feats=8).state_dict())
+    torch.save({"params": sd, "params_ema": sd}, tmp_path / "EDSR_Mx4.pth")
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(tmp_path / "EDSR_Mx4.pth"), "--data", str(div2k_lmdb),
+                              "--res-scale", "0.5", "--iters", "2", "--batch", "2", "--patch", "12",
+                              "--embedding", "pixel", "--device", "cpu", "-o", str(run),
+                              "--workers", "1", "--cache", "off"])  # read in a forked worker
+    assert res.exit_code == 0, res.output
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["data"] == [str(div2k_lmdb)] and config["res_scale"] == 0.5
+    assert set(torch.load(run / "model.pth", weights_only=True)) == {"params", "params_ema"}  # BasicSR's wrapper
+    with safe_open(str(run / "model.safetensors"), "pt") as fh:
+        assert fh.metadata()["res_scale"] == "0.5"
+    with caplog.at_level("WARNING", logger="mcir"):
+        again = load_checkpoint_model(run / "model.safetensors")
+    assert again.net.body[0].res_scale == 0.5 and "res_scale" not in caplog.text
+
+
+def test_paired_lmdbs_of_a_restoration_task_and_beside_image_folders(div2k_lmdb, tmp_path):
+    gopro = tmp_path / "GoPro_train"
+    gopro.mkdir()
+    (gopro / "sharp_crops.lmdb").symlink_to(div2k_lmdb / "DIV2K_train_HR_sub.lmdb")
+    make_lmdb_like_basicsr(div2k_lmdb.parent / "HR_sub", gopro / "blur_crops.lmdb")  # same size: a x1 pair
+    out = inspect(gopro)
+    assert row(out, "task") == "deblur" and row(out, "pairs") == "6"
+    assert "blur_crops.lmdb/ + sharp_crops.lmdb/" in row(out, "layout")
+    # BasicSR's usual DIV2K/: the image folders and their LMDBs side by side: the images win
+    both = tmp_path / "DIV2K"
+    (both / "DIV2K_train_HR").mkdir(parents=True)
+    (both / "DIV2K_train_LR_bicubic").mkdir()
+    (both / "DIV2K_train_LR_bicubic" / "X4").symlink_to(div2k_lmdb.parent / "X4_sub")
+    for p in (div2k_lmdb.parent / "HR_sub").iterdir():
+        (both / "DIV2K_train_HR" / p.name).symlink_to(p)
+    for db in div2k_lmdb.iterdir():
+        (both / db.name).symlink_to(db)
+    out = inspect(both)
+    assert "DIV2K_train_HR/" in row(out, "layout") and "the LMDBs (DIV2K_train_HR_sub.lmdb" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("case", ["no-lmdb-package", "bad-meta", "no-meta"])
+def test_lmdb_problems_are_one_line(div2k_lmdb, tmp_path, monkeypatch, case):
+    import shutil
+    import sys
+
+    from mcir_cli import lmdb_images
+
+    root = tmp_path / "DIV2K"
+    shutil.copytree(div2k_lmdb, root)
+    db = root / "DIV2K_train_HR_sub.lmdb"
+    if case == "no-lmdb-package":
+        monkeypatch.setitem(sys.modules, "lmdb", None)  # `import lmdb` raises ImportError
+        monkeypatch.setattr(lmdb_images, "_envs", {})
+        want = ["needs the lmdb package: pip install lmdb"]
+    elif case == "bad-meta":
+        (db / "meta_info.txt").write_text("0001_s001.png (48,48,3) 1\n0001_s002.png 48 48\n")
+        want = ["meta_info.txt", "line 2 is not BasicSR's", "0001_s002.png 48 48"]
+    else:
+        (db / "meta_info.txt").unlink()
+        want = ["an LMDB without meta_info.txt", "DIV2K_train_HR_sub.lmdb"]
+    msg = one_line_error(runner.invoke(app, ["data", "inspect", str(root)]))
+    for w in want:
+        assert w in msg, msg
+
+
+def test_a_flat_folders_hint_names_only_what_data_inspect_takes(tmp_path, images):
+    """`data inspect FLAT` suggests options; each it offers for inspect works there."""
+    for i, img in enumerate(images[:3]):
+        put(tmp_path / "flat" / f"{i}.png", img)
+    msg = one_line_error(runner.invoke(app, ["data", "inspect", str(tmp_path / "flat")]))
+    assert "--task denoise, for JPEG --task jpeg (evaluate and retrain also need --noise-sigma S or --jpeg-quality Q)" in msg
+    assert row(inspect(tmp_path / "flat", "--task", "denoise"), "task") == "denoise"
+    assert row(inspect(tmp_path / "flat", "--scale", "4"), "layout").startswith("HR-only")

@@ -95,6 +95,8 @@ def test_the_page_renders_on_a_phone_without_errors(report):
     assert int(dom.body["data-probe-images"]) >= 4
     assert dom.body["data-probe-images-ok"] == "true"
     assert dom.body["data-probe-overflow"] == "false"
+    # charts keep 80 % of their natural size on the phone (scrolling in their own box), not ~55 %
+    assert float(dom.body["data-probe-chart-scale"]) >= 0.79
     shot = np.asarray(Image.open(rendered.screenshot).convert("RGB"))
     assert shot.shape[1] == 412
     not_white = (shot < 245).any(axis=2).mean()
@@ -202,3 +204,21 @@ def test_sigterm_while_the_report_is_made_leaves_no_temporary_folder(report, imd
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert list(out.iterdir()) == []
+
+
+def test_per_image_table_has_every_later_models_delta():
+    """Three models: the per-image table holds Δ of both later models vs the baseline,
+    not only the last one's."""
+    from mcir_cli.report import per_image_html
+    from mcir_cli.results import compare_results
+    from tests.test_compare import result
+
+    imgs = {"start": {"a": (30.0, 0.9), "b": (31.0, 0.9)}, "plain": {"a": (30.2, 0.9), "b": (30.9, 0.9)},
+            "mcir": {"a": (30.5, 0.9), "b": (31.4, 0.9)}}
+    comp = compare_results([result(k, {"Set5": v}) for k, v in imgs.items()], n_resamples=200)
+    cells = parsed(per_image_html(comp, "Set5", "main")).cells
+    deltas = {(c["model"], c["image"]): c["text"] for c in cells if c["kind"] == "image-delta"}
+    assert deltas == {("plain", "a"): fmt_dpsnr(0.2), ("plain", "b"): fmt_dpsnr(-0.1),
+                      ("mcir", "a"): fmt_dpsnr(0.5), ("mcir", "b"): fmt_dpsnr(0.4)}
+    html = per_image_html(comp, "Set5", "main")
+    assert "Δ plain</th>" in html and "Δ mcir</th>" in html

@@ -94,6 +94,10 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     mean_ratio = sum(r["ratio"] for r in steps) / len(steps)
     assert log[-1]["event"] == "end" and log[-1]["mean_ratio"] == pytest.approx(mean_ratio)
     assert f"mean {mean_ratio:.2%}" in res.output and "outside mcir's heuristic band" in res.output
+    from mcir_cli.guard import lambda_for_band
+
+    per_lambda = sum(r["ratio"] / r["lam"] for r in steps) / len(steps)  # the λ to try, from the log
+    assert f"try λ = {lambda_for_band(per_lambda, (0.01, 0.10)):g} (--lambda" in " ".join(res.output.split())
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["negative_steps"] == [2, 4, 8] and cfg["model"]["architecture"] == "DCTLSA"
 

@@ -27,14 +27,17 @@ from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
 from mcir_cli.archs._blocks import range_call_fn
 
-# Official variants (models/dehazeformer.py): dims, mlp ratios, depths, heads, attention
-# ratios and conv type per stage.
+# Official variants (models/dehazeformer.py at IDKiro/DehazeFormer d8260200: T/S/B/M/L and
+# the repository-only D (B twice as deep) and W (B twice as wide)): dims, depths, attention
+# ratios and conv type per stage (mlp ratios and heads are the same in all).
 _DEFAULT_DIMS = (24, 48, 96, 48, 24)
 _ATTN = (1 / 4, 1 / 2, 3 / 4, 0.0, 0.0)
 VARIANTS: dict[str, dict[str, object]] = {
     "t": dict(depths=(4, 4, 4, 2, 2), attn_ratio=(0.0, 1 / 2, 1.0, 0.0, 0.0), conv_type="DWConv"),
     "s": dict(depths=(8, 8, 8, 4, 4), attn_ratio=_ATTN, conv_type="DWConv"),
     "b": dict(depths=(16, 16, 16, 8, 8), attn_ratio=_ATTN, conv_type="DWConv"),
+    "d": dict(depths=(32, 32, 32, 16, 16), attn_ratio=_ATTN, conv_type="DWConv"),
+    "w": dict(embed_dims=(48, 96, 192, 96, 48), depths=(16, 16, 16, 8, 8), attn_ratio=_ATTN, conv_type="DWConv"),
     "m": dict(depths=(12, 12, 12, 6, 6), attn_ratio=_ATTN, conv_type="Conv"),
     "l": dict(
         embed_dims=(48, 96, 192, 96, 48),
@@ -425,7 +428,7 @@ def _variant_name(depths: Sequence[int], dims: Sequence[int], conv_type: str) ->
 
 
 class DehazeFormerArch(Architecture[DehazeFormer]):
-    """spandrel detection/loading for DehazeFormer checkpoints (T/S/B/M/L)."""
+    """spandrel detection/loading for DehazeFormer checkpoints (T/S/B/D/W/M/L)."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -509,7 +512,7 @@ class DehazeFormerArch(Architecture[DehazeFormer]):
 
 
 def build_dehazeformer(variant: str = "b", **overrides: object) -> DehazeFormer:
-    """Build an official variant ("t", "s", "b", "m", "l"), optionally overriding fields."""
+    """Build an official variant ("t", "s", "b", "d", "w", "m", "l"), optionally overriding fields."""
     key = variant.lower().removeprefix("dehazeformer-").removeprefix("dehazeformer_")
     if key not in VARIANTS:
         raise ValueError(f"unknown DehazeFormer variant {variant!r}; use one of {list(VARIANTS)}")

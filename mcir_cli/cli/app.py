@@ -31,6 +31,10 @@ _PIPE_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(width=_PIPE_WIDTH)
 err_console = Console(stderr=True)
 
+# --res-scale, on every command that loads checkpoints (models.settle_res_scale)
+RES_SCALE_HELP = ("EDSR only: the residual scaling it was trained with, which no checkpoint stores (default: "
+                  "mcir's own metadata, else guessed from the width: 0.1 at 256 features, else 1, with a warning).")
+
 app = typer.Typer(
     name="mcir",
     help="Retrain image-restoration models with model contrastive learning (MCIR) and prove the gain.",
@@ -39,7 +43,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="List presets and supported architectures; inspect checkpoints.\n\n"
-                         "Alone, `mcir models` prints the presets table.\n\nExample: mcir models inspect DCTLSA/X4.pt")
+                         "Alone, `mcir models` prints the presets table.\n\nExample: mcir models inspect EDSR_Lx4.pth --res-scale 0.1")
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(help="What a dataset folder is: the published layout found, task, scale, pairs.\n\n"
                        "Example: mcir data inspect DIV2K/ --scale 4", no_args_is_help=True)

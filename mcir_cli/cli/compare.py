@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from mcir_cli.cli.app import _progress, app, console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, handle_errors
 from mcir_cli.cli.evaluate import _check_scoring_flags, _qualities
 from mcir_cli.errors import McirError
 
@@ -68,8 +68,9 @@ def compare(
     results: Optional[list[Path]] = typer.Argument(None, help="Result JSONs from `mcir evaluate --output` (the first is the baseline)."),
     checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="Instead of JSONs: checkpoints to evaluate with identical conventions (repeatable; the first is the baseline).", rich_help_panel="Inputs"),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable).", rich_help_panel="Inputs"),
-    label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: from the file names).", rich_help_panel="Inputs"),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: the file's stem, with its folder when the stem names only a scale or step: DCTLSA/X4, EDSR_Mx4/net_g_5000; a run's model.* is the run's folder name).", rich_help_panel="Inputs"),
     scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
+    res_scale: Optional[float] = typer.Option(None, help="With --checkpoint: " + RES_SCALE_HELP, rich_help_panel="Scoring"),
     task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise | jpeg (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Scoring"),
     crop_border: Optional[int] = typer.Option(None, help="With --checkpoint: pixels cropped from each edge (default: the scale for SR, 0 otherwise).", rich_help_panel="Scoring"),
@@ -94,13 +95,13 @@ def compare(
     from mcir_cli.compare import Scoring, run_compare
 
     _compare_inputs(results or [], checkpoint or [], data or [], {
-        "--data": data, "--scale": scale is not None, "--task": task is not None,
+        "--data": data, "--scale": scale is not None, "--res-scale": res_scale is not None, "--task": task is not None,
         "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
         "--jpeg-quality": jpeg_quality is not None,
     })
     _check_scoring_flags(task, crop_border, None, tile)
     if no_gt:
-        return _compare_without_gt(checkpoint or [], data or [], visuals, scale, device, tile, label, {
+        return _compare_without_gt(checkpoint or [], data or [], visuals, (scale, res_scale), device, tile, label, {
             "--json": json_out, "--markdown": markdown, "--csv": csv_out, "--latex": latex, "--html": html,
             "--task": task, "--y-channel/--rgb": y_channel is not None, "--crop-border": crop_border is not None,
             "--jpeg-quality": jpeg_quality is not None})
@@ -119,7 +120,7 @@ def compare(
 
         run = run_compare(
             results or [], checkpoints=checkpoint or [], data=data or [],
-            scoring=Scoring(scale=scale, task=task, y_channel=y_channel, crop_border=crop_border,
+            scoring=Scoring(scale=scale, res_scale=res_scale, task=task, y_channel=y_channel, crop_border=crop_border,
                             device=device, tile=tile, jpeg_quality=qualities),
             exports={"json": json_out, "markdown": markdown, "csv": csv_out, "latex": latex},
             visuals=visuals, html=html, labels=label, top_k=top_k, n_resamples=resamples, seed=seed,
@@ -129,8 +130,9 @@ def compare(
     _show(run, visuals)
 
 
-def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path | None, scale: int | None,
-                        device: str, tile: int | None, label: list[str] | None, scores: dict[str, Any]) -> None:
+def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path | None,
+                        scales: tuple[int | None, float | None], device: str, tile: int | None,
+                        label: list[str] | None, scores: dict[str, Any]) -> None:
     """--no-gt: no scores, so no table, exports or statistics; the strips, and why."""
     from mcir_cli.compare_unpaired import compare_without_gt
 
@@ -141,7 +143,8 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
         raise McirError(f"{', '.join(given)} need scores, and --no-gt images have no ground truth to score against")
     with _progress() as bar:
         job = bar.add_task("outputs", total=None)
-        run = compare_without_gt(checkpoint, data, visuals, scale=scale, device=device, tile=tile, labels=label,
+        run = compare_without_gt(checkpoint, data, visuals, scale=scales[0], res_scale=scales[1], device=device,
+                                 tile=tile, labels=label,
                                  progress=lambda done, total: bar.update(job, completed=done, total=total))
     console.print(f"{run.note}: no table, no Δ and no p-value; the models' outputs are shown side by side.",
                   highlight=False)

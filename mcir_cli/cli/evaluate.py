@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mcir_cli.cli.app import _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.fsutil import writable_target
@@ -54,6 +54,7 @@ def evaluate(
     bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model.", rich_help_panel="Model"),
     compressed: bool = typer.Option(False, "--compressed", help="JPEG: score the decoded JPEG itself (the 'JPEG' row of every table) instead of a model.", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (default: the model's; a preset in several scales: the one the data holds).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from the model or folder layout).", rich_help_panel="Data"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Metrics"),
     crop_border: Optional[int] = typer.Option(None, help="Pixels cropped from each edge before scoring (default: the scale for SR, 0 otherwise).", rich_help_panel="Metrics"),
@@ -116,7 +117,7 @@ def evaluate(
                 crop_border=crop_border, progress=progress, jpeg_quality=qualities,
             )
         else:
-            loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data))
+            loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data), res_scale=res_scale)
             result = evaluate_model(
                 loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
                 device=device, tile=tile, overlap=tile_overlap, amp=amp,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from mcir_cli.cli.app import console, handle_errors, models_app
+from mcir_cli.cli.app import RES_SCALE_HELP, console, handle_errors, models_app
 
 
 
@@ -73,19 +74,23 @@ def models_list(ctx: typer.Context) -> None:
 
 @models_app.command("inspect")
 @handle_errors
-def models_inspect(file: Path = typer.Argument(..., help="A checkpoint file.")) -> None:
+def models_inspect(
+    file: Path = typer.Argument(..., help="A checkpoint file."),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
+) -> None:
     """What a checkpoint is: architecture, scale, channels, parameters, wrapper.
 
-    Example: mcir models inspect runs/mcir/model.safetensors
+    Example: mcir models inspect EDSR_Lx4.pth --res-scale 0.1
     """
     from mcir_cli.models import load_checkpoint_model
 
-    loaded = load_checkpoint_model(file)
+    loaded = load_checkpoint_model(file, res_scale=res_scale)
     ckpt = loaded.checkpoint
     assert ckpt is not None
     table = Table(show_header=False, title=str(file))
     rows = [
         ("architecture", loaded.architecture),
+        ("variant, layout", ", ".join(loaded.tags) or "-"),
         ("scale", f"x{loaded.scale}"),
         ("channels", f"{loaded.in_channels} in, {loaded.out_channels} out"),
         ("parameters", f"{loaded.num_params:,}"),

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from mcir_cli.cli.app import _progress, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, err_console, handle_errors
 
 
 def _tile_value(text: str) -> int | str:
@@ -23,6 +23,7 @@ def restore(
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (or, for one input file, the output file: photo_x4.png).", rich_help_panel="Output"),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (.pth/.pt/.ckpt/.safetensors), e.g. a retrained model.safetensors.", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset name (see `mcir models`); its weights from $MCIR_WEIGHTS.", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     fmt: Optional[str] = typer.Option(None, "--format", help="png | jpeg | webp | tiff | same (the input's format) (default: png).", rich_help_panel="Output"),
     quality: Optional[int] = typer.Option(None, help="JPEG/WebP quality 1-100, for the JPEG/WebP outputs (default: JPEG 95, WebP lossless).", rich_help_panel="Output"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that exist (default: refuse).", rich_help_panel="Output"),
@@ -50,7 +51,7 @@ def restore(
             bar.update(tasks[stage], completed=done)
 
         result = restore_images(
-            inputs, output, checkpoint=checkpoint, model=model, fmt=fmt, quality=quality,
+            inputs, output, checkpoint=checkpoint, model=model, res_scale=res_scale, fmt=fmt, quality=quality,
             tile=_tile_value(tile), overlap=tile_overlap, tile_batch=tile_batch, amp=amp, device=device,
             overwrite=overwrite, skip_existing=skip_existing, progress=progress,
         )

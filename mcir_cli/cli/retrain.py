@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.errors import McirError
 
 
@@ -21,9 +21,10 @@ def retrain(
     checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`.", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from model/layout).", rich_help_panel="Data"),
     val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*", rich_help_panel="Validation"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist).", rich_help_panel="Run control"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (must not exist; default: a new ./runs/<preset or checkpoint>-<YYYYmmdd-HHMMSS>/).", rich_help_panel="Run control"),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder (bit-exact).", rich_help_panel="Run control"),
     iters: Optional[int] = typer.Option(None, help="Total optimizer steps (default: 1000; from scratch: the preset's).", rich_help_panel="Optimisation"),
     batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16).", rich_help_panel="Optimisation"),
@@ -36,7 +37,7 @@ def retrain(
     loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1).", rich_help_panel="Optimisation"),
     lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved.", rich_help_panel="MCIR / SPN"),
     ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
-    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters).", rich_help_panel="MCIR / SPN"),
+    negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters; never faster than every 2 steps).", rich_help_panel="MCIR / SPN"),
     negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1).", rich_help_panel="MCIR / SPN"),
     negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default: 0.1·random + 0.9·θ) | copy | random | frozen | none (plain fine-tuning).", rich_help_panel="MCIR / SPN"),
     negative_mix: Optional[float] = typer.Option(None, help="α of the mix init: θ' = α·θ_rand + (1−α)·θ (default: preset or 0.1).", rich_help_panel="MCIR / SPN"),
@@ -85,7 +86,7 @@ def retrain(
     else:
         lam_value, lam_auto = parse_lambda(lam) if lam is not None else (None, False)
         flags = dict(
-            data=data, output=output, checkpoint=checkpoint, model=model, scale=scale,
+            data=data, output=output, checkpoint=checkpoint, model=model, scale=scale, res_scale=res_scale,
             task=task, val=tuple(str(v) for v in val) if val else None, iters=iters, batch=batch, patch=patch, lr=lr,
             schedule=schedule, warmup=warmup, grad_clip=grad_clip, ema_decay=ema_decay, loss=loss,
             lam=lam_value, lam_auto=lam_auto, ratio_band=parse_band(ratio_band),
@@ -103,10 +104,10 @@ def retrain(
             flags = _with_run_file(ctx, flags, config)
         if not flags["data"]:
             raise McirError("give a training folder with --data DIR")
-        if flags["output"] is None:
-            raise McirError("give a new run folder with --output RUN")
         if flags["checkpoint"] is None and flags["model"] is None:
             raise McirError("give a model: --checkpoint FILE and/or --model PRESET")
+        if flags["output"] is None:
+            flags["output"] = _default_output(flags["model"], flags["checkpoint"], dist)
         cfg = make_config(flags.pop("data"), flags.pop("output"), checkpoint=flags.pop("checkpoint"),
                           model=flags.pop("model"), scale=flags.pop("scale"), **flags)
     on_step, stop_bar = _progress_line(cfg.iters, dist.is_main)
@@ -119,6 +120,16 @@ def retrain(
         _render_summary(result, cfg.lam_auto)
     if result.stop_kind is not None:  # a script's `mcir retrain && ...` must not carry on
         raise typer.Exit(result.exit_code)
+
+
+def _default_output(model: str | None, checkpoint: Path | None, dist) -> Path:
+    """No --output: a new ./runs/<name>-<date>-<time>/, chosen by rank 0, said on rank 0."""
+    from mcir_cli.rundir import default_run_folder
+
+    output = Path(dist.agree(str(default_run_folder(model, checkpoint))))
+    if dist.is_main:
+        err_console.print(f"no --output: the run folder is {output}", highlight=False, soft_wrap=True)
+    return output
 
 
 # TrainConfig fields whose flag has another parameter name
@@ -201,8 +212,10 @@ def _render_summary(result, lam_auto: bool) -> None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
         colour = "green" if inside else "yellow"
-        retry = "try another --lambda" if lam_auto else "try another --lambda or --lambda auto"
-        advice = "" if inside else f" — outside mcir's heuristic band; {retry}"
+        from mcir_cli.guard import lambda_hint
+
+        hint = lambda_hint(result.ratio_per_lambda or 0.0, result.ratio_band)
+        advice = "" if inside else f" — outside mcir's heuristic band; {hint}" + ("" if lam_auto else " (or --lambda auto)")
         console.print(
             f"  contrast ratio λ·l_neg/l_rec: mean [{colour}]{result.mean_ratio:.2%}[/] "
             f"(band {lo:.0%}–{hi:.0%}, mcir's heuristic, not from the paper){advice}", highlight=False, soft_wrap=True,

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
 from mcir_cli.stats import p_phrase
@@ -36,6 +36,7 @@ def study(
     checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given).", rich_help_panel="Model"),
     scale: Optional[int] = typer.Option(None, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
+    res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from model/layout).", rich_help_panel="Data"),
     jpeg_quality: Optional[str] = typer.Option(None, help="JPEG: training quality, or a range (10-95); clean benchmarks are scored at it (a range: its low end).", rich_help_panel="Data"),
     arm: Optional[list[str]] = typer.Option(None, "--arm", help="An arm (repeatable): plain | mcir | mcir-paper | mcir-fitted | mcir-copy, or NAME:key=value,... (e.g. lam1e3:lam=1e-3) (default: plain and mcir).", rich_help_panel="Arms"),
@@ -91,7 +92,7 @@ def study(
             parse_quality(jpeg_quality)
         common: dict[str, Any] = {k: v for k, v in (("batch", batch), ("patch", patch), ("lr", lr), ("lam", lam),
                                                      ("embedding_init", embedding_init), ("task", task),
-                                                     ("jpeg_quality", jpeg_quality)) if v is not None}
+                                                     ("jpeg_quality", jpeg_quality), ("res_scale", res_scale)) if v is not None}
         if save_every:
             common["save_every"] = save_every
         if embedding_weights is not None:

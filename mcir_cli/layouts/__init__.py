@@ -15,6 +15,7 @@ scale, the layout's name and notes (what was chosen and what was left out).
 from mcir_cli.layouts._core import LAYOUTS, Found, Layout, Match, Pair, layout, list_images
 from mcir_cli.layouts import sr  # noqa: F401, I001  (registers the SR layouts first, as they were tried)
 from mcir_cli.layouts.restoration import PAIRED_LAYOUTS
+from mcir_cli.layouts import lmdb  # noqa: F401  (BasicSR's LMDB pairs, tried last)
 from mcir_cli.layouts.lists import PAIR_LIST_SUFFIXES, read_pair_list
 from mcir_cli.layouts.recognise import infer_scale, match, recognise, scales_of
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mcir_cli.errors import McirError
 from mcir_cli.imageio import IMAGE_EXTENSIONS
+from mcir_cli.lmdb_images import is_lmdb, lmdb_image_paths
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ def layout(key: str, expects: str) -> Callable[[Callable[[Folder], Match | None]
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The images of a folder, or of an LMDB folder as BasicSR writes it (virtual paths
+    `NAME.lmdb/<key>.png`, read through `mcir_cli.lmdb_images`)."""
+    if is_lmdb(folder):
+        return lmdb_image_paths(folder)
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -79,7 +84,7 @@ class Folder:
         self.path = path
         self.entries = sorted(path.iterdir())
         self.subs = {p.name.lower(): p for p in self.entries if p.is_dir() and not p.name.startswith(".")}
-        self.images = [p for p in self.entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        self.images = list_images(path)
 
     def sub(self, *names: str) -> Path | None:
         return next((self.subs[n] for n in names if n in self.subs), None)

@@ -11,6 +11,7 @@ from mcir_cli.layouts._core import Folder, Found, LAYOUTS, Layout, Match, Pair, 
 from mcir_cli.layouts.sr import hr_only
 from mcir_cli.layouts.restoration import _side_by_side, did_mdn
 from mcir_cli.layouts.lists import PAIR_LIST_SUFFIXES, read_pair_list
+from mcir_cli.lmdb_images import is_lmdb
 
 
 # --------------------------------------------------------------------------- recognition
@@ -43,6 +44,10 @@ def match(root: str | Path) -> Match:
         raise McirError("not a folder (a list of pairs must end in .txt, .lst, .tsv or .list)", root)
     f = Folder(root)
     found = _matches(f)
+    if len(found) > 1 and any(lay.key == "lmdb" for lay, _ in found):  # image folders beside their LMDBs
+        dbs = ", ".join(sorted(d.name for n, d in f.subs.items() if n.endswith(".lmdb")))
+        found = [(lay, _with_note(m, f"the image folders are used; the LMDBs ({dbs}) are not (point --data at "
+                                  "a folder holding only them)")) for lay, m in found if lay.key != "lmdb"]
     if len(found) > 1:
         raise McirError(
             "matches several layouts (" + "; ".join(f"{m.name}" for _, m in found) + "): point at one "
@@ -52,10 +57,14 @@ def match(root: str | Path) -> Match:
     if found:
         return found[0][1]
     lmdb = [n for n in f.subs if n.endswith(".lmdb")]
+    broken = [f.subs[n].name for n in sorted(lmdb) if not is_lmdb(f.subs[n])]
+    if broken:
+        raise McirError(f"{broken[0]}/ holds no data.mdb: not an LMDB database (BasicSR's create_lmdb.py "
+                        "writes data.mdb and meta_info.txt)", root)
     if lmdb:
         raise McirError(
-            f"holds LMDB databases ({', '.join(f.subs[n].name for n in sorted(lmdb))}): mcir reads image "
-            "folders; point at the image folders the LMDB was made from", root)
+            f"holds LMDB databases ({', '.join(f.subs[n].name for n in sorted(lmdb))}) but no GT + LQ pair of "
+            "them: point --data at one (HR images: add --scale; clean images: --task denoise)", root)
     splits = {n: f.subs[n] for n in (*SPLITS_TRAIN, *SPLITS_OTHER) if n in f.subs}
     split_matches = {n: m for n, d in splits.items() if len(ms := _matches(Folder(d))) == 1 for m in [ms[0][1]]}
     if split_matches:
@@ -127,8 +136,8 @@ def _fallback(exc: _NoLayout, scale: int | None, task: str | None) -> Found:
             return hr_only(f.path, [f.path], scale)
         raise McirError(
             "a flat folder of images: for SR give --scale (LR is made by MATLAB bicubic), "
-            "for denoising give --task denoise --noise-sigma S, for JPEG --task jpeg --jpeg-quality Q (DID-MDN's side-by-side pairs: "
-            "--task derain)",
+            "for denoising --task denoise, for JPEG --task jpeg (evaluate and retrain also need "
+            "--noise-sigma S or --jpeg-quality Q), for DID-MDN's side-by-side pairs --task derain",
             f.path,
         )
     raise exc
