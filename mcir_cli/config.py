@@ -219,9 +219,8 @@ def make_config(
         lr, why = fine_tune_lr(recipe)
         base.update(lr=lr, schedule="constant", milestones=(), warmup=0)
         note = f"{preset.name}: fine-tuning from pretrained weights at {why}, constant"
-    given = [f"--{k}" for k in ("lr", "schedule", "iters", "warmup") if overrides.get(k) is not None]
-    if given:
-        note += f"; {'/'.join(given)} as given"
+    if any(overrides.get(k) is not None for k in ("lr", "schedule", "iters", "warmup")):
+        note += "; where given, --lr/--schedule/--iters/--warmup as given"  # one text: a run file round-trips
     base["recipe_note"] = note + scale_note
     base.update({k: v for k, v in overrides.items() if v is not None})
     _resolve_steps(base)

@@ -26,7 +26,7 @@ from mcir_cli.data import discover, mod_crop
 from mcir_cli.degradation_config import settings_from_dict
 from mcir_cli.degradations import apply_plan, batch_generators, draw_plan
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import atomic_write_text, confined, writable_target
+from mcir_cli.fsutil import atomic_write_text, confined, is_inside, writable_target
 from mcir_cli.imageio import read_image, write_image
 from mcir_cli.inference import resolve_device
 
@@ -69,7 +69,10 @@ def degrade_image(hr: torch.Tensor, settings: Any, scale: int, seed: int,
     return lq, {"kernels": {k: _draw_json(d) for k, d in draws.items()}, **plan.describe()}
 
 
-def _check_output(out: Path) -> None:
+def _check_output(out: Path, source: Path) -> None:
+    if is_inside(out, source):
+        raise McirError(f"the output folder is inside the source folder {source}: the copy would become part "
+                        "of the benchmark it was made from; choose a folder outside it", out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise McirError("output folder exists and is not empty; choose a new --output", out)
     writable_target(out, "degraded copy")
@@ -87,7 +90,7 @@ def degrade_dataset(source: str | Path, output: str | Path, scale: int, *, seed:
         raise McirError(f"--scale must be 2 or more for a super-resolution copy (got {scale})")
     resolved = settings_from_dict(settings)
     dev = resolve_device(device)
-    _check_output(out)
+    _check_output(out, Path(source))
     dataset = discover(source, scale, "sr")
     images = []
     with _staged(out) as staging:

@@ -191,6 +191,13 @@ def _unsafe_char(ch: str) -> bool:
     return ch in _RESERVED_CHARS or cat[0] == "C" or (cat[0] == "Z" and ch != " ")
 
 
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """`path` is `folder` or lies under it, links resolved (an output there would become
+    part of the input it was made from)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or os.path.commonpath([real, root]) == root
+
+
 def safe_name(name: object) -> str:
     """One path component made from a name mcir did not choose (a dataset or image name,
     a label): never `.`/`..`, never a separator, NUL, control or invisible character,

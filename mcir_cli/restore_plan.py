@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import confined, writable_target
+from mcir_cli.fsutil import confined, is_inside, writable_target
 from mcir_cli.imageio import IMAGE_EXTENSIONS
 from mcir_cli.photos import FORMAT_SUFFIXES
 
@@ -70,14 +70,9 @@ def _sources(inputs: list[Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    real, root = os.path.realpath(path), os.path.realpath(folder)
-    return real == root or os.path.commonpath([real, root]) == root
-
-
 def _check_output(inputs: list[Path], output: Path) -> None:
     for item in inputs:
-        if item.is_dir() and _inside(output, item):
+        if item.is_dir() and is_inside(output, item):
             raise McirError(f"the output folder is inside the input folder {item}; restored images "
                             "would become inputs of the next run: choose a folder outside it", output)
     if output.exists() and not output.is_dir():

@@ -84,6 +84,10 @@ def test_degraded_copy_is_a_benchmark_made_once(degraded, tmp_path):
     assert lr[0].read_bytes() != (other / "LR_realesrgan" / "X4" / "babyx4.png").read_bytes()
     res = runner.invoke(app, ["data", "degrade", str(src), "-o", str(other)])  # never overwritten
     assert res.exit_code == 2 and "not empty" in res.output
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    res = runner.invoke(app, ["data", "degrade", str(src), "-o", str(src / "out")])  # would join its own source
+    assert res.exit_code == 2 and "inside the source folder" in res.output
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
 
 
 def test_resume_continues_the_same_degraded_batches(tiny_rrdb, tmp_path):

@@ -190,7 +190,7 @@ def test_from_scratch_study_shares_each_seeds_initialisation(bench, tmp_path):
         assert cfg["val"] == [str(val)] and cfg["val_every"] == 1
         # the recipe's schedule (IMDN: multistep at 200k of 1M steps) scaled to 3 steps
         assert cfg["schedule"] == "multistep" and cfg["milestones"] == [1, 1, 2, 2] and cfg["iters"] == 3
-    assert "scaled from 1000000 to 3 steps" in summary["recipe"] and summary["recipe"].endswith("--iters as given")
+    assert "scaled from 1000000 to 3 steps" in summary["recipe"] and summary["recipe"].endswith("where given, --lr/--schedule/--iters/--warmup as given")
     assert "plain fine-tuning" not in json.dumps(summary["deltas"])  # from scratch, the baseline is plain training
     assert "scaled" in json.loads((out / "plan.json").read_text())["recipe"]
     starts = sorted(p.name for p in (out / "results").glob("start*.json"))

@@ -140,7 +140,7 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
         raise McirError("--no-gt runs the models on the images: give --checkpoint A --checkpoint B --data IMAGES/")
     given = [flag for flag, value in scores.items() if value]
     if given:
-        raise McirError(f"{', '.join(given)} need scores, and --no-gt images have no ground truth to score against")
+        raise McirError(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} scores, and --no-gt images have no ground truth to score against")
     with _progress() as bar:
         job = bar.add_task("outputs", total=None)
         run = compare_without_gt(checkpoint, data, visuals, scale=scales[0], res_scale=scales[1], device=device,
