@@ -1,6 +1,6 @@
 """Can the data pipeline keep up with training? Patches/s of PatchDataset vs what a step eats.
 
-Measures the patches per second that `mcir_cli.data.PatchDataset` delivers through a
+Measures the patches per second that `mcir_cli.data.datasets.PatchDataset` delivers through a
 `torch.utils.data.DataLoader` (as `loop.Run.batches` builds it) for workers 0 and 2 and
 the decoded-image cache on and off, on an HR-only folder (LR made per patch by MATLAB
 bicubic, the `--data` default for SR), and divides it by the patches per second a plain
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mcir_cli.data import PatchDataset, discover  # noqa: E402
+from mcir_cli.data.datasets import PatchDataset, discover  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "train" / "SunHays80_color_subset20"
 

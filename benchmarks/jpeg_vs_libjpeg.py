@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mcir_cli.imageio import read_image
-from mcir_cli.jpeg_sim import jpeg
+from mcir_cli.data.imageio import read_image
+from mcir_cli.data.realesrgan.jpeg_sim import jpeg
 
 SHARED = Path(os.environ.get("MCIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -1,7 +1,7 @@
 """Speed of mcir's torch PSNR+SSIM against a NumPy implementation of the same conventions.
 
 Images: Set14 HR (from ../shared) against their x4 bicubic LR upscaled back with
-`mcir_cli.resize.imresize`; Y channel, border 4 px, uint8 levels (BasicSR).
+`mcir_cli.data.resize.imresize`; Y channel, border 4 px, uint8 levels (BasicSR).
 
 The NumPy reference follows BasicSR's `calculate_psnr` / `calculate_ssim` step by step
 (Y computed and stored in float32 by `to_y_channel`, then cast to float64 for the
@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcir_cli.imageio import read_image, to_uint8  # noqa: E402
-from mcir_cli.metrics import Conventions, psnr, ssim  # noqa: E402
-from mcir_cli.resize import imresize  # noqa: E402
+from mcir_cli.data.imageio import read_image, to_uint8  # noqa: E402
+from mcir_cli.metrics.quality import Conventions, psnr, ssim  # noqa: E402
+from mcir_cli.data.resize import imresize  # noqa: E402
 
 try:
     import cv2  # type: ignore

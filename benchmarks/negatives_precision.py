@@ -29,13 +29,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from mcir_cli.data import PatchDataset, discover_all
-    from mcir_cli.losses import make_embedding
-    from mcir_cli.models import load_model
+    from mcir_cli.data.datasets import PatchDataset, discover_all
+    from mcir_cli.losses.spn import make_embedding
+    from mcir_cli.models.loading import load_model
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
-    from mcir_cli.speed import true_fp32
+    from mcir_cli.train.speed import true_fp32
 
     true_fp32(dev)  # the reference is true fp32 on CUDA too (TF32 off), as training runs it
     loaded = load_model(args.checkpoint)

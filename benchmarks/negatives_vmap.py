@@ -39,7 +39,7 @@ def timed(fn, x, repeats: int, device: torch.device) -> list[float]:
 
 
 def main() -> None:
-    from mcir_cli.negatives import NegativeBank
+    from mcir_cli.negatives.bank import NegativeBank
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")

@@ -59,9 +59,9 @@ warnings.filterwarnings("ignore", message="torch.meshgrid")  # SwinIR, inside sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcir_cli.losses import SPNLoss, make_embedding, make_rec_loss  # noqa: E402
-from mcir_cli.negatives import NegativeBank  # noqa: E402
-from mcir_cli.speed import channels_last_decision, compile_training, precision_decision  # noqa: E402
+from mcir_cli.losses.spn import SPNLoss, make_embedding, make_rec_loss  # noqa: E402
+from mcir_cli.negatives.bank import NegativeBank  # noqa: E402
+from mcir_cli.train.speed import channels_last_decision, compile_training, precision_decision  # noqa: E402
 
 ISSUE_H200 = {  # the issue author's numbers, SwinIR-light x4, N=4, batch 32, patch 64
     "device": "NVIDIA H200 (issue author)",
@@ -83,8 +83,8 @@ NAMES = {
 # ---------------------------------------------------------------- model
 def build_model(preset_name: str, quick: bool, seed: int = 0) -> tuple[nn.Module, str, int]:
     """(restorer in [0, 1] -> [0, 1], description, scale); random weights."""
-    from mcir_cli.models import Restorer, from_preset
-    from mcir_cli.recipes import IOSpec, get_preset
+    from mcir_cli.models.loading import Restorer, from_preset
+    from mcir_cli.models.presets import IOSpec, get_preset
 
     try:
         preset = get_preset(preset_name)
@@ -297,7 +297,7 @@ def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.opti
 
 
 def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tuple[float, ...]:
-    """mcir_cli.step.spn_step, minus the LR scheduler and the DDP wrapper."""
+    """mcir_cli.train.step.spn_step, minus the LR scheduler and the DDP wrapper."""
     opt.zero_grad(set_to_none=True)
     with s.autocast():
         out = call(lq)

@@ -14,19 +14,19 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (one place for each concept)
 _API = {
-    "load_model": "mcir_cli.models", "LoadedModel": "mcir_cli.models", "get_preset": "mcir_cli.recipes",
-    "TrainConfig": "mcir_cli.config", "make_config": "mcir_cli.config", "load_run_config": "mcir_cli.config",
-    "retrain": "mcir_cli.loop", "Run": "mcir_cli.loop", "TrainResult": "mcir_cli.loop",
-    "NegativeBank": "mcir_cli.negatives", "SPNLoss": "mcir_cli.losses", "make_embedding": "mcir_cli.losses",
-    "make_rec_loss": "mcir_cli.losses", "CollapseGuard": "mcir_cli.guard", "LambdaControl": "mcir_cli.guard",
-    "evaluate_model": "mcir_cli.evaluate", "compare_results": "mcir_cli.results",
-    "load_result": "mcir_cli.result_files", "paired_stats": "mcir_cli.stats", "seed_image_stats": "mcir_cli.stats",
-    "psnr": "mcir_cli.metrics", "ssim": "mcir_cli.metrics",
-    "imresize": "mcir_cli.resize", "read_image": "mcir_cli.imageio", "StudyPlan": "mcir_cli.study",
-    "run_study": "mcir_cli.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.plot",
-    "RealESRGANSettings": "mcir_cli.degradation_config", "Degrader": "mcir_cli.degradations",
-    "degrade_dataset": "mcir_cli.degrade_data", "compare_without_gt": "mcir_cli.compare_unpaired",
-    "restore_images": "mcir_cli.restore",
+    "load_model": "mcir_cli.models.loading", "LoadedModel": "mcir_cli.models.loading", "get_preset": "mcir_cli.models.presets",
+    "TrainConfig": "mcir_cli.train.config", "make_config": "mcir_cli.train.config", "load_run_config": "mcir_cli.train.config",
+    "retrain": "mcir_cli.train.run", "Run": "mcir_cli.train.run", "TrainResult": "mcir_cli.train.run",
+    "NegativeBank": "mcir_cli.negatives.bank", "SPNLoss": "mcir_cli.losses.spn", "make_embedding": "mcir_cli.losses.spn",
+    "make_rec_loss": "mcir_cli.losses.spn", "CollapseGuard": "mcir_cli.train.guard", "LambdaControl": "mcir_cli.train.guard",
+    "evaluate_model": "mcir_cli.evaluate.benchmarks", "compare_results": "mcir_cli.compare.results",
+    "load_result": "mcir_cli.compare.files", "paired_stats": "mcir_cli.compare.stats", "seed_image_stats": "mcir_cli.compare.stats",
+    "psnr": "mcir_cli.metrics.quality", "ssim": "mcir_cli.metrics.quality",
+    "imresize": "mcir_cli.data.resize", "read_image": "mcir_cli.data.imageio", "StudyPlan": "mcir_cli.workflows.study",
+    "run_study": "mcir_cli.workflows.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.render.plot",
+    "RealESRGANSettings": "mcir_cli.data.realesrgan.settings", "Degrader": "mcir_cli.data.realesrgan.pipeline",
+    "degrade_dataset": "mcir_cli.workflows.degrade_data", "compare_without_gt": "mcir_cli.workflows.compare_unpaired",
+    "restore_images": "mcir_cli.workflows.restore",
 }
 __all__ = ["__version__", *_API]
 

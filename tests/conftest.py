@@ -45,8 +45,8 @@ def _one_thread():
 def set5_crops(root: Path, names: tuple[str, ...], size: int, scale: int = 4) -> Path:
     """A small SR benchmark made from real Set5 images: `root/HR/<name>.png` (size x size
     top-left crops) and `root/LR_bicubic/X<s>/<name>x<s>.png` by MATLAB bicubic."""
-    from mcir_cli.imageio import read_image, write_image
-    from mcir_cli.resize import imresize
+    from mcir_cli.data.imageio import read_image, write_image
+    from mcir_cli.data.resize import imresize
 
     for name in names:
         hr = read_image(shared_path("data", "sr", "Set5", "HR", f"{name}.png"))[:, :size, :size]

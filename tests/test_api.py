@@ -15,7 +15,7 @@ def test_every_public_name_resolves():
     assert mcir_cli.__all__[0] == "__version__"
     for name in mcir_cli.__all__:
         assert getattr(mcir_cli, name) is not None, name
-    assert mcir_cli.retrain.__module__ == "mcir_cli.loop"  # the defining module, not a copy
+    assert mcir_cli.retrain.__module__ == "mcir_cli.train.run"  # the defining module, not a copy
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):

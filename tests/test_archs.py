@@ -1,4 +1,4 @@
-"""Architectures spandrel lacks (mcir_cli.archs): layouts, counts, detection, real weights."""
+"""Architectures spandrel lacks (mcir_cli.models.archs): layouts, counts, detection, real weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import shared_path
-from mcir_cli.archs import BUILDERS, MODEL_CLASSES, register
+from mcir_cli.models.archs import BUILDERS, MODEL_CLASSES, register
 
 
 def _params(model: nn.Module) -> int:
@@ -309,8 +309,8 @@ def test_idt_official_layout_detected_count_and_strict(
 
 
 def test_idt_takes_exactly_its_size_and_says_so(tmp_path: Path) -> None:
-    from mcir_cli.inference import fixed_input_size
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.models.inference import fixed_input_size
+    from mcir_cli.models.loading import load_checkpoint_model
 
     lm = load_checkpoint_model(_save_official(_narrow_idt(), tmp_path / "narrow.pth"))
     assert lm.architecture == "IDT"
@@ -325,9 +325,9 @@ def test_idt_takes_exactly_its_size_and_says_so(tmp_path: Path) -> None:
 def test_idt_full_image_through_mcir_tiling(tmp_path: Path) -> None:
     """A whole Rain100L image (320 x 480, W x H) through inference.restore as evaluate calls it
     (no --tile): 128 x 128 tiles only; the top-left tile's kept pixels are its output."""
-    from mcir_cli.imageio import read_image
-    from mcir_cli.inference import restore
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.data.imageio import read_image
+    from mcir_cli.models.inference import restore
+    from mcir_cli.models.loading import load_checkpoint_model
 
     lq = read_image(shared_path("data", "derain", "Rain100L_subset3", "input", "2.png"))
     lm = load_checkpoint_model(_save_official(_narrow_idt(), tmp_path / "narrow.pth"))
@@ -397,10 +397,10 @@ def to_basicsr_edsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("scale", [4, 3])
 def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tmp_path: Path, scale: int) -> None:
-    from mcir_cli.archs.edsr import BasicSREDSR
-    from mcir_cli.checkpoint import read_checkpoint, save_like
-    from mcir_cli.imageio import read_image
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.models.archs.edsr import BasicSREDSR
+    from mcir_cli.models.checkpoint import read_checkpoint, save_like
+    from mcir_cli.data.imageio import read_image
+    from mcir_cli.models.loading import load_checkpoint_model
 
     torch.manual_seed(0)
     official = tmp_path / "edsr_official.pth"
@@ -424,7 +424,7 @@ def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tm
 
 def test_edsr_res_scale_guess_is_said_and_can_be_given(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from mcir_cli.errors import McirError
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.models.loading import load_checkpoint_model
 
     torch.manual_seed(0)
     path = tmp_path / "edsr_wide.pth"
@@ -448,7 +448,7 @@ def test_edsr_res_scale_guess_is_said_and_can_be_given(tmp_path: Path, caplog: p
 
 @pytest.mark.parametrize("variant", ["d", "w"])
 def test_dehazeformer_variants_are_named(variant: str) -> None:
-    from mcir_cli.models import _descriptor_from_state_dict
+    from mcir_cli.models.loading import _descriptor_from_state_dict
 
     desc = _descriptor_from_state_dict(BUILDERS["DehazeFormer"](variant=variant).state_dict(), None)
     assert f"dehazeformer-{variant}" in desc.tags

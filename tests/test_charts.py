@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from mcir_cli.charts import (
+from mcir_cli.render.charts import (
     GAIN,
     LOSS,
     MAX_NAMED,
@@ -20,7 +20,7 @@ from mcir_cli.charts import (
     figure_bytes,
     save_figure,
 )
-from mcir_cli.curves import RunCurves, curves_figure, default_ratio_band
+from mcir_cli.render.curves import RunCurves, curves_figure, default_ratio_band
 from mcir_cli.errors import McirError
 
 

@@ -90,7 +90,7 @@ def test_outputs_are_checked_before_any_work(tmp_path):
 
 def test_new_files_are_readable_by_others(tmp_path):
     """mkstemp makes 0600 files: results and weights must get the umask's mode."""
-    from mcir_cli.fsutil import atomic_write_text
+    from mcir_cli._helpers.fsutil import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -133,11 +133,11 @@ def test_retrain_without_output_writes_a_new_dated_run_folder_and_says_so(tmp_pa
     import re
     from datetime import datetime
 
-    from mcir_cli.rundir import default_run_folder
+    from mcir_cli.train.rundir import default_run_folder
 
     import torch
 
-    from mcir_cli.archs import BUILDERS
+    from mcir_cli.models.archs import BUILDERS
 
     ckpt = tmp_path / "EDSR" / "X4.pth"  # a stem that names only the scale: the folder names the run
     ckpt.parent.mkdir()

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.visuals import LABEL_H, SEP, crop_size
+from mcir_cli.render.visuals import LABEL_H, SEP, crop_size
 
 from conftest import shared_path
 
@@ -35,8 +35,8 @@ def _strip_size(h: int, w: int, zoom: int = 3) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """Set5 x4 results of IMDN (baseline) and DCTLSA, written as `mcir evaluate` does."""
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     set5 = shared_path("data", "sr", "Set5")
     imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")

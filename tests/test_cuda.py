@@ -33,7 +33,7 @@ def test_vmap_autocast_gap_on_cuda_is_recorded(capsys):
 def test_batched_equals_loop_on_cuda(name):
     from test_speed_paths import MODELS, _banks, _rel
 
-    from mcir_cli.imageio import read_image
+    from mcir_cli.data.imageio import read_image
 
     target = MODELS[name]().cuda()
     fast, slow = _banks(target)
@@ -44,8 +44,8 @@ def test_batched_equals_loop_on_cuda(name):
 
 
 def test_trainer_cuda_defaults(tmp_path):
-    from mcir_cli.config import TrainConfig
-    from mcir_cli.loop import retrain
+    from mcir_cli.train.config import TrainConfig
+    from mcir_cli.train.run import retrain
 
     run = tmp_path / "run"
     cfg = TrainConfig(

@@ -1,4 +1,4 @@
-"""Benchmark folder discovery (`mcir_cli.data.discover`) on every layout, on tiny folders
+"""Benchmark folder discovery (`mcir_cli.data.datasets.discover`) on every layout, on tiny folders
 built from crops of real Set5 images and on the real shared benchmark folders."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcir_cli.data import add_noise, discover, iter_pairs, load_pair, mod_crop
+from mcir_cli.data.datasets import add_noise, discover, iter_pairs, load_pair, mod_crop
 from mcir_cli.errors import McirError
-from mcir_cli.imageio import read_image, to_uint8, write_image
-from mcir_cli.resize import imresize
+from mcir_cli.data.imageio import read_image, to_uint8, write_image
+from mcir_cli.data.resize import imresize
 
 from conftest import shared_path
 

@@ -18,14 +18,14 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.jpeg_vs_libjpeg import libjpeg, psnr  # the measurement docs/datasets.md records
-from mcir_cli.blur_kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
+from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
 from mcir_cli.cli import app
-from mcir_cli.config import load_config_file, make_config
-from mcir_cli.degradation_config import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
-from mcir_cli.degradations import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
+from mcir_cli.train.config import load_config_file, make_config
+from mcir_cli.data.realesrgan.settings import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
+from mcir_cli.data.realesrgan.pipeline import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
 from mcir_cli.errors import McirError
-from mcir_cli.imageio import read_image
-from mcir_cli.jpeg_sim import jpeg
+from mcir_cli.data.imageio import read_image
+from mcir_cli.data.realesrgan.jpeg_sim import jpeg
 from tests.conftest import shared_path
 
 DEFAULTS = RealESRGANSettings()
@@ -161,7 +161,7 @@ def test_jpeg_is_close_to_libjpeg():
 
 
 def _batch(seed: int, n: int = 3) -> tuple[dict, torch.Tensor]:
-    from mcir_cli.data import PatchDataset, discover
+    from mcir_cli.data.datasets import PatchDataset, discover
 
     ds = discover(shared_path("data", "train", "SunHays80_color_subset20"), 4, "sr")
     patches = PatchDataset([ds], 16, length=100, seed=seed, cache=False,
@@ -204,7 +204,7 @@ def test_bad_settings_are_one_line(tmp_path: Path):
 def test_preset_carries_the_published_settings():
     """The preset's [degradation] table restates the defaults; its recipe is RealESRNet's
     (its network, count and forward: tests/test_presets.py)."""
-    from mcir_cli.recipes import get_preset
+    from mcir_cli.models.presets import get_preset
 
     preset = get_preset("realesrnet-x4plus")
     assert preset.degradation == "realesrgan" and preset.architecture == "ESRGAN"

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.demo import run_demo
+from mcir_cli.workflows.demo import run_demo
 
 
 def test_demo_tiny(tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_demo_refuses_an_existing_folder(tmp_path):
 def test_ratio_warning_names_a_lambda_to_try(tmp_path):
     """The demo's warning when the MCIR run's ratio left the band: a λ, not a placeholder,
     from each step's ratio over its own λ (the guard may have halved λ mid-run)."""
-    from mcir_cli.demo import _check_ratio
+    from mcir_cli.workflows.demo import _check_ratio
 
     steps = [{"step": 1, "ratio": 2e-5, "lam": 1e-4}, {"event": "collapse"}, {"step": 2, "ratio": 1e-5, "lam": 5e-5}]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mcir_cli.config import load_run_config
-from mcir_cli.loop import retrain
+from mcir_cli.train.config import load_run_config
+from mcir_cli.train.run import retrain
 from tests.conftest import shared_path
 
 
@@ -59,9 +59,9 @@ def test_two_gloo_ranks_stay_identical_and_resume_on_one(tmp_path):
 DRIFT_SCRIPT = textwrap.dedent(
     """
     import sys, types, torch
-    from mcir_cli.distributed import DistContext
+    from mcir_cli.train.distributed import DistContext
     from mcir_cli.errors import McirError
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     ctx = DistContext.from_env("cpu", sync_every=1)
     model = load_model(sys.argv[1]).restorer

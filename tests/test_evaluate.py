@@ -1,4 +1,4 @@
-"""`mcir evaluate` and `mcir_cli.evaluate`: real numbers with real weights, the JSON
+"""`mcir evaluate` and `mcir_cli.evaluate.benchmarks`: real numbers with real weights, the JSON
 schema, convention overrides, scoring restored folders, and every kind of bad input
 ending in one line, exit code 2 and nothing written."""
 
@@ -15,12 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.data import discover
+from mcir_cli.data.datasets import discover
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate import conventions_for, evaluate_model, evaluate_restored, score_dataset
-from mcir_cli.imageio import read_image, to_uint8, write_image
-from mcir_cli.metrics import Conventions
-from mcir_cli.resize import imresize
+from mcir_cli.evaluate.benchmarks import conventions_for, evaluate_model, evaluate_restored, score_dataset
+from mcir_cli.data.imageio import read_image, to_uint8, write_image
+from mcir_cli.metrics.quality import Conventions
+from mcir_cli.data.resize import imresize
 
 from conftest import shared_path
 
@@ -218,7 +218,7 @@ def test_restored_matches_model_run_with_a_grey_image_among_colour(tmp_path, cro
 
 
 def test_api_evaluate_model_and_restored(tmp_path, crops):
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     data = sr_folder(tmp_path / "tiny", crops)
     model = load_model(dctlsa_x4())
@@ -233,7 +233,7 @@ def test_api_evaluate_model_and_restored(tmp_path, crops):
 
 
 def test_score_dataset_rejects_another_scale(tmp_path, crops):
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     model = load_model(dctlsa_x4())
     d = discover(sr_folder(tmp_path / "x2", crops, s=2))
@@ -384,7 +384,7 @@ def test_empty_save_images_folder_is_filled(tmp_path, crops):
 
 def test_api_errors_are_mcir_errors(tmp_path, crops):
     """The same failures from Python: McirError, one line, naming the path."""
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     model = load_model(dctlsa_x4())
     for case in ("truncated", "size", "grey", "unpaired"):
@@ -400,7 +400,7 @@ def test_api_errors_are_mcir_errors(tmp_path, crops):
 
 
 def test_nan_summary_for_no_images():
-    from mcir_cli.evaluate import _summary
+    from mcir_cli.evaluate.benchmarks import _summary
 
     assert math.isnan(_summary([])["psnr"])
 

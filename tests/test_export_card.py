@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.config import TrainConfig
-from mcir_cli.loop import retrain
+from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.run import retrain
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()
@@ -48,8 +48,8 @@ def _run_onnx(path: Path, x: torch.Tensor):
 
 
 def test_export_imdn_matches_torch_at_new_sizes_and_states_its_contract(imdn, tmp_path):
-    from mcir_cli.imageio import read_image
-    from mcir_cli.models import load_model
+    from mcir_cli.data.imageio import read_image
+    from mcir_cli.models.loading import load_model
 
     out = tmp_path / "imdn.onnx"
     stdout = _export_ok(imdn, out)
@@ -83,7 +83,7 @@ def test_export_fp16_and_an_existing_path_is_refused(tmp_path):
 
 
 def test_export_rfdn_and_edsr(tmp_path):
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     _export_ok(shared_path("weights", "RFDN", "RFDN_AIM.pth"), tmp_path / "rfdn.onnx")
     edsr = tmp_path / "edsr.pth"  # the edsr-light-x2 preset's network, random init, as a user's file
@@ -94,8 +94,8 @@ def test_export_rfdn_and_edsr(tmp_path):
 def test_export_window_attention_models_at_sizes_off_the_window(tmp_path):
     """SwinIR (the swinir-light-x4 preset's class and settings, 1 block of depth 2 so the
     test stays small) and DCTLSA (real x4 weights): both pad to their window inside."""
-    from mcir_cli.models import build_network
-    from mcir_cli.recipes import get_preset
+    from mcir_cli.models.loading import build_network
+    from mcir_cli.models.presets import get_preset
 
     preset = get_preset("swinir-light", 4)
     small = dataclasses.replace(preset, kwargs={**preset.kwargs, "depths": [2], "num_heads": [2], "embed_dim": 12})
@@ -131,7 +131,7 @@ def run(imdn, train_dir, tmp_path_factory):
 
 
 def test_real_openmodeldb_entries_pass_the_schema_and_broken_ones_fail():
-    from mcir_cli.card import OPENMODELDB_ARCH, TASK_TAGS
+    from mcir_cli.train.card import OPENMODELDB_ARCH, TASK_TAGS
 
     ids = json.loads((FIXTURES / "ids.json").read_text())  # mcir's id tables name only what exists there
     assert set(OPENMODELDB_ARCH.values()) <= set(ids["architectures"])
@@ -147,7 +147,7 @@ def test_real_openmodeldb_entries_pass_the_schema_and_broken_ones_fail():
 
 
 def test_retrain_writes_a_card_that_validates(run):
-    from mcir_cli.fsutil import sha256_file
+    from mcir_cli._helpers.fsutil import sha256_file
 
     folder = run["run"]
     entry = json.loads((folder / "openmodeldb.json").read_text())

@@ -23,7 +23,7 @@ from tests.conftest import set5_crops, shared_path
 # is on disk, "after" once it replaced the old file
 DRIVER = r'''
 import os, signal, sys
-import mcir_cli.fsutil as fs
+import mcir_cli._helpers.fsutil as fs
 at, phase, seen = int(os.environ["KILL_AT"]), os.environ["KILL_PHASE"], [0]
 real_fsync, real_replace = fs._fsync, os.replace
 

@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from mcir_cli.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, parse_steps
-from mcir_cli.ema import start_share
+from mcir_cli.train.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, parse_steps
+from mcir_cli.train.ema import start_share
 from mcir_cli.errors import McirError
-from mcir_cli.guard import (
+from mcir_cli.train.guard import (
     DOMINANCE_PATIENCE,
     CollapseGuard,
     LambdaControl,
@@ -20,9 +20,9 @@ from mcir_cli.guard import (
     contrast_ratio,
     validation_collapse,
 )
-from mcir_cli.losses import error_magnitude
-from mcir_cli.parts import lr_factor
-from mcir_cli.rundir import RunFolder
+from mcir_cli.losses.spn import error_magnitude
+from mcir_cli.train.parts import lr_factor
+from mcir_cli.train.rundir import RunFolder
 
 
 def _feed(guard: CollapseGuard, loss_name: str, values: list[float]) -> list[str]:
@@ -229,8 +229,8 @@ def test_discard_keeps_a_run_that_got_going(tmp_path):
 
 def test_a_multi_scale_preset_takes_the_scale_of_its_training_data(tmp_path):
     """`--model swinir-light --data DIV2K/` with only X4 LR: x4, said in the recipe note."""
-    from mcir_cli.config import make_config
-    from mcir_cli.imageio import write_image
+    from mcir_cli.train.config import make_config
+    from mcir_cli.data.imageio import write_image
     import torch
 
     root = tmp_path / "DIV2K"
@@ -245,7 +245,7 @@ def test_a_multi_scale_preset_takes_the_scale_of_its_training_data(tmp_path):
 def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
     import errno
 
-    from mcir_cli.rundir import RunLog
+    from mcir_cli.train.rundir import RunLog
 
     log = RunLog(tmp_path / "log.jsonl")
 
@@ -263,7 +263,7 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
 
 
 def test_lambda_to_try_comes_from_the_ratio_per_unit_lambda():
-    from mcir_cli.guard import lambda_for_band, lambda_hint
+    from mcir_cli.train.guard import lambda_for_band, lambda_hint
 
     # l_neg/l_rec = 0.2: λ = √(0.01·0.10) / 0.2 = 0.158 -> 0.2 (one significant digit)
     assert lambda_for_band(0.2, (0.01, 0.10)) == 0.2

@@ -1,4 +1,4 @@
-"""mcir_cli.imageio: reading every kind of image into float32 CHW [0, 1], writing PNGs."""
+"""mcir_cli.data.imageio: reading every kind of image into float32 CHW [0, 1], writing PNGs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import shared_path
 from mcir_cli.errors import McirError
-from mcir_cli.imageio import IMAGE_EXTENSIONS, image_size, read_image, to_uint8, write_image
+from mcir_cli.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, to_uint8, write_image
 
 
 def _rgb(h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:

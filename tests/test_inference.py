@@ -1,4 +1,4 @@
-"""`mcir_cli.inference`: padding to a model's size requirements and seam-free tiling."""
+"""`mcir_cli.models.inference`: padding to a model's size requirements and seam-free tiling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcir_cli.inference import pad_to, restore, run_padded
+from mcir_cli.models.inference import pad_to, restore, run_padded
 
 from conftest import shared_path
 
@@ -18,7 +18,7 @@ from conftest import shared_path
 @pytest.fixture(scope="module")
 def dncnn():
     """Real DnCNN-S σ25 (17 conv layers 3x3: receptive field 35 px, radius 17)."""
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     model = load_model(shared_path("weights", "DnCNN_KAIR", "dncnn_25.pth"))
     return model.restorer.eval()
@@ -26,8 +26,8 @@ def dncnn():
 
 @pytest.fixture(scope="module")
 def noisy_crop():
-    from mcir_cli.data import add_noise
-    from mcir_cli.imageio import read_image
+    from mcir_cli.data.datasets import add_noise
+    from mcir_cli.data.imageio import read_image
 
     clean = read_image(shared_path("data", "denoise", "Set12_gray", "01.png"))[:, 80:176, 100:196]
     assert clean.shape == (1, 96, 96)

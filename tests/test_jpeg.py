@@ -14,11 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.data import PatchDataset, discover, load_pair
+from mcir_cli.data.datasets import PatchDataset, discover, load_pair
 from mcir_cli.errors import McirError
-from mcir_cli.imageio import read_image, write_image
-from mcir_cli.jpeg import JpegQuality, compress, parse_qualities, parse_quality, with_qualities
-from mcir_cli.metrics import Conventions, psnr, psnrb
+from mcir_cli.data.imageio import read_image, write_image
+from mcir_cli.data.jpeg import JpegQuality, compress, parse_qualities, parse_quality, with_qualities
+from mcir_cli.metrics.quality import Conventions, psnr, psnrb
 from tests.conftest import shared_path
 
 runner = CliRunner()
@@ -104,7 +104,7 @@ def test_psnrb_matches_its_definition(crop):
 
 def test_classic5_jpeg_row_reproduces_the_published_one():
     """ARCNN/FBCNN tables: Classic5, q = 10, JPEG 27.82 dB PSNR, 25.21 dB PSNR-B."""
-    from mcir_cli.evaluate import evaluate_compressed
+    from mcir_cli.evaluate.benchmarks import evaluate_compressed
 
     res = evaluate_compressed([shared_path("data", "jpeg", "Classic5")], [10])
     row = res["datasets"]["Classic5/q10"]
@@ -115,7 +115,7 @@ def test_classic5_jpeg_row_reproduces_the_published_one():
 
 
 def test_saved_jpeg_row_scores_the_same_as_restored_images(tmp_path, live1_crops):
-    from mcir_cli.evaluate import evaluate_compressed, evaluate_restored
+    from mcir_cli.evaluate.benchmarks import evaluate_compressed, evaluate_restored
 
     row = evaluate_compressed([live1_crops], [20, 50], save_images=tmp_path / "jpeg")
     assert sorted(p.name for p in (tmp_path / "jpeg" / "LIVE1crops" / "q50").iterdir()) == [
@@ -203,10 +203,10 @@ def tiny_fbcnn_preset(tmp: Path) -> Path:
 def test_fbcnn_recipe_quality_output_and_loss(tmp_path, live1_crops):
     """The fbcnn preset's recipe through a run's parts: patches carry (100 - q) / 100, the
     quality output is ignored at inference and trained by the recipe's qf_loss."""
-    from mcir_cli.config import make_config
-    from mcir_cli.distributed import DistContext
-    from mcir_cli.parts import build_parts
-    from mcir_cli.step import _reconstruction
+    from mcir_cli.train.config import make_config
+    from mcir_cli.train.distributed import DistContext
+    from mcir_cli.train.parts import build_parts
+    from mcir_cli.train.step import _reconstruction
 
     cfg = make_config([live1_crops], tmp_path / "run", model=str(tiny_fbcnn_preset(tmp_path)), task="jpeg",
                       jpeg_quality="10-95", iters=1, batch=2, patch=32, negative_init="none",
@@ -236,8 +236,8 @@ def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
     from spandrel.architectures.DnCNN import DnCNN
     from spandrel.architectures.SwinIR import SwinIR
 
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     torch.manual_seed(0)
     net = (DnCNN(in_nc=1, out_nc=1, nc=8, nb=8, act_mode="R") if arch == "DnCNN" else

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from conftest import shared_path
 from mcir_cli.cli import app
-from mcir_cli.imageio import read_image, to_uint8, write_image
-from mcir_cli.layouts import infer_scale, recognise
-from mcir_cli.resize import imresize
+from mcir_cli.data.imageio import read_image, to_uint8, write_image
+from mcir_cli.data.layouts import infer_scale, recognise
+from mcir_cli.data.resize import imresize
 
 runner = CliRunner()
 
@@ -85,7 +85,7 @@ def evaluate_json(tmp: Path, *args: str | Path) -> dict:
 
 def restored_from_inputs(tmp: Path, root: Path) -> Path:
     """A 'restored' folder holding each pair's input (scored against its ground truth)."""
-    from mcir_cli.data import discover, load_pair
+    from mcir_cli.data.datasets import discover, load_pair
 
     d = discover(root)
     for pair in d.pairs:
@@ -245,7 +245,7 @@ def test_sots_indoor_outdoor_and_larger_gt(tmp_path, images):
     put(sots / "outdoor" / "hazy" / "0001_0.8_0.2.jpg", hazy(images[1]))
     check(sots / "indoor", "dehaze", 1, ["1400_1", "1400_10", "1400_2"])
     check(sots / "outdoor", "dehaze", 1, ["0001_0.8_0.2"])
-    from mcir_cli.data import discover, load_pair
+    from mcir_cli.data.datasets import discover, load_pair
 
     d = discover(sots / "indoor")
     _, gt = load_pair(d, d.pairs[0])
@@ -322,7 +322,7 @@ def test_did_mdn_side_by_side(tmp_path, images):
     for i, img in enumerate(images[:2]):
         put(root / f"{i}.jpg", torch.cat([hazy(img), img], dim=-1))  # rainy | clean, 96x48
     check(root, "derain", 1, ["0", "1"])
-    from mcir_cli.data import discover, load_pair
+    from mcir_cli.data.datasets import discover, load_pair
 
     d = discover(root)
     lq, gt = load_pair(d, d.pairs[0])
@@ -520,7 +520,7 @@ def div2k_lmdb(tmp_path_factory, images) -> Path:
 
 
 def test_basicsr_lmdb_pairs_are_read_as_the_images_they_were_made_from(div2k_lmdb):
-    from mcir_cli.data import discover, load_pair
+    from mcir_cli.data.datasets import discover, load_pair
 
     names = [f"{i:04d}_s{j:03d}" for i in (1, 2, 3) for j in (1, 2)]
     out = check(div2k_lmdb, "sr", 4, names)
@@ -542,8 +542,8 @@ def test_lmdb_trains_through_the_cli(div2k_lmdb, tmp_path, caplog):
     from safetensors import safe_open
     from test_archs import to_basicsr_edsr
 
-    from mcir_cli.archs import BUILDERS
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.models.archs import BUILDERS
+    from mcir_cli.models.loading import load_checkpoint_model
 
     torch.manual_seed(0)
     sd = to_basicsr_edsr(BUILDERS["EDSR"](scale=4, n_resblocks=1, n_feats=8).state_dict())
@@ -590,7 +590,7 @@ def test_lmdb_problems_are_one_line(div2k_lmdb, tmp_path, monkeypatch, case):
     import shutil
     import sys
 
-    from mcir_cli import lmdb_images
+    from mcir_cli.data import lmdb_images
 
     root = tmp_path / "DIV2K"
     shutil.copytree(div2k_lmdb, root)

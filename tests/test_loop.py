@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import mcir_cli.loop as loop
+import mcir_cli.train.run as loop
 from mcir_cli.cli import app
-from mcir_cli.config import TrainConfig, load_run_config
+from mcir_cli.train.config import TrainConfig, load_run_config
 from mcir_cli.errors import McirError
-from mcir_cli.loop import Run, retrain
+from mcir_cli.train.run import Run, retrain
 from tests.conftest import set5_crops
 
 runner = CliRunner()
@@ -235,7 +235,7 @@ def test_a_run_file_with_a_wrong_type_is_one_line(imdn, train_dir, tmp_path, lin
 
 
 def test_a_run_file_may_say_lambda_auto(tmp_path):
-    from mcir_cli.config import load_config_file
+    from mcir_cli.train.config import load_config_file
 
     run_toml = tmp_path / "run.toml"
     run_toml.write_text('lambda = "auto"\ndata = "x"\n')

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mcir_cli.errors import McirError
-from mcir_cli.losses import (
+from mcir_cli.losses.spn import (
     PixelEmbedding,
     SPNLoss,
     VGGEmbedding,

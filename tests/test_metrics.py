@@ -1,4 +1,4 @@
-"""mcir_cli.metrics: BasicSR-exact PSNR/SSIM (reference vectors from ../shared/README.md)."""
+"""mcir_cli.metrics.quality: BasicSR-exact PSNR/SSIM (reference vectors from ../shared/README.md)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import shared_path
-from mcir_cli.imageio import read_image
-from mcir_cli.metrics import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
-from mcir_cli.resize import imresize
+from mcir_cli.data.imageio import read_image
+from mcir_cli.metrics.quality import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
+from mcir_cli.data.resize import imresize
 
 
 def _bgr_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from conftest import shared_path
-from mcir_cli.negative_init import negative_seed
-from mcir_cli.negatives import NegativeBank
+from mcir_cli.negatives.build import negative_seed
+from mcir_cli.negatives.bank import NegativeBank
 
 
 def _conv(value: float = 1.0) -> nn.Conv2d:

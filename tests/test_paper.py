@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
-from mcir_cli.paper import FULL_SET, benchmark_named, paper_rows
-from mcir_cli.recipes import get_preset, list_presets, load_preset_file, presets_dir
+from mcir_cli.models.paper import FULL_SET, benchmark_named, paper_rows
+from mcir_cli.models.presets import get_preset, list_presets, load_preset_file, presets_dir
 from tests.conftest import SHARED, shared_path
 
 runner = CliRunner()
@@ -149,8 +149,8 @@ def test_sr_rows_say_when_the_measured_convention_is_not_the_papers():
 
 def _crops(root: Path, src: Path, names: list[str] | None = None, size: int = 48) -> Path:
     """Top-left crops of a real x4 benchmark (HR + MATLAB-bicubic LR), keeping its name."""
-    from mcir_cli.imageio import read_image, write_image
-    from mcir_cli.resize import imresize
+    from mcir_cli.data.imageio import read_image, write_image
+    from mcir_cli.data.resize import imresize
 
     for p in sorted((src / "HR").glob("*.png")):
         if names is None or p.stem in names:
@@ -174,7 +174,7 @@ def benches(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def edsr_files(tmp_path_factory) -> list[Path]:
     """Two random initialisations of the real EDSR-light x4 preset, saved as checkpoints."""
-    from mcir_cli.models import from_preset
+    from mcir_cli.models.loading import from_preset
 
     root = tmp_path_factory.mktemp("edsr")
     files = []
@@ -218,10 +218,10 @@ def test_evaluate_and_compare_show_the_paper_rows_apart(benches, edsr_files, tmp
 def _check_compare(a: Path, b: Path, tmp_path: Path) -> None:
     """compare: paper rows in every output, and the statistics those of the measured
     scores alone (the same as for results that carry no paper figures)."""
-    from mcir_cli.exports import to_csv, to_latex, to_markdown
-    from mcir_cli.report import comparison_report
-    from mcir_cli.result_files import load_result
-    from mcir_cli.results import compare_results
+    from mcir_cli.compare.exports import to_csv, to_latex, to_markdown
+    from mcir_cli.render.report import comparison_report
+    from mcir_cli.compare.files import load_result
+    from mcir_cli.compare.results import compare_results
 
     out = tmp_path / "cmp"
     res = runner.invoke(app, ["compare", str(a), str(b), "--json", str(out) + ".json"], env={"COLUMNS": "220"})
@@ -252,8 +252,8 @@ def _check_compare(a: Path, b: Path, tmp_path: Path) -> None:
 
 def test_unrelated_names_and_models_get_no_row(edsr_files, tmp_path):
     """A folder named like nothing the paper reports, and a model that is no preset's."""
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     mine = _crops(tmp_path / "mine", shared_path("data", "sr", "Set14"), ["baboon"])
     result = evaluate_model(load_model(edsr_files[0]), [mine], device="cpu")
@@ -268,11 +268,11 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
     and mcir: the two initialisations; no training, which the paper rows do not read):
     study.json's `paper` block, the rows in study.md and report.html, the statistics
     those of the measured scores alone."""
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
-    from mcir_cli.report import study_report
-    from mcir_cli.study import StudyPlan, parse_arm, plan_paths
-    from mcir_cli.study_report import delta_matrix, summarise, to_markdown
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
+    from mcir_cli.render.report import study_report
+    from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths
+    from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown
 
     start, other = (evaluate_model(load_model(f), [benches[1]], device="cpu") for f in edsr_files)
     results = {"start": start, "plain-s0": start, "mcir-s0": other}
@@ -307,8 +307,8 @@ def _sr_result(label: str, sets: dict[str, int]) -> dict:
 
 
 def test_the_papers_average_only_under_an_average_of_its_own_test_sets():
-    from mcir_cli.exports import paper_table_rows
-    from mcir_cli.results import compare_results
+    from mcir_cli.compare.exports import paper_table_rows
+    from mcir_cli.compare.results import compare_results
 
     full = {"Set14": 14, "B100": 100, "Urban100": 100, "Manga109": 109}
     comp = compare_results([_sr_result("a", full), _sr_result("b", full)], n_resamples=20)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from mcir_cli.data import PatchDataset, bicubic_lr_patch, dihedral, discover, mod_crop
-from mcir_cli.imageio import read_image
-from mcir_cli.resize import imresize
+from mcir_cli.data.datasets import PatchDataset, bicubic_lr_patch, dihedral, discover, mod_crop
+from mcir_cli.data.imageio import read_image
+from mcir_cli.data.resize import imresize
 from tests.conftest import shared_path
 
 

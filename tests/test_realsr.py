@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.config import load_run_config, make_config
-from mcir_cli.loop import retrain
-from mcir_cli.study import StudyPlan, parse_arm, plan_paths, run_study
+from mcir_cli.train.config import load_run_config, make_config
+from mcir_cli.train.run import retrain
+from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths, run_study
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()

@@ -20,12 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import shared_path
-from mcir_cli import fsutil
+from mcir_cli._helpers import fsutil
 from mcir_cli.cli import app
-from mcir_cli.data import discover, discover_all, folder_name
+from mcir_cli.data.datasets import discover, discover_all, folder_name
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import atomic_write, atomic_write_text, confined, safe_name
-from mcir_cli.limits import batch_image_bytes, check_batch_memory, check_image_size
+from mcir_cli._helpers.fsutil import atomic_write, atomic_write_text, confined, safe_name
+from mcir_cli.data.limits import batch_image_bytes, check_batch_memory, check_image_size
 
 runner = CliRunner()
 
@@ -151,8 +151,8 @@ def test_score_dataset_confines_names_it_did_not_choose(tmp_path):
     """A Dataset built by API users (or a future layout) with hostile names."""
     from dataclasses import replace
 
-    from mcir_cli.evaluate import conventions_for, score_dataset
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import conventions_for, score_dataset
+    from mcir_cli.models.loading import load_model
 
     model = load_model(_imdn())
     folder = tmp_path / "data"
@@ -193,7 +193,7 @@ def test_failed_write_names_the_file_and_keeps_the_previous(tmp_path, code, reas
 
 def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
     """torch.save hides the errno: "[enforce fail at inline_container.cc:672] ..."."""
-    from mcir_cli.checkpoint import Checkpoint, save_like
+    from mcir_cli.models.checkpoint import Checkpoint, save_like
 
     def full_disk_save(obj, f, *args, **kwargs):
         if hasattr(f, "write"):
@@ -291,8 +291,8 @@ def small_disk(tmp_path):
 
 
 def _writers():
-    from mcir_cli.checkpoint import save_safetensors
-    from mcir_cli.imageio import write_image
+    from mcir_cli.models.checkpoint import save_safetensors
+    from mcir_cli.data.imageio import write_image
 
     big = torch.rand(3, 256, 256)
     return {
@@ -358,7 +358,7 @@ def test_too_small_for_the_border_or_ssim_is_one_line(tmp_path):
 
 
 def test_check_image_size_rules():
-    from mcir_cli.metrics import Conventions
+    from mcir_cli.metrics.quality import Conventions
 
     conv = Conventions(y_channel=True, crop_border=4)
     check_image_size(Path("ok.png"), 19, 19, 1, conv)
@@ -416,7 +416,7 @@ def test_batch_memory_refused_up_front():
 
 
 def test_batch_memory_measures_this_machine():
-    from mcir_cli.limits import available_memory
+    from mcir_cli.data.limits import available_memory
 
     room = available_memory("cpu")
     assert room is None or room > 0
@@ -432,8 +432,8 @@ def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
     """`mcir compare a/X4.json b/X4.json` named them "X4 (1)"/"X4 (2)" in its messages."""
     import json as _json
 
-    from mcir_cli.alignment import display_labels as _labels
-    from mcir_cli.result_files import load_result
+    from mcir_cli.compare.alignment import display_labels as _labels
+    from mcir_cli.compare.files import load_result
 
     result = {"conventions": {"y_channel": True, "crop_border": 4, "quantize": True}, "task": "sr",
               "model": {"label": "X4", "scale": 4},
@@ -447,6 +447,6 @@ def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
 
 
 def test_a_dataset_named_dotdot_stays_inside_visuals():
-    from mcir_cli.visuals import slug
+    from mcir_cli.render.visuals import slug
 
     assert slug("..") == "x" and slug("../etc") == "_etc" and slug("Set5") == "Set5"

@@ -1,4 +1,4 @@
-"""mcir_cli.resize: MATLAB bicubic imresize, checked bit-exactly against Set5/Set14 LR."""
+"""mcir_cli.data.resize: MATLAB bicubic imresize, checked bit-exactly against Set5/Set14 LR."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import shared_path
-from mcir_cli.imageio import read_image, to_uint8
-from mcir_cli.resize import imresize, is_uint8_levels, resize_weights
+from mcir_cli.data.imageio import read_image, to_uint8
+from mcir_cli.data.resize import imresize, is_uint8_levels, resize_weights
 
 
 @pytest.mark.parametrize("dataset", ["Set5", "Set14"])

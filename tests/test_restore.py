@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import shared_path
 from mcir_cli.cli import app
-from mcir_cli.imageio import read_image, to_uint8
-from mcir_cli.inference import restore
+from mcir_cli.data.imageio import read_image, to_uint8
+from mcir_cli.models.inference import restore
 
 runner = CliRunner()
 
@@ -33,7 +33,7 @@ def dncnn_path():
 
 @pytest.fixture(scope="module")
 def imdn(imdn_path):
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     return load_model(imdn_path).restorer.eval()
 
@@ -146,7 +146,7 @@ def test_16bit_png_and_tiff_stay_16bit_with_their_icc_profile(tmp_path, imdn_pat
     import png
     import tifffile
 
-    from mcir_cli.photos import Photo, PhotoMeta, write_photo
+    from mcir_cli.data.photos import Photo, PhotoMeta, write_photo
 
     rgb = np.asarray(_crop("bird", (60, 60, 84, 84))).astype(np.uint16) * 257
     rgb[::2, ::3] += 97  # low bits that an 8-bit path would lose
@@ -259,7 +259,7 @@ def test_tiled_equals_untiled(tmp_path, dncnn_path, imdn_path):
 
 
 def test_tile_for_budget():
-    from mcir_cli.inference import tile_for_budget
+    from mcir_cli.models.inference import tile_for_budget
 
     # 1 GiB at 4 KiB per pixel, 4 tiles: sqrt(2**30 / 2**12 / 4) = 256
     assert tile_for_budget(2**30, 4096, batch=4) == 256

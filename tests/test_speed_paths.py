@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from conftest import shared_path
-from mcir_cli import speed
-from mcir_cli.negatives import NegativeBank
+from mcir_cli.train import speed
+from mcir_cli.negatives.bank import NegativeBank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _swinir_light(depths=(2, 2)) -> nn.Module:
     from spandrel.architectures.SwinIR import SwinIR
 
-    from mcir_cli.models import Restorer
+    from mcir_cli.models.loading import Restorer
 
-    from mcir_cli.recipes import IOSpec
+    from mcir_cli.models.presets import IOSpec
 
     torch.manual_seed(0)
     net = SwinIR(
@@ -40,18 +40,18 @@ def _swinir_light(depths=(2, 2)) -> nn.Module:
 
 
 def _dctlsa() -> nn.Module:
-    from mcir_cli.models import load_model
+    from mcir_cli.models.loading import load_model
 
     return load_model(checkpoint=shared_path("weights", "DCTLSA", "X4.pt")).restorer
 
 
 def _edsr_light() -> nn.Module:
-    from mcir_cli.models import Restorer, from_preset
-    from mcir_cli.recipes import IOSpec, get_preset, presets_dir
+    from mcir_cli.models.loading import Restorer, from_preset
+    from mcir_cli.models.presets import IOSpec, get_preset, presets_dir
 
     if (presets_dir() / "edsr-light-x4.toml").exists():
         return from_preset(get_preset("edsr-light-x4")).restorer
-    from mcir_cli.archs import BUILDERS
+    from mcir_cli.models.archs import BUILDERS
 
     torch.manual_seed(0)
     net = BUILDERS["EDSR"](scale=4, n_resblocks=16, n_feats=64, res_scale=1.0)
@@ -80,7 +80,7 @@ def _inputs(name):
     target = MODELS[name]()
     fast, slow = _banks(target)
     # real image content: bf16 error on uniform noise is not what training sees
-    from mcir_cli.imageio import read_image
+    from mcir_cli.data.imageio import read_image
 
     lr = read_image(shared_path("data", "sr", "Set5", "LR_bicubic", "X4", "babyx4.png"))
     x = torch.stack([lr[:, :16, :16], lr[:, 40:56, 40:56]])
@@ -204,9 +204,9 @@ def test_compile_training_compiles_all_three_parts():
     """aot_eager traces with dynamo and AOT autograd like inductor, without generating
     code: the compiled target, the compiled vmap over N negatives and the compiled
     embedding give the eager results."""
-    from mcir_cli.losses import SPNLoss, make_embedding
+    from mcir_cli.losses.spn import SPNLoss, make_embedding
 
-    from mcir_cli.imageio import read_image
+    from mcir_cli.data.imageio import read_image
 
     target = _edsr_light().eval()
     bank_e, bank_c = (NegativeBank(target, (1, 2, 3), seed=0, batched=True) for _ in range(2))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mcir_cli import seed_image_stats
-from mcir_cli.stats import _detectable_factor
+from mcir_cli.compare.stats import _detectable_factor
 
 SIMS = 2000
 MC = 3 * math.sqrt(0.05 * 0.95 / SIMS)  # three Monte-Carlo standard errors of a 5 % rate

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
-from mcir_cli.study import StudyPlan, parse_arm, plan_paths, run_study
-from mcir_cli.study_report import NO_PAIRS
+from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths, run_study
+from mcir_cli.compare.study_results import NO_PAIRS
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()
@@ -154,8 +154,8 @@ def test_bad_study_input_is_refused_before_any_work(bench, tmp_path):
 def test_from_scratch_ignores_pretrained_weights_in_mcir_weights(monkeypatch):
     """`--from-scratch` means random weights even when $MCIR_WEIGHTS holds the preset's
     pretrained file (it used to load it while applying the from-scratch recipe)."""
-    from mcir_cli.checkpoint import read_checkpoint
-    from mcir_cli.models import load_model
+    from mcir_cli.models.checkpoint import read_checkpoint
+    from mcir_cli.models.loading import load_model
 
     monkeypatch.setenv("MCIR_WEIGHTS", str(shared_path("weights")))
     pretrained = read_checkpoint(shared_path("weights", "IMDN", "IMDN_x4.pth")).state_dict

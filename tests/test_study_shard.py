@@ -19,8 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths, run_study
-from mcir_cli.study_units import study_units, unit_log
+from mcir_cli.workflows.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths, run_study
+from mcir_cli.workflows.study_units import study_units, unit_log
 from tests.conftest import set5_crops, shared_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(bench
     mid-training, saves, is requeued and resumes; the figures are the serial ones and no
     unit ever ran in two processes at once."""
     pytest.importorskip("submitit")
-    from mcir_cli.study_submit import submit_study
+    from mcir_cli.workflows.study_submit import submit_study
 
     study = tmp_path / "S"
     create_study(_plan(study, bench))

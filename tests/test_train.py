@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import sha256_file
-from mcir_cli.imageio import read_image, write_image
-from mcir_cli.resize import imresize
-from mcir_cli.config import TrainConfig, load_run_config, make_config
-from mcir_cli.loop import Run, retrain
+from mcir_cli._helpers.fsutil import sha256_file
+from mcir_cli.data.imageio import read_image, write_image
+from mcir_cli.data.resize import imresize
+from mcir_cli.train.config import TrainConfig, load_run_config, make_config
+from mcir_cli.train.run import Run, retrain
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()
@@ -80,8 +80,8 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     val = json.loads((run / "val.json").read_text())
     assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
     # step 0 is the starting checkpoint, scored exactly as `mcir evaluate` scores it
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     start = evaluate_model(load_model(ckpt), [small_val], device="cpu")["datasets"][small_val.name]
     assert [h["step"] for h in val["history"]] == [0, 8]
@@ -94,7 +94,7 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     mean_ratio = sum(r["ratio"] for r in steps) / len(steps)
     assert log[-1]["event"] == "end" and log[-1]["mean_ratio"] == pytest.approx(mean_ratio)
     assert f"mean {mean_ratio:.2%}" in res.output and "outside mcir's heuristic band" in res.output
-    from mcir_cli.guard import lambda_for_band
+    from mcir_cli.train.guard import lambda_for_band
 
     per_lambda = sum(r["ratio"] / r["lam"] for r in steps) / len(steps)  # the λ to try, from the log
     assert f"try λ = {lambda_for_band(per_lambda, (0.01, 0.10)):g} (--lambda" in " ".join(res.output.split())
@@ -125,7 +125,7 @@ def test_resume_is_bit_exact(ckpt, train_dir, tmp_path):
 
 
 def test_batchnorm_frozen_by_default_and_trainable_on_request(ckpt, train_dir, tmp_path):
-    from mcir_cli.checkpoint import read_checkpoint
+    from mcir_cli.models.checkpoint import read_checkpoint
 
     original = read_checkpoint(ckpt).state_dict
     bn_keys = [k for k in original if k.endswith("running_mean")]
@@ -300,7 +300,7 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
 
 def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
     """A user's own preset file: its [spn] values become the run's defaults; flags still win."""
-    from mcir_cli.recipes import presets_dir
+    from mcir_cli.models.presets import presets_dir
 
     text = (presets_dir() / "dctlsa-x4.toml").read_text()
     spn = "[spn]\nlambda = 2e-4\nweight = 0.2\nsteps = [3, 7]\nembedding = \"pixel\"\nnegative_init = \"copy\"\nnegative_mix = 0.1\n"
@@ -320,7 +320,7 @@ def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
 
 
 def test_make_config_defaults_come_from_the_preset_or_the_paper():
-    from mcir_cli.config import make_config
+    from mcir_cli.train.config import make_config
 
     bare = make_config(["d"], "o", checkpoint="ckpt.pth")
     assert (bare.lr, bare.schedule, bare.loss, bare.batch, bare.patch) == (1e-5, "constant", "l1", 16, 48)
@@ -573,8 +573,8 @@ def test_ema_of_the_weights_is_what_is_validated_and_written(train_dir, small_va
     assert torch.allclose(written[some], expected[net_keys[some.removeprefix("module.")]], atol=1e-6)
     assert not torch.allclose(written[some], raw[-1][net_keys[some.removeprefix("module.")]], atol=1e-6)
     # validation scored the EMA weights: re-scoring model.safetensors gives the logged number
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     final = [r for r in read_log(tmp_path / "run") if r.get("event") == "val"][-1]
     again = evaluate_model(load_model(tmp_path / "run" / "model.safetensors"), [small_val], device="cpu")
@@ -604,8 +604,8 @@ def test_several_validation_folders(train_dir, small_val, tmp_path):
     assert res.exit_code == 0, res.output
     val = json.loads((run / "val.json").read_text())
     assert set(val["data"]) == {small_val.name, "Second"} and "mean of the datasets" in val["psnr_is"]
-    from mcir_cli.evaluate import evaluate_model
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
 
     start = evaluate_model(load_model(imdn), [small_val, second], device="cpu")["datasets"]
     first = val["history"][0]

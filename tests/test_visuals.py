@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mcir_cli.results import compare_results
-from mcir_cli.visuals import (
+from mcir_cli.compare.results import compare_results
+from mcir_cli.render.visuals import (
     LABEL_H,
     SEP,
     comparison_strip,
@@ -169,7 +169,7 @@ def _result(label, vals, ssim=None):
 @pytest.fixture
 def drawn_charts(monkeypatch):
     """The figures write_delta_charts saves, by file name (then saved for real)."""
-    import mcir_cli.charts as charts
+    import mcir_cli.render.charts as charts
 
     figures = {}
     real = charts.save_figure

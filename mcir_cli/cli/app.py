@@ -122,7 +122,7 @@ def _progress() -> Progress:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from mcir_cli.fsutil import atomic_write_text
+    from mcir_cli._helpers.fsutil import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 

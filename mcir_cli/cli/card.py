@@ -25,7 +25,7 @@ def card(
 
     `mcir retrain` writes both at its end; this command rewrites them, e.g. with the evidence of a comparison. Values given once (--license, --author, --pretrained-id) are kept by later rewrites.
     """
-    from mcir_cli.card import write_card
+    from mcir_cli.train.card import write_card
 
     paths = write_card(run, comparison=comparison, author=author, license=license, pretrained_id=pretrained_id)
     console.print(f"wrote {paths['README.md']} and {paths['openmodeldb.json']}", highlight=False, soft_wrap=True)

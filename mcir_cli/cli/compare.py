@@ -12,7 +12,7 @@ from mcir_cli.cli.evaluate import _check_scoring_flags, _qualities
 from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
-    from mcir_cli.compare import CompareRun
+    from mcir_cli.workflows.compare import CompareRun
 
 
 def _compare_inputs(results: list[Path], checkpoint: list[Path], data: list[Path], model_flags: dict[str, Any]) -> str:
@@ -39,7 +39,7 @@ def _show(run: CompareRun, visuals: Path | None) -> None:
     """The table, what was left out, the evidence, the files written; an exit code 2 for
     asked-for visuals that could not be made (after everything else is shown)."""
     from mcir_cli.cli.render import print_evidence, print_notes, print_paper_notes, render_table
-    from mcir_cli.results import render_evidence
+    from mcir_cli.compare.results import render_evidence
 
     comp = run.comparison
     console.print(render_table(comp))
@@ -92,7 +92,7 @@ def compare(
 
     Example: mcir compare --checkpoint DCTLSA/X4.pt --checkpoint runs/mcir/model.safetensors --data Set5/ --html report.html --markdown report.md
     """
-    from mcir_cli.compare import Scoring, run_compare
+    from mcir_cli.workflows.compare import Scoring, run_compare
 
     _compare_inputs(results or [], checkpoint or [], data or [], {
         "--data": data, "--scale": scale is not None, "--res-scale": res_scale is not None, "--task": task is not None,
@@ -134,7 +134,7 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
                         scales: tuple[int | None, float | None], device: str, tile: int | None,
                         label: list[str] | None, scores: dict[str, Any]) -> None:
     """--no-gt: no scores, so no table, exports or statistics; the strips, and why."""
-    from mcir_cli.compare_unpaired import compare_without_gt
+    from mcir_cli.workflows.compare_unpaired import compare_without_gt
 
     if not checkpoint:
         raise McirError("--no-gt runs the models on the images: give --checkpoint A --checkpoint B --data IMAGES/")

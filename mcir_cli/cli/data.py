@@ -39,9 +39,9 @@ def data_inspect(
 
     Example: mcir data inspect DIV2K/ --scale 4 --show 3
     """
-    from mcir_cli.data import pair_size_problems
-    from mcir_cli.layouts import recognise, scales_of
-    from mcir_cli.recipes import check_task_name
+    from mcir_cli.data.datasets import pair_size_problems
+    from mcir_cli.data.layouts import recognise, scales_of
+    from mcir_cli.models.presets import check_task_name
 
     check_task_name(task)
     scales = scales_of(folder)
@@ -121,8 +121,8 @@ def data_degrade(
 
     Example: mcir data degrade Set5/ -o Set5-realesrgan/ --scale 4 --seed 0
     """
-    from mcir_cli.degradation_config import degradation_flags
-    from mcir_cli.degrade_data import degrade_dataset
+    from mcir_cli.data.realesrgan.settings import degradation_flags
+    from mcir_cli.workflows.degrade_data import degrade_dataset
 
     settings = degradation_flags(None, degradation_config)["degradation_settings"]
     done = degrade_dataset(source, output, scale, seed=seed, settings=settings, device=device)

@@ -12,7 +12,7 @@ from rich.table import Table
 from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
-from mcir_cli.fsutil import writable_target
+from mcir_cli._helpers.fsutil import writable_target
 
 
 def results_table(result: dict[str, Any], title: str | None = None) -> Table:
@@ -72,8 +72,8 @@ def evaluate(
 
     Example: mcir evaluate --checkpoint DCTLSA/X4.pt --data Set5/ --data Set14/ -o dctlsa.json
     """
-    from mcir_cli.evaluate import evaluate_bicubic, evaluate_compressed, evaluate_model, evaluate_restored
-    from mcir_cli.models import load_model
+    from mcir_cli.evaluate.benchmarks import evaluate_bicubic, evaluate_compressed, evaluate_model, evaluate_restored
+    from mcir_cli.models.loading import load_model
 
     _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
     qualities = _qualities(jpeg_quality, task)
@@ -138,8 +138,8 @@ def evaluate(
 def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> int | None:
     """`--model swinir-light` (a preset in several scales) without --scale: the one scale
     the data folders hold (said in a note), else None (and the preset asks for --scale)."""
-    from mcir_cli.layouts import infer_scale
-    from mcir_cli.recipes import get_preset
+    from mcir_cli.data.layouts import infer_scale
+    from mcir_cli.models.presets import get_preset
 
     if model is None or scale is not None:
         return scale
@@ -158,7 +158,7 @@ def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> 
 
 def _qualities(text: str | None, task: str | None) -> tuple[int, ...] | None:
     """--jpeg-quality of evaluate/compare: a list of qualities, for the JPEG task only."""
-    from mcir_cli.jpeg import check_task, parse_qualities
+    from mcir_cli.data.jpeg import check_task, parse_qualities
 
     if text is None:
         return None
@@ -169,7 +169,7 @@ def _qualities(text: str | None, task: str | None) -> tuple[int, ...] | None:
 def _check_scoring_flags(task: str | None, crop_border: int | None, noise_sigma: float | None,
                          tile: int | None = None, tile_overlap: int = 0) -> None:
     """Flags of evaluate/compare, refused in one line before any work."""
-    from mcir_cli.recipes import check_noise_sigma, check_task_name
+    from mcir_cli.models.presets import check_noise_sigma, check_task_name
 
     check_task_name(task)
     check_noise_sigma(noise_sigma)

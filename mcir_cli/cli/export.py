@@ -25,7 +25,7 @@ def export(
 
     The graph takes RGB (or grey) N x C x H x W images in [0, 1] and gives the restored image in [0, 1]: the model's own normalisation and the padding its windows need are inside. Before the file is written, onnxruntime (CPU) runs it on crops of a real image at the traced size and at two other sizes (27x41 and 45x38, batch 2) and must match torch within the printed tolerance.
     """
-    from mcir_cli.export import export_onnx
+    from mcir_cli.models.export import export_onnx
 
     report = export_onnx(file, onnx, fp16=fp16, image=image)
     table = Table(title=f"onnxruntime (CPU) vs torch (fp32) on {report.image}",

@@ -17,7 +17,7 @@ from mcir_cli.cli.app import RES_SCALE_HELP, console, handle_errors, models_app
 
 def _weights_cell(preset) -> str:
     """The preset's pretrained file, green when found under $MCIR_WEIGHTS."""
-    from mcir_cli.models import resolve_weights
+    from mcir_cli.models.loading import resolve_weights
 
     if not preset.weights_file:
         return "-"
@@ -42,8 +42,8 @@ def models_list(ctx: typer.Context) -> None:
         return
     import spandrel
 
-    from mcir_cli import archs
-    from mcir_cli.recipes import list_presets
+    from mcir_cli.models import archs
+    from mcir_cli.models.presets import list_presets
 
     table = Table(title="presets (use with --model NAME)", caption="weights: the file a preset loads from a folder in $MCIR_WEIGHTS; paper: "
                   "the MCIR paper's table with this model's printed figures, and its test sets")
@@ -82,7 +82,7 @@ def models_inspect(
 
     Example: mcir models inspect EDSR_Lx4.pth --res-scale 0.1
     """
-    from mcir_cli.models import load_checkpoint_model
+    from mcir_cli.models.loading import load_checkpoint_model
 
     loaded = load_checkpoint_model(file, res_scale=res_scale)
     ckpt = loaded.checkpoint

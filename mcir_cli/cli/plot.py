@@ -23,7 +23,7 @@ def plot(
 
     Panels over steps: l_rec, l_neg, the contrast ratio λ·l_neg/|l_rec| with mcir's heuristic band (the run's --ratio-band), λ, lr and the validation PSNR; collapses are dotted vertical lines. Panels no run has data for are left out (a plain run has no l_neg, ratio or λ).
     """
-    from mcir_cli.plot import plot_runs
+    from mcir_cli.render.plot import plot_runs
 
     path = plot_runs(runs, out, labels=label)
     console.print(f"wrote {path} (training curves of {len(runs)} run{'s' * (len(runs) != 1)})",

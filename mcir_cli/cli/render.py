@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mcir_cli.cli.app import console, err_console
-from mcir_cli.exports import fmt_dpsnr, fmt_dssim, paper_table_rows, score_cells
-from mcir_cli.paper import FULL_SET, paper_notes
-from mcir_cli.results import Comparison, conventions_text
+from mcir_cli.compare.exports import fmt_dpsnr, fmt_dssim, paper_table_rows, score_cells
+from mcir_cli.models.paper import FULL_SET, paper_notes
+from mcir_cli.compare.results import Comparison, conventions_text
 
 
 def _colour(x: float) -> str:

@@ -40,7 +40,7 @@ def restore(
 
     PNG, JPEG, WebP, TIFF and BMP in; 16-bit PNG/TIFF stay 16-bit; alpha is restored separately and re-attached (chaiNNer's "Separate Alpha"); EXIF orientation is applied; ICC profile, EXIF, XMP and PNG text are kept; grey images stay grey. Every image is read before any is written: a broken file stops the run with nothing written.
     """
-    from mcir_cli.restore import restore_images
+    from mcir_cli.workflows.restore import restore_images
 
     with _progress() as bar:
         tasks: dict[str, int] = {}

@@ -73,10 +73,10 @@ def retrain(
 
     The baseline to compare with: the same command with --negative-init none.
     """
-    from mcir_cli.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
-    from mcir_cli.degradation_config import degradation_flags
-    from mcir_cli.distributed import DistContext
-    from mcir_cli.loop import retrain as run_retrain
+    from mcir_cli.train.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
+    from mcir_cli.data.realesrgan.settings import degradation_flags
+    from mcir_cli.train.distributed import DistContext
+    from mcir_cli.train.run import retrain as run_retrain
 
     dist = DistContext.from_env(device)
     if resume is not None:
@@ -124,7 +124,7 @@ def retrain(
 
 def _default_output(model: str | None, checkpoint: Path | None, dist) -> Path:
     """No --output: a new ./runs/<name>-<date>-<time>/, chosen by rank 0, said on rank 0."""
-    from mcir_cli.rundir import default_run_folder
+    from mcir_cli.train.rundir import default_run_folder
 
     output = Path(dist.agree(str(default_run_folder(model, checkpoint))))
     if dist.is_main:
@@ -138,7 +138,7 @@ _PARAM_OF = {"lam_auto": "lam", "allow_random_init": "from_scratch", "degradatio
 
 def _with_run_file(ctx: typer.Context, flags: dict, path: Path) -> dict:
     """The run file's values under the flags given on the command line."""
-    from mcir_cli.config import load_config_file
+    from mcir_cli.train.config import load_config_file
 
     merged = dict(flags)
     for key, value in load_config_file(path).items():
@@ -156,7 +156,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def _resume_settings(ctx: typer.Context, resume: Path) -> dict:
     """What a resume may change (config.RESUME_SETTINGS); every other flag on the command
     line would be silently ignored (the run continues as its config.json says): refused."""
-    from mcir_cli.config import RESUME_SETTINGS
+    from mcir_cli.train.config import RESUME_SETTINGS
 
     given = [next((o for o in p.opts if o.startswith("--")), p.name) for p in ctx.command.params
              if p.name not in ("resume", "iters", *RESUME_SETTINGS) and _given(ctx, p.name)]
@@ -212,7 +212,7 @@ def _render_summary(result, lam_auto: bool) -> None:
         lo, hi = result.ratio_band
         inside = lo <= result.mean_ratio <= hi
         colour = "green" if inside else "yellow"
-        from mcir_cli.guard import lambda_hint
+        from mcir_cli.train.guard import lambda_hint
 
         hint = lambda_hint(result.ratio_per_lambda or 0.0, result.ratio_band)
         advice = "" if inside else f" — outside mcir's heuristic band; {hint}" + ("" if lam_auto else " (or --lambda auto)")

@@ -13,8 +13,8 @@ from rich.table import Table
 from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.errors import McirError
-from mcir_cli.stats import p_phrase
-from mcir_cli.study_report import METHOD, NO_PAIRS, fmt_signed, study_number
+from mcir_cli.compare.stats import p_phrase
+from mcir_cli.compare.study_results import METHOD, NO_PAIRS, fmt_signed, study_number
 
 
 def _seeds(text: str) -> list[int]:
@@ -69,10 +69,10 @@ def study(
 
     Example: mcir study --checkpoint IMDN_x4.pth --data DIV2K/ --benchmark Set5/ --benchmark Set14/ --arm plain --arm mcir --arm mcir-fitted --iters 2000 -o studies/imdn
     """
-    from mcir_cli.jpeg import parse_quality
-    from mcir_cli.recipes import check_task_name
-    from mcir_cli.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths
-    from mcir_cli.study_units import study_units
+    from mcir_cli.data.jpeg import parse_quality
+    from mcir_cli.models.presets import check_task_name
+    from mcir_cli.workflows.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths
+    from mcir_cli.workflows.study_units import study_units
 
     cluster = _cluster_request(ctx, resume, shard, submit, time, slurm_option)  # checked before any work
     if resume is not None:
@@ -97,7 +97,7 @@ def study(
             common["save_every"] = save_every
         if embedding_weights is not None:
             common["embedding_weights"] = str(embedding_weights)
-        from mcir_cli.degradation_config import degradation_flags
+        from mcir_cli.data.realesrgan.settings import degradation_flags
 
         common.update({k: v for k, v in degradation_flags(degradation, degradation_config).items() if v is not None})
         arms = [parse_arm(a) for a in (arm or ["plain", "mcir"])]
@@ -123,8 +123,8 @@ def study(
 def _run(plan: Any, resume: Optional[Path], shard: Optional[tuple[int, int]]) -> tuple[Optional[dict[str, Any]], Any]:
     """The study (or this process's shard of it) with progress bars; an interrupt exits
     128 + its signal (130 for Ctrl-C)."""
-    from mcir_cli.study import run_study
-    from mcir_cli.study_units import run_shard
+    from mcir_cli.workflows.study import run_study
+    from mcir_cli.workflows.study_units import run_shard
 
     report = None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -162,8 +162,8 @@ _CLUSTER_FLAGS = ("shard", "submit", "slurm_partition", "gpus_per_unit", "time",
 def _cluster_request(ctx: typer.Context, resume: Optional[Path], shard: Optional[str], submit: Optional[str],
                      time: str, slurm_option: Optional[list[str]]) -> dict[str, Any]:
     """--shard / --submit and their settings, checked before anything is written."""
-    from mcir_cli.study_submit import CLUSTERS, parse_time
-    from mcir_cli.study_units import parse_shard
+    from mcir_cli.workflows.study_submit import CLUSTERS, parse_time
+    from mcir_cli.workflows.study_units import parse_shard
 
     given = {n for n in _CLUSTER_FLAGS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
     if given and resume is None:
@@ -186,7 +186,7 @@ def _cluster_request(ctx: typer.Context, resume: Optional[Path], shard: Optional
 
 
 def _submit(study: Path, cluster: dict[str, Any], partition: Optional[str], gpus: int) -> None:
-    from mcir_cli.study_submit import submit_study
+    from mcir_cli.workflows.study_submit import submit_study
 
     jobs = submit_study(study, cluster["submit"], partition, gpus, cluster["time_min"], cluster["options"])
     if not jobs:

@@ -1,0 +1,2 @@
+"""The negative models: how a bank is built (`build`) and the bank itself (`bank`:
+EMA schedule, updates, forward, state)."""
