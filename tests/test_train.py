@@ -679,3 +679,13 @@ def test_resume_may_change_when_to_save_and_log_but_not_the_numbers(train_dir, t
     b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
     assert [r["step"] for r in read_log(tmp_path / "b") if "event" not in r] == [1, 2, 4]  # logged every 2 after
+
+
+@pytest.mark.parametrize("field, flag", [("loss", "--loss"), ("embedding", "--embedding"), ("negative_init", "--negative-init"),
+                                         ("optimizer", "--optimizer"), ("amp", "--amp")])
+def test_a_train_config_refuses_an_unknown_choice_when_built(field, flag):
+    """Refused at construction, naming the flag and the allowed values (from mcir_cli.choices),
+    before any model is loaded or data scanned (the folders here do not exist)."""
+    with pytest.raises(McirError, match=f"^{flag} must be one of "):
+        TrainConfig(data=["no-such-folder"], output="no-such-run", **{field: "foo"})
+    TrainConfig(data=["no-such-folder"], output="no-such-run", loss="L1", embedding="pixel")  # the loss's case as make_rec_loss

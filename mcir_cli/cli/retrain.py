@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
+from mcir_cli.choices import LOSSES, SCHEDULES
 from mcir_cli.errors import McirError
 
 
@@ -30,11 +31,11 @@ def retrain(
     batch: Optional[int] = typer.Option(None, help="Patches per step (per rank) (default: preset or 16).", rich_help_panel="Optimisation"),
     patch: Optional[int] = typer.Option(None, help="Input patch size (LR pixels for SR) (default: preset or 48/128).", rich_help_panel="Optimisation"),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: a preset's: where its schedule ends (from scratch: its start); bare checkpoint: 1e-5).", rich_help_panel="Optimisation"),
-    schedule: Optional[str] = typer.Option(None, help="constant | multistep | cosine (default: constant; from scratch: the preset's).", rich_help_panel="Optimisation"),
+    schedule: Optional[str] = typer.Option(None, help=f"{' | '.join(SCHEDULES)} (default: constant; from scratch: the preset's).", rich_help_panel="Optimisation"),
     warmup: Optional[int] = typer.Option(None, help="Linear warm-up steps (default: preset or 0).", rich_help_panel="Optimisation"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value.", rich_help_panel="Optimisation"),
     ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off).", rich_help_panel="Optimisation"),
-    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | charbonnier | mse | psnr | ssim (default: preset or l1).", rich_help_panel="Optimisation"),
+    loss: Optional[str] = typer.Option(None, help=f"Reconstruction loss: {' | '.join(LOSSES)} (default: preset or l1).", rich_help_panel="Optimisation"),
     lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved.", rich_help_panel="MCIR / SPN"),
     ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
     negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters; never faster than every 2 steps).", rich_help_panel="MCIR / SPN"),

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcir_cli.choices import EMBEDDINGS, LOSSES
 from mcir_cli.errors import McirError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ REC_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "psnr": psnr_loss,
     "ssim": ssim_loss,
 }
+assert tuple(sorted(REC_LOSSES)) == tuple(sorted(LOSSES)), "choices.LOSSES names every loss"
 
 
 def make_rec_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -349,7 +351,7 @@ def make_embedding(
         return VGGEmbedding(key, weights=weights, init=init, seed=seed)
     if key == "pixel":
         return PixelEmbedding()
-    raise McirError(f"unknown embedding {name!r}; choose vgg16, vgg19 or pixel")
+    raise McirError(f"unknown embedding {name!r}; choose {', '.join(EMBEDDINGS)}")
 
 
 # --------------------------------------------------------------------------- SPN loss

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcir_cli.choices import EMBEDDINGS, LOSSES, OPTIMIZERS, SCHEDULES
 from mcir_cli.errors import McirError
 from mcir_cli.models.paper import PaperFigures, parse_paper
 
@@ -205,10 +206,6 @@ def _degradation(table: Any, path: Path) -> tuple[str | None, dict[str, Any]]:
     return split_table(table, path)
 
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
-REC_LOSS_NAMES = ("l1", "charbonnier", "mse", "psnr", "ssim")
-EMBEDDINGS = ("vgg16", "vgg19", "pixel")
 
 
 def _check_preset(preset: Preset) -> None:
@@ -227,7 +224,7 @@ def _check_preset(preset: Preset) -> None:
     for field_name, value, allowed in (
         ("recipe.optimizer", r.optimizer, OPTIMIZERS),
         ("recipe.schedule", r.schedule, SCHEDULES),
-        ("recipe.loss", r.loss, REC_LOSS_NAMES),
+        ("recipe.loss", r.loss, LOSSES),
         ("spn.embedding", preset.spn.embedding, EMBEDDINGS),
     ):
         if value not in allowed:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-INIT_MODES = ("mix", "copy", "random", "frozen")
+from mcir_cli.choices import NEGATIVE_INITS
+
 
 RandomModel = Callable[[], nn.Module]  # a freshly initialised model of the target's architecture
 
@@ -25,8 +26,8 @@ def check_settings(steps: Sequence[int], init: str, weight: float, batched: bool
         raise ValueError("NegativeBank needs at least one negative (steps is empty)")
     if any(s < 1 for s in steps):
         raise ValueError(f"negative update steps must be >= 1, got {steps}")
-    if init not in INIT_MODES:
-        raise ValueError(f"unknown negative init {init!r}; expected one of {INIT_MODES}")
+    if init not in NEGATIVE_INITS:
+        raise ValueError(f"unknown negative init {init!r}; expected one of {NEGATIVE_INITS}")
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"EMA weight must be in [0, 1], got {weight}")
     if batched not in (True, False, "auto"):

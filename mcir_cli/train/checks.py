@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from mcir_cli.data.realesrgan.settings import check_degradation
 from mcir_cli.errors import McirError
-from mcir_cli.models.presets import OPTIMIZERS, SCHEDULES, check_noise_sigma, check_task_name
+from mcir_cli.choices import AMP_MODES, AUTO_ON_OFF, EMBEDDING_INITS, EMBEDDINGS, LOSSES, NEGATIVE_INITS, OPTIMIZERS, SCHEDULES
+from mcir_cli.models.presets import check_noise_sigma, check_task_name
 
 if TYPE_CHECKING:
     from mcir_cli.train.config import TrainConfig
 
-NEGATIVE_INITS = ("mix", "copy", "random", "frozen", "none")
-AUTO_ON_OFF = ("auto", "on", "off")
-AMP_CHOICES = ("auto", "fp32", "bf16-negatives", "bf16")
 
 
 def _check_choice(flag: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -69,14 +67,16 @@ def validate_config(cfg: TrainConfig) -> None:
         parse_quality(cfg.jpeg_quality)
         check_task(cfg.task)
     check_degradation(cfg.degradation, cfg.degradation_settings, cfg.task)
-    _check_choice("--negative-init", cfg.negative_init, NEGATIVE_INITS)
+    _check_choice("--loss", str(cfg.loss).lower(), LOSSES)
+    _check_choice("--embedding", str(cfg.embedding).lower(), EMBEDDINGS)
+    _check_choice("--negative-init", cfg.negative_init, (*NEGATIVE_INITS, "none"))
     _check_choice("--schedule", cfg.schedule, SCHEDULES)
     _check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
     for flag, value in (("--compile", cfg.compile), ("--channels-last", cfg.channels_last),
                         ("--batched-negatives", cfg.batched_negatives), ("--cache", cfg.cache)):
         _check_choice(flag, value, AUTO_ON_OFF)
-    _check_choice("--embedding-init", cfg.embedding_init, ("pretrained", "random"))
-    _check_choice("--amp", cfg.amp, (None, *AMP_CHOICES, "none"))
+    _check_choice("--embedding-init", cfg.embedding_init, EMBEDDING_INITS)
+    _check_choice("--amp", cfg.amp, (None, *AMP_MODES, "none"))
     if cfg.lam_auto and cfg.loss == "psnr":
         raise McirError("--lambda auto steers λ·l_neg/l_rec, which needs a positive reconstruction loss; "
                         "the PSNR loss is signed (give a fixed --lambda)")

@@ -13,9 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-COMPILE_MODES = ("auto", "on", "off")
-CHANNELS_LAST_MODES = ("auto", "on", "off")
-AMP_MODES = ("auto", "fp32", "bf16-negatives", "bf16")
+from mcir_cli.choices import AMP_MODES, AUTO_ON_OFF
+
 
 # Break-even of torch.compile for a training run, from the speed issue's H200 numbers for
 # SwinIR-light x4 at batch 32 x LR patch 64 (bf16):
@@ -60,8 +59,8 @@ def _compiler_available(device: torch.device) -> tuple[bool, str]:
 def compile_decision(device: torch.device | str, iters: int, mode: str = "auto") -> tuple[bool, str]:
     """(compile?, reason). mode "off": never; "on": always (where a compiler exists);
     "auto": only on CUDA and only for runs of at least AUTO_COMPILE_MIN_ITERS steps."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode not in AUTO_ON_OFF:
+        raise ValueError(f"compile mode must be one of {', '.join(AUTO_ON_OFF)}, got {mode!r}")
     device = torch.device(device)
     if mode == "off":
         return False, "torch.compile off (--compile off)"
@@ -141,8 +140,8 @@ def channels_last_decision(
     """(train in channels_last?, reason). "auto": on CUDA only, where `channels_last_ok`
     says the network is convolution-dominated and runs correctly in NHWC; "on" forces it
     (any device, e.g. to test it on CPU); "off" never."""
-    if mode not in CHANNELS_LAST_MODES:
-        raise ValueError(f"channels_last mode must be one of {', '.join(CHANNELS_LAST_MODES)}, got {mode!r}")
+    if mode not in AUTO_ON_OFF:
+        raise ValueError(f"channels_last mode must be one of {', '.join(AUTO_ON_OFF)}, got {mode!r}")
     device = torch.device(device)
     share = conv_parameter_share(module)
     if mode == "off":
