@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mcir_cli.data.imageio import read_image, to_uint8  # noqa: E402
-from mcir_cli.metrics.quality import Conventions, psnr, ssim  # noqa: E402
 from mcir_cli.data.resize import imresize  # noqa: E402
+from mcir_cli.metrics.quality import Conventions, psnr, ssim  # noqa: E402
 
 try:
     import cv2  # type: ignore

@@ -45,10 +45,9 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
-
-import warnings
 
 import torch
 import torch.nn.functional as F

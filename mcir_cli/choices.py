@@ -11,3 +11,7 @@ SCHEDULES = ("multistep", "cosine", "constant")
 NEGATIVE_INITS = ("mix", "copy", "random", "frozen")  # "none" in a run: no negatives (plain training)
 AUTO_ON_OFF = ("auto", "on", "off")  # --compile, --channels-last, --batched-negatives, --cache
 AMP_MODES = ("auto", "fp32", "bf16-negatives", "bf16")
+
+# the contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto: mcir's heuristic,
+# not the paper's or the authors' code's (neither gives a target for the ratio)
+RATIO_BAND = (0.01, 0.10)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import spandrel
 import torch
+from conftest import shared_path
 from torch import nn
 
-from conftest import shared_path
 from mcir_cli.models.archs import BUILDERS, MODEL_CLASSES, register
 
 
@@ -184,8 +184,8 @@ def test_dncnn_still_detected_as_dncnn(loader: spandrel.ModelLoader) -> None:
 
 def test_imdn_x4_real_image_quality(loader: spandrel.ModelLoader) -> None:
     """IMDN x4 on Set5 baby (PSNR on Y, border 4): measured 33.77 dB; bicubic ~31.8."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     desc = loader.load_from_state_dict(_load_sd(shared_path("weights", "IMDN", "IMDN_x4.pth")))
     set5 = shared_path("data", "sr", "Set5")
@@ -397,9 +397,9 @@ def to_basicsr_edsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("scale", [4, 3])
 def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tmp_path: Path, scale: int) -> None:
+    from mcir_cli.data.imageio import read_image
     from mcir_cli.models.archs.edsr import BasicSREDSR
     from mcir_cli.models.checkpoint import read_checkpoint, save_like
-    from mcir_cli.data.imageio import read_image
     from mcir_cli.models.loading import load_checkpoint_model
 
     torch.manual_seed(0)

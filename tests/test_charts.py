@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
+from mcir_cli.errors import McirError
 from mcir_cli.render.charts import (
     GAIN,
     LOSS,
@@ -21,7 +22,6 @@ from mcir_cli.render.charts import (
     save_figure,
 )
 from mcir_cli.render.curves import RunCurves, curves_figure, default_ratio_band
-from mcir_cli.errors import McirError
 
 
 def drawn(fig):

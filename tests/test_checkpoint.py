@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mcir_cli.models.checkpoint import read_checkpoint, save_like, save_safetensors
 from mcir_cli.cli import app
 from mcir_cli.errors import McirError
+from mcir_cli.models.checkpoint import read_checkpoint, save_like, save_safetensors
 from mcir_cli.models.loading import load_checkpoint_model
 from tests.conftest import shared_path
 

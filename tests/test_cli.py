@@ -7,9 +7,9 @@ import os
 import stat
 
 import pytest
+from conftest import shared_path
 from typer.testing import CliRunner
 
-from conftest import shared_path
 from mcir_cli import __version__
 from mcir_cli.cli import app
 
@@ -133,11 +133,10 @@ def test_retrain_without_output_writes_a_new_dated_run_folder_and_says_so(tmp_pa
     import re
     from datetime import datetime
 
-    from mcir_cli.train.rundir import default_run_folder
-
     import torch
 
     from mcir_cli.models.archs import BUILDERS
+    from mcir_cli.train.rundir import default_run_folder
 
     ckpt = tmp_path / "EDSR" / "X4.pth"  # a stem that names only the scale: the folder names the run
     ckpt.parent.mkdir()

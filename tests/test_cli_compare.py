@@ -13,13 +13,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.render.visuals import LABEL_H, SEP, crop_size
-
-from conftest import shared_path
 
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 8.2
     runner = CliRunner(mix_stderr=False)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from mcir_cli.cli.render import render_table
-from mcir_cli.errors import McirError
-from mcir_cli.compare.exports import latex_escape, to_csv, to_json, to_latex, to_markdown
 from mcir_cli.compare.alignment import align, check_conventions
+from mcir_cli.compare.exports import latex_escape, to_csv, to_json, to_latex, to_markdown
 from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import AVERAGE, compare_results, conventions_text, render_evidence
 from mcir_cli.compare.stats import PairedStats, paired_stats, verdict
+from mcir_cli.errors import McirError
 
 CONV = {"y_channel": True, "crop_border": 4, "quantize": "uint8"}
 

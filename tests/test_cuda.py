@@ -12,7 +12,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import shared_path
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

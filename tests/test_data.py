@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import shared_path
 
 from mcir_cli.data.datasets import add_noise, discover, iter_pairs, load_pair, mod_crop
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.resize import imresize
-
-from conftest import shared_path
+from mcir_cli.errors import McirError
 
 NAMES = ("baby", "bird", "butterfly")
 

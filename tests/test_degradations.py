@@ -18,14 +18,21 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks.jpeg_vs_libjpeg import libjpeg, psnr  # the measurement docs/datasets.md records
-from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_blur, draw_final_sinc, shaped_kernel, sinc_kernel, usm_kernel
 from mcir_cli.cli import app
-from mcir_cli.train.config import load_config_file, make_config
-from mcir_cli.data.realesrgan.settings import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
-from mcir_cli.data.realesrgan.pipeline import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import read_image
 from mcir_cli.data.realesrgan.jpeg_sim import jpeg
+from mcir_cli.data.realesrgan.kernels import (
+    KernelDraw,
+    draw_blur,
+    draw_final_sinc,
+    shaped_kernel,
+    sinc_kernel,
+    usm_kernel,
+)
+from mcir_cli.data.realesrgan.pipeline import DIRECTIONS, RESIZE_MODES, Degrader, draw_plan
+from mcir_cli.data.realesrgan.settings import KERNEL_TYPES, RealESRGANSettings, read_table_file, settings_from_dict
+from mcir_cli.errors import McirError
+from mcir_cli.train.config import load_config_file, make_config
 from tests.conftest import shared_path
 
 DEFAULTS = RealESRGANSettings()

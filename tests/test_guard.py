@@ -9,9 +9,10 @@ import random
 
 import pytest
 
+from mcir_cli.errors import McirError
+from mcir_cli.losses.spn import error_magnitude
 from mcir_cli.train.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, parse_steps
 from mcir_cli.train.ema import start_share
-from mcir_cli.errors import McirError
 from mcir_cli.train.guard import (
     DOMINANCE_PATIENCE,
     CollapseGuard,
@@ -20,7 +21,6 @@ from mcir_cli.train.guard import (
     contrast_ratio,
     validation_collapse,
 )
-from mcir_cli.losses.spn import error_magnitude
 from mcir_cli.train.parts import lr_factor
 from mcir_cli.train.rundir import RunFolder
 
@@ -229,9 +229,10 @@ def test_discard_keeps_a_run_that_got_going(tmp_path):
 
 def test_a_multi_scale_preset_takes_the_scale_of_its_training_data(tmp_path):
     """`--model swinir-light --data DIV2K/` with only X4 LR: x4, said in the recipe note."""
-    from mcir_cli.train.config import make_config
-    from mcir_cli.data.imageio import write_image
     import torch
+
+    from mcir_cli.data.imageio import write_image
+    from mcir_cli.train.config import make_config
 
     root = tmp_path / "DIV2K"
     write_image(root / "DIV2K_train_HR" / "0001.png", torch.rand(3, 32, 32))

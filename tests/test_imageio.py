@@ -9,11 +9,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image
 
-from conftest import shared_path
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, to_uint8, write_image
+from mcir_cli.errors import McirError
 
 
 def _rgb(h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import shared_path
 from torch import nn
 
 from mcir_cli.models.inference import pad_to, restore, run_padded
-
-from conftest import shared_path
-
 
 # ---------------------------------------------------------------------------- tiling
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 from typer.testing import CliRunner
 
-from conftest import shared_path
 from mcir_cli.cli import app
 from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.layouts import infer_scale, recognise

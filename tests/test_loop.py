@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import mcir_cli.train.run as loop
 from mcir_cli.cli import app
-from mcir_cli.train.config import TrainConfig, load_run_config
 from mcir_cli.errors import McirError
+from mcir_cli.train.config import TrainConfig, load_run_config
 from mcir_cli.train.run import Run, retrain
 from tests.conftest import set5_crops
 

@@ -24,7 +24,6 @@ from mcir_cli.losses.spn import (
     vgg_weight_file_name,
 )
 
-
 # ------------------------------------------------------------------ reconstruction losses
 
 

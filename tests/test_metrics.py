@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from mcir_cli.data.imageio import read_image
-from mcir_cli.metrics.quality import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
 from mcir_cli.data.resize import imresize
+from mcir_cli.metrics.quality import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
 
 
 def _bgr_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -7,11 +7,11 @@ import logging
 
 import pytest
 import torch
+from conftest import shared_path
 from torch import nn
 
-from conftest import shared_path
-from mcir_cli.negatives.build import negative_seed
 from mcir_cli.negatives.bank import NegativeBank
+from mcir_cli.negatives.build import negative_seed
 
 
 def _conv(value: float = 1.0) -> nn.Conv2d:

@@ -219,9 +219,9 @@ def _check_compare(a: Path, b: Path, tmp_path: Path) -> None:
     """compare: paper rows in every output, and the statistics those of the measured
     scores alone (the same as for results that carry no paper figures)."""
     from mcir_cli.compare.exports import to_csv, to_latex, to_markdown
-    from mcir_cli.render.report import comparison_report
     from mcir_cli.compare.files import load_result
     from mcir_cli.compare.results import compare_results
+    from mcir_cli.render.report import comparison_report
 
     out = tmp_path / "cmp"
     res = runner.invoke(app, ["compare", str(a), str(b), "--json", str(out) + ".json"], env={"COLUMNS": "220"})
@@ -268,11 +268,11 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
     and mcir: the two initialisations; no training, which the paper rows do not read):
     study.json's `paper` block, the rows in study.md and report.html, the statistics
     those of the measured scores alone."""
+    from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown
     from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.models.loading import load_model
     from mcir_cli.render.report import study_report
     from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths
-    from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown
 
     start, other = (evaluate_model(load_model(f), [benches[1]], device="cpu") for f in edsr_files)
     results = {"start": start, "plain-s0": start, "mcir-s0": other}

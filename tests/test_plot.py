@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 import mcir_cli.render.plot as plot_mod
 from mcir_cli.cli import app
-from mcir_cli.train.config import TrainConfig
 from mcir_cli.errors import McirError
-from mcir_cli.train.run import Run, retrain
 from mcir_cli.render.plot import load_run, load_run_log, plot_runs, run_labels
+from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.run import Run, retrain
 from tests.conftest import set5_crops
 
 runner = CliRunner()

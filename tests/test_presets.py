@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import shared_path
-from mcir_cli.models.checkpoint import Checkpoint, read_checkpoint, save_like, save_safetensors
+
 from mcir_cli.errors import McirError
+from mcir_cli.models.checkpoint import Checkpoint, read_checkpoint, save_like, save_safetensors
 from mcir_cli.models.loading import LoadedModel, _io_for, from_preset, load_checkpoint_model, load_model
 from mcir_cli.models.presets import TASKS, IOSpec, Preset, get_preset, list_presets, load_preset_file, presets_dir
 

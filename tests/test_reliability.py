@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import shared_path
 from mcir_cli._helpers import fsutil
+from mcir_cli._helpers.fsutil import atomic_write, atomic_write_text, confined, safe_name
 from mcir_cli.cli import app
 from mcir_cli.data.datasets import discover, discover_all, folder_name
-from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import atomic_write, atomic_write_text, confined, safe_name
 from mcir_cli.data.limits import batch_image_bytes, check_batch_memory, check_image_size
+from mcir_cli.errors import McirError
 
 runner = CliRunner()
 
@@ -291,8 +291,8 @@ def small_disk(tmp_path):
 
 
 def _writers():
-    from mcir_cli.models.checkpoint import save_safetensors
     from mcir_cli.data.imageio import write_image
+    from mcir_cli.models.checkpoint import save_safetensors
 
     big = torch.rand(3, 256, 256)
     return {

@@ -18,8 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
-from mcir_cli.train.config import TrainConfig
 from mcir_cli.compare.exports import fmt_dpsnr, fmt_dssim, fmt_psnr, fmt_ssim
+from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.run import retrain
 from tests.browser import render
 from tests.conftest import set5_crops
@@ -209,8 +209,8 @@ def test_sigterm_while_the_report_is_made_leaves_no_temporary_folder(report, imd
 def test_per_image_table_has_every_later_models_delta():
     """Three models: the per-image table holds Δ of both later models vs the baseline,
     not only the last one's."""
-    from mcir_cli.render.report import per_image_html
     from mcir_cli.compare.results import compare_results
+    from mcir_cli.render.report import per_image_html
     from tests.test_compare import result
 
     imgs = {"start": {"a": (30.0, 0.9), "b": (31.0, 0.9)}, "plain": {"a": (30.2, 0.9), "b": (30.9, 0.9)},

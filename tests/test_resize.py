@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import shared_path
+
 from mcir_cli.data.imageio import read_image, to_uint8
 from mcir_cli.data.resize import imresize, is_uint8_levels, resize_weights
 

@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from PIL import Image, ImageCms, ImageOps
 from typer.testing import CliRunner
 
-from conftest import shared_path
 from mcir_cli.cli import app
 from mcir_cli.data.imageio import read_image, to_uint8
 from mcir_cli.models.inference import restore

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 from torch import nn
 
-from conftest import shared_path
-from mcir_cli.train import speed
 from mcir_cli.negatives.bank import NegativeBank
+from mcir_cli.train import speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,6 @@ def _swinir_light(depths=(2, 2)) -> nn.Module:
     from spandrel.architectures.SwinIR import SwinIR
 
     from mcir_cli.models.loading import Restorer
-
     from mcir_cli.models.presets import IOSpec
 
     torch.manual_seed(0)
@@ -204,9 +203,8 @@ def test_compile_training_compiles_all_three_parts():
     """aot_eager traces with dynamo and AOT autograd like inductor, without generating
     code: the compiled target, the compiled vmap over N negatives and the compiled
     embedding give the eager results."""
-    from mcir_cli.losses.spn import SPNLoss, make_embedding
-
     from mcir_cli.data.imageio import read_image
+    from mcir_cli.losses.spn import SPNLoss, make_embedding
 
     target = _edsr_light().eval()
     bank_e, bank_c = (NegativeBank(target, (1, 2, 3), seed=0, batched=True) for _ in range(2))

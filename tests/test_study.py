@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
+from mcir_cli.compare.study_results import NO_PAIRS
 from mcir_cli.errors import McirError
 from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths, run_study
-from mcir_cli.compare.study_results import NO_PAIRS
 from tests.conftest import set5_crops, shared_path
 
 runner = CliRunner()

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mcir_cli.cli import app
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import sha256_file
+from mcir_cli.cli import app
 from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.resize import imresize
+from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig, load_run_config, make_config
 from mcir_cli.train.run import Run, retrain
 from tests.conftest import set5_crops, shared_path

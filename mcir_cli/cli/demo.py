@@ -26,8 +26,8 @@ def demo(
     import time
 
     from mcir_cli.cli.render import print_evidence, render_table
-    from mcir_cli.workflows.demo import run_demo
     from mcir_cli.compare.results import render_evidence
+    from mcir_cli.workflows.demo import run_demo
 
     t0 = time.perf_counter()
 

@@ -9,10 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from mcir_cli._helpers.fsutil import writable_target
 from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import writable_target
 
 
 def results_table(result: dict[str, Any], title: str | None = None) -> Table:

@@ -10,8 +10,6 @@ from rich.table import Table
 
 from mcir_cli.cli.app import RES_SCALE_HELP, console, handle_errors, models_app
 
-
-
 # --------------------------------------------------------------------------- models
 
 

@@ -14,8 +14,8 @@ from rich.text import Text
 
 from mcir_cli.cli.app import console, err_console
 from mcir_cli.compare.exports import fmt_dpsnr, fmt_dssim, paper_table_rows, score_cells
-from mcir_cli.models.paper import FULL_SET, paper_notes
 from mcir_cli.compare.results import Comparison, conventions_text
+from mcir_cli.models.paper import FULL_SET, paper_notes
 
 
 def _colour(x: float) -> str:

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mcir_cli.choices import LOSSES, RATIO_BAND, SCHEDULES
 from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
-from mcir_cli.choices import LOSSES, SCHEDULES
 from mcir_cli.errors import McirError
 
 
@@ -37,7 +37,7 @@ def retrain(
     ema_decay: Optional[float] = typer.Option(None, help="EMA of the weights, validated and written (default: the preset's, e.g. SwinIR 0.999; else 0 = off).", rich_help_panel="Optimisation"),
     loss: Optional[str] = typer.Option(None, help=f"Reconstruction loss: {' | '.join(LOSSES)} (default: preset or l1).", rich_help_panel="Optimisation"),
     lam: Optional[str] = typer.Option(None, "--lambda", help="SPN weight λ (default: preset or the paper's 1e-4), or 'auto': steer λ toward --ratio-band, within [λ/100, 100·λ] and never above a λ the collapse guard halved.", rich_help_panel="MCIR / SPN"),
-    ratio_band: str = typer.Option("0.01,0.10", help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
+    ratio_band: str = typer.Option(",".join(map(str, RATIO_BAND)), help="Contrast-ratio band λ·l_neg/l_rec for warnings and --lambda auto (mcir's heuristic: neither the paper nor the authors' code gives one).", rich_help_panel="MCIR / SPN"),
     negative_steps: Optional[str] = typer.Option(None, help="Update period s_i of each negative: a list (default: preset or the paper's 100,500,1000,2000), paper, or auto (the paper's ratios shrunk so the slowest updates 4 times in --iters; never faster than every 2 steps).", rich_help_panel="MCIR / SPN"),
     negative_weight: Optional[float] = typer.Option(None, help="EMA weight w of the old negative (default: preset or the paper's 0.1).", rich_help_panel="MCIR / SPN"),
     negative_init: Optional[str] = typer.Option(None, help="mix (authors' code, default: 0.1·random + 0.9·θ) | copy | random | frozen | none (plain fine-tuning).", rich_help_panel="MCIR / SPN"),
@@ -74,8 +74,8 @@ def retrain(
 
     The baseline to compare with: the same command with --negative-init none.
     """
-    from mcir_cli.train.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
     from mcir_cli.data.realesrgan.settings import degradation_flags
+    from mcir_cli.train.config import load_run_config, make_config, parse_band, parse_lambda, parse_steps
     from mcir_cli.train.distributed import DistContext
     from mcir_cli.train.run import retrain as run_retrain
 

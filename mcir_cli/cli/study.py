@@ -12,9 +12,9 @@ from rich.table import Table
 
 from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows, print_paper_notes
-from mcir_cli.errors import McirError
 from mcir_cli.compare.stats import p_phrase
 from mcir_cli.compare.study_results import METHOD, NO_PAIRS, fmt_signed, study_number
+from mcir_cli.errors import McirError
 
 
 def _seeds(text: str) -> list[int]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
-from mcir_cli.models.paper import MARK, average_row, by_preset, cell, paper_notes, row_labels
 from mcir_cli.compare.results import AVERAGE, METRICS, Comparison, conventions_text, render_evidence
 from mcir_cli.compare.stats import score_delta
+from mcir_cli.errors import McirError
+from mcir_cli.models.paper import MARK, average_row, by_preset, cell, paper_notes, row_labels
 
 JSON_FORMAT = "mcir.compare/1"
 _MD_BOLD = "**{}**"  # how the text exports mark the best of a column

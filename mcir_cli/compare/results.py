@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcir_cli.compare.alignment import Dropped, align, check_conventions, display_labels, mean_or_nan
-from mcir_cli.errors import McirError
-from mcir_cli.models.paper import merged_rows
 from mcir_cli.compare.files import validate_result
 from mcir_cli.compare.stats import PairedStats, paired_stats, score_delta, verdict
+from mcir_cli.errors import McirError
+from mcir_cli.models.paper import merged_rows
 
 AVERAGE = "Average"
 METRICS = ("psnr", "ssim")

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mcir_cli.models.paper import paper_notes, paper_rows
 from mcir_cli.compare.stats import fmt_p, seed_image_stats
+from mcir_cli.models.paper import paper_notes, paper_rows
 
 # how the Δ statistics are made: study.md, the terminal and report.html say it in these words
 METHOD = ("Δ PSNR vs plain, paired over images and seeds: 95 % CI and p from a t test over seeds "

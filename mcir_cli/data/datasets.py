@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mcir_cli.data.realesrgan.settings import RealESRGANSettings
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import read_image
 from mcir_cli.data.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
+from mcir_cli.data.realesrgan.settings import RealESRGANSettings
 from mcir_cli.data.resize import imresize
+from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
     from mcir_cli.data.jpeg import JpegQuality

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write
+from mcir_cli.errors import McirError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 

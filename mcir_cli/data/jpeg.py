@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import to_uint8
+from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
     from mcir_cli.data.datasets import Dataset

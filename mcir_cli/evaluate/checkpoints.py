@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcir_cli.data.datasets import Dataset, discover_all
+from mcir_cli.data.jpeg import with_qualities
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.benchmarks import evaluate_model
-from mcir_cli.data.jpeg import with_qualities
 from mcir_cli.models.loading import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write
+from mcir_cli.errors import McirError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".pk", ".pkl", ".safetensors", ".bin")
 

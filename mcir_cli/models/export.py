@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write, writable_target
+from mcir_cli.errors import McirError
 
 OPSET = 17
 TRACE_SIZE = (32, 32)  # height, width of the traced input (LQ pixels)

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mcir_cli.models.checkpoint import Checkpoint, match_keys, read_checkpoint
 from mcir_cli.errors import McirError
+from mcir_cli.models.checkpoint import Checkpoint, match_keys, read_checkpoint
 
 log = logging.getLogger("mcir")
 
 from mcir_cli.models.presets import IOSpec, Preset, get_preset
-
 
 # --------------------------------------------------------------------------- labels
 

@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mcir_cli.negatives.build import RandomModel, canonical_names, check_settings, initial_weights, meta_copy, view_modules
+from mcir_cli.negatives.build import (
+    RandomModel,
+    canonical_names,
+    check_settings,
+    initial_weights,
+    meta_copy,
+    view_modules,
+)
 
 log = logging.getLogger("mcir")
 

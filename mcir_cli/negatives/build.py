@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from mcir_cli.choices import NEGATIVE_INITS
 
-
 RandomModel = Callable[[], nn.Module]  # a freshly initialised model of the target's architecture
 
 

@@ -31,8 +31,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write_bytes
+from mcir_cli.errors import McirError
 
 DPI = 100  # a 7.2 x 3.6 in Δ chart is 720 x 360 pixels
 GAIN = "#2ea043"  # green: retrained better than the baseline

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli.errors import McirError
 from mcir_cli.render.charts import chart_format, save_figure
 from mcir_cli.render.curves import RunCurves, curves_figure
-from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import writable_target
 
 LOG_FILE = "log.jsonl"
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.compare.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, paper_table_rows, score_cells, to_dict
-from mcir_cli.models.paper import paper_notes
 from mcir_cli.compare.results import Comparison, conventions_text, render_evidence
 from mcir_cli.compare.stats import PairedStats, fmt_p
 from mcir_cli.compare.study_results import COLLAPSE_RULE, METHOD, NO_PAIRS, fmt_signed, study_number
+from mcir_cli.models.paper import paper_notes
 
 _CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --gain: #1e7f3c; --loss: #b3261e; }

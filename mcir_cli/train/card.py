@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write_text, sha256_file
+from mcir_cli.errors import McirError
 
 log = logging.getLogger("mcir")
 

@@ -7,9 +7,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mcir_cli.choices import (
+    AMP_MODES,
+    AUTO_ON_OFF,
+    EMBEDDING_INITS,
+    EMBEDDINGS,
+    LOSSES,
+    NEGATIVE_INITS,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from mcir_cli.data.realesrgan.settings import check_degradation
 from mcir_cli.errors import McirError
-from mcir_cli.choices import AMP_MODES, AUTO_ON_OFF, EMBEDDING_INITS, EMBEDDINGS, LOSSES, NEGATIVE_INITS, OPTIMIZERS, SCHEDULES
 from mcir_cli.models.presets import check_noise_sigma, check_task_name
 
 if TYPE_CHECKING:

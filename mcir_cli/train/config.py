@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.train.checks import validate_config
+from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.realesrgan.settings import resolve_degradation
 from mcir_cli.errors import McirError
 from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset
+from mcir_cli.train.checks import validate_config
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
 MIN_UPDATES = 4  # --negative-steps auto: the slowest negative updates at least this often
@@ -51,7 +52,7 @@ class TrainConfig(Hyperparameters, _Inputs):
 
     lam: float = 1e-4
     lam_auto: bool = False
-    ratio_band: tuple[float, float] = (0.01, 0.10)  # mcir's heuristic, not the paper's
+    ratio_band: tuple[float, float] = RATIO_BAND
     negative_steps: tuple[int, ...] = PAPER_STEPS
     negative_weight: float = 0.1
     negative_init: str = "mix"  # the authors' code (the paper is silent)

@@ -10,6 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcir_cli.choices import RATIO_BAND
+
 MIN_HISTORY = 10  # healthy steps before the running-median test applies (non-finite values: from the first)
 AUTO_RANGE = 100.0  # --lambda auto keeps λ within [λ0/100, λ0·100]
 AUTO_RATE = 1.05  # and moves it by this factor per step
@@ -111,7 +113,7 @@ class LambdaControl:
 
     lam: float
     auto: bool = False
-    band: tuple[float, float] = (0.01, 0.10)
+    band: tuple[float, float] = RATIO_BAND
     ceiling: float | None = None
     floor: float | None = None
     out_of_band: int = 0

@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mcir_cli.train.config import TrainConfig
 from mcir_cli.data.datasets import Dataset, PatchDataset, discover_all
+from mcir_cli.data.jpeg import QUALITY_ARCHITECTURES, benchmark_qualities, parse_quality, with_qualities
+from mcir_cli.data.limits import check_batch_memory, check_image_sizes
 from mcir_cli.data.realesrgan.pipeline import Degrader
 from mcir_cli.data.realesrgan.settings import RealESRGANSettings, settings_from_dict
 from mcir_cli.errors import McirError
-from mcir_cli.data.jpeg import QUALITY_ARCHITECTURES, benchmark_qualities, parse_quality, with_qualities
-from mcir_cli.data.limits import check_batch_memory, check_image_sizes
 from mcir_cli.losses.spn import SPNLoss, make_embedding, make_rec_loss
 from mcir_cli.models.loading import LoadedModel, Restorer, load_model
 from mcir_cli.negatives.bank import NegativeBank
+from mcir_cli.train.config import TrainConfig
 
 log = logging.getLogger("mcir")
 

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mcir_cli.train.config import TrainConfig
+from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.datasets import RankIndices
 from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import writable_target
-from mcir_cli.train.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse
-from mcir_cli.models.inference import resolve_device
 from mcir_cli.losses.spn import error_magnitude
+from mcir_cli.models.inference import resolve_device
+from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse
 from mcir_cli.train.parts import build_parts, compile_parts
 from mcir_cli.train.rundir import RunFolder
 from mcir_cli.train.state import RunState, cpu_copy, load_run_state, run_info, run_state_dict, start_warnings
@@ -60,7 +61,7 @@ class TrainResult:
     outputs: dict[str, str] = field(default_factory=dict)
     mean_ratio: float | None = None  # mean contrast ratio λ·l_neg/|l_rec| over the run's steps
     ratio_per_lambda: float | None = None  # mean l_neg/|l_rec|: the λ to try (guard.lambda_hint)
-    ratio_band: tuple[float, float] = (0.01, 0.10)
+    ratio_band: tuple[float, float] = RATIO_BAND
     stop_kind: str | None = None  # "signal" or "collapses" when the run stopped before --iters
     stop_signal: str | None = None  # which signal stopped it (e.g. "SIGTERM"); None on another rank
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write_text, confined
+from mcir_cli.errors import McirError
 from mcir_cli.models.checkpoint import save_like, save_safetensors
 from mcir_cli.train.config import RESUME_SETTINGS, TrainConfig
-from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write_text, confined
 
 log = logging.getLogger("mcir")
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from mcir_cli.choices import AMP_MODES, AUTO_ON_OFF
 
-
 # Break-even of torch.compile for a training run, from the speed issue's H200 numbers for
 # SwinIR-light x4 at batch 32 x LR patch 64 (bf16):
 #   compile time  ~150 s per graph (~2.5 min), about 3 graphs per run (training

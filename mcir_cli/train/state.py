@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.ema import start_share
-from mcir_cli.errors import McirError
 
 log = logging.getLogger("mcir")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mcir_cli.train.ema import ema_update
 from mcir_cli.models.inference import autocast
+from mcir_cli.train.ema import ema_update
 from mcir_cli.train.parts import Parts
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from mcir_cli.data.datasets import Dataset
-from mcir_cli.train.ema import swapped_in
 from mcir_cli.errors import McirError
+from mcir_cli.train.ema import swapped_in
 from mcir_cli.train.parts import Parts, set_train_mode
 
 

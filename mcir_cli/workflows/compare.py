@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.errors import McirError
-from mcir_cli.evaluate.checkpoints import ModelsProgress, Scoring, evaluate_checkpoints
-from mcir_cli.compare.exports import check_export_paths, write_exports
 from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli.compare.exports import check_export_paths, write_exports
 from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import Comparison, compare_results
+from mcir_cli.errors import McirError
+from mcir_cli.evaluate.checkpoints import ModelsProgress, Scoring, evaluate_checkpoints
 from mcir_cli.workflows.visual_sources import (
     StripProgress,
     VisualsUnavailable,

@@ -9,16 +9,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcir_cli.workflows.compare import _check_label_count, check_visuals_folder
+from mcir_cli._helpers.fsutil import confined
 from mcir_cli.data.datasets import folder_name
+from mcir_cli.data.imageio import read_image
+from mcir_cli.data.layouts import list_images
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.checkpoints import checkpoint_label, load_comparable
-from mcir_cli._helpers.fsutil import confined
-from mcir_cli.data.imageio import read_image
 from mcir_cli.models.inference import resolve_device
-from mcir_cli.data.layouts import list_images
-from mcir_cli.workflows.visual_sources import _run
 from mcir_cli.render.visuals import outputs_strip, save_image
+from mcir_cli.workflows.compare import _check_label_count, check_visuals_folder
+from mcir_cli.workflows.visual_sources import _run
 
 NO_GT = "no ground truth: PSNR and SSIM do not exist for these images (a score needs a reference image)"
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_kernels
-from mcir_cli.data.datasets import discover, mod_crop
-from mcir_cli.data.realesrgan.settings import settings_from_dict
-from mcir_cli.data.realesrgan.pipeline import apply_plan, batch_generators, draw_plan
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write_text, confined, is_inside, writable_target
+from mcir_cli.data.datasets import discover, mod_crop
 from mcir_cli.data.imageio import read_image, write_image
+from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_kernels
+from mcir_cli.data.realesrgan.pipeline import apply_plan, batch_generators, draw_plan
+from mcir_cli.data.realesrgan.settings import settings_from_dict
+from mcir_cli.errors import McirError
 from mcir_cli.models.inference import resolve_device
 
 LR_FOLDER = "LR_realesrgan"

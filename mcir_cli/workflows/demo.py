@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
+from mcir_cli._helpers.fsutil import writable_target
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import writable_target
 
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
@@ -141,8 +141,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into the new folder `output` (refused if it exists): data, a start
     model, plain and MCIR retrains from it, their evaluation, comparison and pictures."""
-    from mcir_cli.train.config import fitted_steps
     from mcir_cli._helpers.fsutil import atomic_write_text
+    from mcir_cli.train.config import fitted_steps
 
     out = Path(output)
     if out.exists():
@@ -278,11 +278,11 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
                        timings: dict[str, float], *, device: str, top_k: int, n_resamples: int,
                        seed: int) -> dict[str, Any]:
     """Evaluate the start and both retrains, compare them, draw the pictures."""
-    from mcir_cli.evaluate.benchmarks import evaluate_model
-    from mcir_cli.compare.exports import write_exports
     from mcir_cli._helpers.fsutil import atomic_write_text
-    from mcir_cli.models.loading import load_model
+    from mcir_cli.compare.exports import write_exports
     from mcir_cli.compare.results import compare_results
+    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.models.loading import load_model
     from mcir_cli.workflows.visual_sources import write_comparison_visuals
 
     t = time.perf_counter()

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mcir_cli.data.photos import Photo, read_photo, write_photo
 from mcir_cli.errors import McirError
 from mcir_cli.models.inference import auto_tile, resolve_device, restore
 from mcir_cli.models.loading import LoadedModel, load_model
-from mcir_cli.data.photos import Photo, read_photo, write_photo
 from mcir_cli.workflows.restore_plan import Job, plan_jobs
 
 _LUMA = (0.299, 0.587, 0.114)  # BT.601, as OpenCV's BGR2GRAY that chaiNNer uses

@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import confined, is_inside, writable_target
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS
 from mcir_cli.data.photos import FORMAT_SUFFIXES
+from mcir_cli.errors import McirError
 
 # --format values -> Pillow's format names ("same": the input's own format)
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "same": None}

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
-from mcir_cli.errors import McirError
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
+from mcir_cli.errors import McirError
+from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 
 # built-in arms: what `--arm NAME` means without "=" settings
 BUILTIN_ARMS: dict[str, dict[str, Any]] = {
@@ -189,8 +189,8 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 
 def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
-    from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.data.jpeg import benchmark_qualities
+    from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.models.loading import load_model
 
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
@@ -338,8 +338,8 @@ def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, A
                   path: Path) -> None:
     """report.html: the table, each arm's Δ vs plain with per-image charts (each image's
     Δ averaged over the seeds whose units both finished), and every run's training curves."""
-    from mcir_cli.render.report import study_report, write_report
     from mcir_cli.compare.study_results import delta_matrix
+    from mcir_cli.render.report import study_report, write_report
 
     per_image: dict[str, dict[str, tuple[list[str], list[float]]]] = {}
     for arm, info in summary["deltas"].items():

@@ -24,7 +24,7 @@ from typing import Any
 
 from mcir_cli.errors import McirError
 from mcir_cli.workflows.study import UnitStopped, load_plan, open_study
-from mcir_cli.workflows.study_units import result_path, check_study_folder, claim_and_run, finish, study_units
+from mcir_cli.workflows.study_units import check_study_folder, claim_and_run, finish, result_path, study_units
 
 CLUSTERS = ("slurm", "local")  # local: submitit's LocalExecutor (jobs as processes here; what the tests use)
 

@@ -28,9 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcir_cli.train.config import RESUME_SETTINGS
 from mcir_cli.errors import McirError
-from mcir_cli.workflows.study import Arm, OnEvent, StudyPlan, UnitStopped, evaluate_unit, train_unit, write_init, write_summary
+from mcir_cli.train.config import RESUME_SETTINGS
+from mcir_cli.workflows.study import (
+    Arm,
+    OnEvent,
+    StudyPlan,
+    UnitStopped,
+    evaluate_unit,
+    train_unit,
+    write_init,
+    write_summary,
+)
 
 UNITS = "units"  # the study's folder of unit locks and claim logs
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from mcir_cli._helpers.fsutil import sha256_file
+from mcir_cli.compare.results import Comparison
 from mcir_cli.data.datasets import Dataset, discover, load_pair
 from mcir_cli.errors import McirError
-from mcir_cli._helpers.fsutil import sha256_file
 from mcir_cli.models.inference import resolve_device, restore
 from mcir_cli.models.loading import LoadedModel, load_checkpoint_model
 from mcir_cli.models.presets import get_preset
-from mcir_cli.compare.results import Comparison
 from mcir_cli.render.visuals import (
     auto_heat_scale,
     comparison_strip,

@@ -12,12 +12,14 @@ folder, what it holds and what was expected. docs/datasets.md lists the sources.
 scale, the layout's name and notes (what was chosen and what was left out).
 """
 
+from mcir_cli.data.layouts import (
+           lmdb,  # noqa: F401  (BasicSR's LMDB pairs, tried last)
+           sr,  # noqa: F401, I001  (registers the SR layouts first, as they were tried)
+)
 from mcir_cli.data.layouts._core import LAYOUTS, Found, Layout, Match, Pair, layout, list_images
-from mcir_cli.data.layouts import sr  # noqa: F401, I001  (registers the SR layouts first, as they were tried)
-from mcir_cli.data.layouts.restoration import PAIRED_LAYOUTS
-from mcir_cli.data.layouts import lmdb  # noqa: F401  (BasicSR's LMDB pairs, tried last)
 from mcir_cli.data.layouts.lists import PAIR_LIST_SUFFIXES, read_pair_list
 from mcir_cli.data.layouts.recognise import infer_scale, match, recognise, scales_of
+from mcir_cli.data.layouts.restoration import PAIRED_LAYOUTS
 
 __all__ = ["Found", "LAYOUTS", "Layout", "Match", "PAIRED_LAYOUTS", "PAIR_LIST_SUFFIXES", "Pair", "infer_scale",
            "layout", "list_images", "match", "read_pair_list", "recognise", "scales_of"]

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcir_cli.errors import McirError
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS
 from mcir_cli.data.lmdb_images import is_lmdb, lmdb_image_paths
+from mcir_cli.errors import McirError
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from mcir_cli.errors import McirError
 from mcir_cli.data.layouts._core import Found, Pair, _unique, task_from_names
-
+from mcir_cli.errors import McirError
 
 # --------------------------------------------------------------------------- pair lists
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mcir_cli.errors import McirError
 from mcir_cli.data.layouts._core import Folder, Match, _paired, _tokens, layout, task_from_names
 from mcir_cli.data.layouts.sr import _sr_build
 from mcir_cli.data.lmdb_images import LMDB_SUFFIX, is_lmdb
+from mcir_cli.errors import McirError
 
 GT_WORDS = frozenset({"hr", "gt", "sharp", "target", "clean", "groundtruth", "norain"})
 LQ_WORDS = frozenset({"lr", "lq", "blur", "input", "noisy", "rain", "hazy", "bicubic", "degraded"})

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mcir_cli.errors import McirError
-from mcir_cli.data.layouts._core import Folder, Found, LAYOUTS, Layout, Match, Pair, list_images
-from mcir_cli.data.layouts.sr import hr_only
-from mcir_cli.data.layouts.restoration import _side_by_side, did_mdn
+from mcir_cli.data.layouts._core import LAYOUTS, Folder, Found, Layout, Match, Pair, list_images
 from mcir_cli.data.layouts.lists import PAIR_LIST_SUFFIXES, read_pair_list
+from mcir_cli.data.layouts.restoration import _side_by_side, did_mdn
+from mcir_cli.data.layouts.sr import hr_only
 from mcir_cli.data.lmdb_images import is_lmdb
-
+from mcir_cli.errors import McirError
 
 # --------------------------------------------------------------------------- recognition
 

@@ -8,8 +8,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS
-from mcir_cli.data.layouts._core import Folder, Found, Match, Pair, _id_keys, _paired, _strip_scale, _unique, layout, list_images, pair_up, task_from_names
-
+from mcir_cli.data.layouts._core import (
+    Folder,
+    Found,
+    Match,
+    Pair,
+    _id_keys,
+    _paired,
+    _strip_scale,
+    _unique,
+    layout,
+    list_images,
+    pair_up,
+    task_from_names,
+)
 
 # --------------------------------------------------------------------------- dehazing
 

@@ -7,9 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mcir_cli.errors import McirError
 from mcir_cli.data.layouts._core import Folder, Found, Match, Pair, _strip_scale, _unique, layout, list_images, pair_up
-
+from mcir_cli.errors import McirError
 
 # --------------------------------------------------------------------------- SR
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mcir_cli.data.realesrgan.jpeg_sim import jpeg
 from mcir_cli.data.realesrgan.kernels import choice, uniform, usm_kernel
 from mcir_cli.data.realesrgan.settings import RealESRGANSettings
-from mcir_cli.data.realesrgan.jpeg_sim import jpeg
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 DIRECTIONS = ("up", "down", "keep")

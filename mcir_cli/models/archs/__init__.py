@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from spandrel import MAIN_REGISTRY, ArchSupport, Architecture
+from spandrel import MAIN_REGISTRY, Architecture, ArchSupport
 from torch import nn
 
 from .aodnet import AODNet, AODNetArch, build_aodnet
