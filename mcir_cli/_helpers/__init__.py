@@ -1,2 +1,2 @@
-"""Private helpers every layer uses: atomic file writes and output checks (`fsutil`),
-the one JSON writer and the one progress-bar factory. Nothing here knows about images or models."""
+"""Private helpers every layer uses: atomic file writes, sha256 and output checks (`fsutil`).
+Nothing here knows about images or models."""
