@@ -296,7 +296,7 @@ def _mcir_setup(s: Setting, spn: bool) -> tuple[nn.Module, nn.Module, torch.opti
 
 
 def _train_step(model, call, opt, rec_loss, bank, spn, s: Setting, lq, gt) -> tuple[float, ...]:
-    """mcir_cli.train.step.spn_step, minus the LR scheduler and the DDP wrapper."""
+    """mcir_cli.train.step.spn_step, minus the DDP wrapper (the lr is fixed)."""
     opt.zero_grad(set_to_none=True)
     with s.autocast():
         out = call(lq)

@@ -21,7 +21,7 @@ from mcir_cli.train.guard import (
     contrast_ratio,
     validation_collapse,
 )
-from mcir_cli.train.parts import lr_factor
+from mcir_cli.train.schedule import lr_factor
 from mcir_cli.train.rundir import RunFolder
 
 

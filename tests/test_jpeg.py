@@ -218,8 +218,8 @@ def test_fbcnn_recipe_quality_output_and_loss(tmp_path, live1_crops):
     # FBCNN's order: the clean patch is augmented, then encoded at its drawn quality
     assert torch.equal(lq, compress(gt, round(100 - 100 * float(target))))
     x, gt = lq.unsqueeze(0), gt.unsqueeze(0)
-    image = parts.net(x)  # inference: the image only
-    img2, predicted = parts.net(x, side=True)
+    image = parts.wrapped(x)  # inference: the image only
+    img2, predicted = parts.wrapped(x, side=True)
     assert image.shape == x.shape and torch.equal(image, img2) and predicted.shape == (1, 1)
     _, l_rec = _reconstruction(parts, x, gt, target.reshape(1))
     want = (image - gt).abs().mean() + 0.001 * (predicted.reshape(-1) - target).abs().mean()

@@ -421,7 +421,7 @@ def test_resume_keeps_the_runs_compile_decision(ckpt, train_dir, tmp_path):
     torch.save(state, run / "state.pt")
     trainer = Run(load_run_config(run, iters=3), resume=True)
     assert trainer.state.compiled is True and "kept from the run's start" in trainer.parts.notes["compile"]
-    assert isinstance(trainer.parts.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(trainer.parts.wrapped, torch._dynamo.eval_frame.OptimizedModule)
     assert trainer.train().steps == 3
 
 

@@ -8,7 +8,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mcir_cli.choices import RATIO_BAND
 
@@ -89,6 +89,18 @@ class CollapseGuard:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.errors = deque(state.get("rec_history", ()), maxlen=self.window)
         self.dominated = int(state.get("dominated", 0))
+
+
+Decision = Literal["continue", "roll back", "stop"]
+
+
+def collapse_decision(reason: str | None, collapses: int, max_collapses: int) -> Decision:
+    """What the loop does after a step (or a validation): go on when nothing collapsed;
+    else roll back to the last good state, and stop there once the run has collapsed
+    `max_collapses` times (`collapses` counts this one)."""
+    if reason is None:
+        return "continue"
+    return "roll back" if collapses < max_collapses else "stop"
 
 
 def validation_collapse(psnr: float | None, start_psnr: float | None, drop_db: float) -> str | None:

@@ -5,7 +5,6 @@ speed decisions (precision, memory layout, compile)."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,15 +32,14 @@ class Parts:
     the saved state into it)."""
 
     loaded: LoadedModel
-    model: nn.Module  # the raw target: parameter names match the checkpoint's
-    net: nn.Module  # what the step calls: `model`, DDP-wrapped and/or compiled
+    model: Restorer  # the target; model.net's parameter names match the checkpoint's
+    wrapped: nn.Module  # what the step calls: `model`, DDP-wrapped and/or compiled
     task: str | None
     device: torch.device
     patches: PatchDataset
     vals: list[Dataset]
     rec_loss: Callable[[Tensor, Tensor], Tensor]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    optimizer: torch.optim.Optimizer  # its lr is set before each step (schedule.learning_rate)
     bank: NegativeBank | None = None
     spn: SPNLoss | None = None
     degrader: Degrader | None = None  # --degradation: makes each batch's inputs on the device
@@ -52,6 +50,34 @@ class Parts:
     n_bn: int = 0
     qf_loss: float = 0.0  # FBCNN's quality-factor loss weight (step._reconstruction)
     notes: dict[str, str] = field(default_factory=dict)  # embedding, precision, layout, compile
+
+    def state_dict(self) -> dict[str, Any]:
+        """What training changes in the parts: weights, optimizer, negatives, the EMA of
+        the weights and the RNG (state.pt's keys of these)."""
+        state: dict[str, Any] = {"model": self.model.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                 "rng_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.bank is not None:
+            state["negatives"] = self.bank.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load state.pt's keys of the parts (a state of the LambdaLR era also holds a
+        "scheduler": the lr is now a function of the step, so it is not needed)."""
+        self.model.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if self.bank is not None:
+            self.bank.load_state_dict(state["negatives"])
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.ema.items():
+                    v.copy_(state["ema"][k])
 
 
 def set_train_mode(net: nn.Module, train_bn: bool) -> None:
@@ -66,27 +92,6 @@ def set_train_mode(net: nn.Module, train_bn: bool) -> None:
 
 def count_batchnorm(net: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
-def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Learning-rate multiplier per step: warm-up, then constant, multistep or cosine.
-    The cosine's horizon is `schedule_iters`, fixed when the run began, so a resume that
-    extends --iters continues the same curve (at its floor past the horizon)."""
-    horizon = cfg.schedule_iters or cfg.iters
-
-    def factor(step: int) -> float:
-        if cfg.warmup and step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if cfg.schedule == "multistep":
-            return cfg.gamma ** sum(step >= m for m in cfg.milestones)
-        if cfg.schedule == "cosine":
-            span = max(1, horizon - cfg.warmup)
-            t = min(1.0, (step - cfg.warmup) / span)
-            floor = cfg.eta_min / cfg.lr if cfg.lr else 0.0
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
-
-    return factor
 
 
 def _model(cfg: TrainConfig, start: str | None, device: torch.device) -> tuple[LoadedModel, str | None]:
@@ -204,13 +209,12 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     amp_dtype, spn_dtype, precision_note = precision_decision(cfg.amp, device, loaded.supports_bf16)
     from mcir_cli.train.ema import ema_init
 
     return Parts(
-        loaded=loaded, model=model, net=dist.wrap(model), task=task, device=device, patches=patches,
-        vals=vals, rec_loss=make_rec_loss(cfg.loss), optimizer=optimizer, scheduler=scheduler, bank=bank,
+        loaded=loaded, model=model, wrapped=dist.wrap(model), task=task, device=device, patches=patches,
+        vals=vals, rec_loss=make_rec_loss(cfg.loss), optimizer=optimizer, bank=bank,
         spn=spn, degrader=degrader, ema=ema_init(model) if cfg.ema_decay > 0 else None, amp_dtype=amp_dtype, spn_dtype=spn_dtype,
         channels_last=channels_last, n_bn=count_batchnorm(model), qf_loss=_quality_loss(cfg, loaded, task),
         notes={"embedding": embedding_note, "precision": precision_note, "layout": layout_note},
@@ -232,5 +236,5 @@ def compile_parts(parts: Parts, cfg: TrainConfig, steps_left: int, kept: bool | 
         note = f"torch.compile {'on' if compiled else 'off'}: --compile auto's decision, kept from the run's start"
     parts.notes["compile"] = note
     if compiled:
-        parts.net = compile_training(parts.net, parts.bank, parts.spn, cfg.compile_backend)
+        parts.wrapped = compile_training(parts.wrapped, parts.bank, parts.spn, cfg.compile_backend)
     return compiled

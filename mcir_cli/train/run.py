@@ -26,10 +26,19 @@ from mcir_cli.errors import McirError
 from mcir_cli.losses.spn import error_magnitude
 from mcir_cli.models.inference import resolve_device
 from mcir_cli.train.config import TrainConfig
-from mcir_cli.train.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse
+from mcir_cli.train.guard import (
+    CollapseGuard,
+    Decision,
+    LambdaControl,
+    Rollback,
+    collapse_decision,
+    contrast_ratio,
+    validation_collapse,
+)
 from mcir_cli.train.parts import build_parts, compile_parts
 from mcir_cli.train.rundir import RunFolder
-from mcir_cli.train.state import RunState, cpu_copy, load_run_state, run_info, run_state_dict, start_warnings
+from mcir_cli.train.schedule import learning_rate, set_lr
+from mcir_cli.train.state import RunState, check_resume, cpu_copy, run_info, start_warnings
 from mcir_cli.train.step import StepLosses, spn_step
 from mcir_cli.train.validation import file_weights, val_header, validate, weights_metadata
 
@@ -37,7 +46,9 @@ log = logging.getLogger("mcir")
 
 
 @dataclass
-class StepStats:
+class StepRecord:
+    """One logged step: what log.jsonl holds and `on_step` receives."""
+
     step: int
     l_rec: float
     l_neg: float
@@ -80,7 +91,7 @@ class TrainResult:
 class Run:
     """One run: built (or resumed) in __init__, trained by `train()`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepStats], None] | None = None,
+    def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepRecord], None] | None = None,
                  dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> None:
         from mcir_cli.train.distributed import DistContext
 
@@ -104,7 +115,7 @@ class Run:
         if fresh:
             self.folder.write_config(run_info(cfg, self.parts, self.dist))
         else:
-            load_run_state(self, self.folder.load_state(device))
+            self.resume_from(self.folder.load_state(device))
         self.dist.barrier()
         self.state.compiled = compile_parts(self.parts, cfg, cfg.iters - self.state.step, self.state.compiled)
         if self.dist.is_main:
@@ -133,31 +144,28 @@ class Run:
             while st.step < cfg.iters:
                 lq, gt, *quality = next(data)  # + FBCNN's quality-factor targets when trained
                 st.samples += cfg.batch * self.dist.world_size  # the data never rewinds
+                set_lr(self.parts.optimizer, learning_rate(cfg, st.step, st.lr_scale))
                 s = spn_step(self.parts, lq, gt, self.lam.lam, cfg.grad_clip, cfg.ema_decay,
                              quality[0] if quality else None)
                 s.loss, s.l_rec, s.l_neg = self.dist.mean([s.loss, s.l_rec, s.l_neg])
                 ratio = contrast_ratio(self.lam.lam, s.l_neg, s.l_rec) if self.parts.bank else 0.0
                 error = error_magnitude(cfg.loss, s.l_rec)
-                reason = self.guard.check(s.loss, s.grad_norm, error, ratio)
-                if reason is not None:
-                    if self.collapse(reason, st.step + 1, logger, result):
-                        break
+                reason, bad_step = self.guard.check(s.loss, s.grad_norm, error, ratio), st.step + 1
+                if reason is None:
+                    st.step += 1
+                    since += 1
+                    self.guard.accept(error, ratio)
+                    self.after_step(s, ratio, logger)
+                    if cfg.log_every and (st.step % cfg.log_every == 0 or st.step == cfg.iters):
+                        t_last, since = self.log_step(logger, s, ratio, t_last, since)
+                    if cfg.val_every and st.step % cfg.val_every == 0 and st.step < cfg.iters:
+                        reason, bad_step = self.validation_reason(logger, result), st.step
+                decision = self.on_collapse(reason, bad_step, logger, result)
+                if decision == "stop":
+                    break
+                if decision == "roll back":  # the next step starts from the restored state
                     data = self.batches()
                     continue
-                st.step += 1
-                since += 1
-                self.guard.accept(error, ratio)
-                self.after_step(s, ratio, logger)
-                if cfg.log_every and (st.step % cfg.log_every == 0 or st.step == cfg.iters):
-                    t_last, since = self.log_step(logger, s, ratio, t_last, since)
-                if cfg.val_every and st.step % cfg.val_every == 0 and st.step < cfg.iters:
-                    reason = validation_collapse(self.validate(logger, result), st.start_psnr, cfg.val_drop)
-                    if self.dist.any(reason is not None):  # rank 0 validates; every rank rolls back with it
-                        reason = reason or "validation collapse on rank 0"
-                    if reason and self.collapse(reason, st.step, logger, result):
-                        break
-                    if reason:
-                        data = self.batches()
                 if cfg.save_every and st.step % cfg.save_every == 0:
                     self.save_state()
                 if self.dist.any(self.stop_request is not None):
@@ -200,37 +208,47 @@ class Run:
         if checks is not None:
             self.log(logger, {"event": "sync_check", "step": st.step, "ranks": len(checks), "checksums": checks})
 
-    def collapse(self, reason: str, bad_step: int, logger: Any, result: TrainResult) -> bool:
-        """Roll back to the last good state, weaken what drove the run (λ; the lr in a plain
-        run, where λ does nothing), and say so. True when the run must stop."""
+    def validation_reason(self, logger: Any, result: TrainResult) -> str | None:
+        """Validate; a score far below the start's is a collapse. Rank 0 validates and
+        every rank rolls back with it."""
+        reason = validation_collapse(self.validate(logger, result), self.state.start_psnr, self.cfg.val_drop)
+        if self.dist.any(reason is not None):
+            return reason or "validation collapse on rank 0"
+        return None
+
+    def on_collapse(self, reason: str | None, bad_step: int, logger: Any, result: TrainResult) -> Decision:
+        """The one collapse handler. Nothing to do without a `reason`; else roll back to
+        the last good state, weaken what drove the run (λ; the lr in a plain run, where λ
+        does nothing), say so, and stop once the run has collapsed --max-collapses times."""
         st = self.state
+        if reason is None:
+            return "continue"
         st.collapses += 1
         target = self.rollback.target(bad_step)
-        self.restore(target)
+        self.roll_back(target)
         self.rollback.rolled_back_to(target)
         if self.parts.bank is not None and self.lam.lam > 0:
             self.lam.on_collapse()
             action = f"λ halved to {self.lam.lam:.3g}"
         else:
             st.lr_scale /= 2
-            self.apply_lr_scale()
             action = f"lr halved to {self.cfg.lr * st.lr_scale:.3g}"
         self.guard.forget_dominance()
         self.log(logger, {"event": "collapse", "step": bad_step, "reason": reason, "rolled_back_to": st.step,
                           "lambda": self.lam.lam, "lr_scale": st.lr_scale, "count": st.collapses})
         if self.dist.is_main:
             log.warning("collapse at step %d (%s): rolled back to step %d, %s", bad_step, reason, st.step, action)
-        if st.collapses < self.cfg.max_collapses:
-            return False
-        result.stop_kind = "collapses"
-        result.stopped_early = (f"stopped after {st.collapses} collapses (last: {reason}); "
-                                f"the weights of step {st.step} were saved")
-        return True
+        decision = collapse_decision(reason, st.collapses, self.cfg.max_collapses)
+        if decision == "stop":
+            result.stop_kind = "collapses"
+            result.stopped_early = (f"stopped after {st.collapses} collapses (last: {reason}); "
+                                    f"the weights of step {st.step} were saved")
+        return decision
 
     def log_step(self, logger: Any, s: StepLosses, ratio: float, t_last: float, since: int) -> tuple[float, int]:
         now = time.perf_counter()
-        stats = StepStats(self.state.step, s.l_rec, s.l_neg, ratio, self.lam.lam,
-                          self.parts.scheduler.get_last_lr()[0], s.grad_norm, since / max(now - t_last, 1e-9),
+        stats = StepRecord(self.state.step, s.l_rec, s.l_neg, ratio, self.lam.lam,
+                          learning_rate(self.cfg, self.state.step, self.state.lr_scale), s.grad_norm, since / max(now - t_last, 1e-9),
                           s.neg_psnr)
         record = dataclasses.asdict(stats)
         record["neg_psnr"] = list(record["neg_psnr"])
@@ -308,31 +326,38 @@ class Run:
         result.ratio_per_lambda = self.lam.ratio_per_lambda
 
     # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """state.pt: the parts', the counters', λ control's and the guard's own state
+        dicts, side by side (one flat dict, the layout older runs saved)."""
+        return {**self.parts.state_dict(), **self.state.state_dict(), **self.lam.state_dict(),
+                **self.guard.state_dict(), "world_size": self.dist.world_size}
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        self.parts.load_state_dict(state)
+        self.state.load_state_dict(state, samples_per_step=self.cfg.batch * self.dist.world_size)
+        self.lam.load_state_dict(state)
+        self.guard.load_state_dict(state)
+        # the rollback point of the interrupted run, so a collapse soon after a resume rolls
+        # back exactly where the uninterrupted run would have
+        self.rollback.latest = cpu_copy(state["rollback"]) if "rollback" in state else None
+        self.stale_state = check_resume(self.cfg, self.state, state, self.folder, self.dist.world_size,
+                                        self.dist.is_main)
+
     def snapshot(self) -> dict[str, Any]:
         """The last good in-memory state, for the collapse guard (CPU copies)."""
-        return cpu_copy(run_state_dict(self))
+        return cpu_copy(self.state_dict())
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        """Back to a snapshot's weights, optimizer, negatives and step; λ control, the
-        collapse count, the best validation and the data position stay where they are."""
-        keep = dataclasses.asdict(self.state)
-        lam = self.lam.state_dict()
-        load_run_state(self, cpu_copy(snapshot), rollback=True)  # a copy: later steps must not change it
-        for name, value in keep.items():  # in place: the loop holds this object
-            if name != "step":
-                setattr(self.state, name, value)
-        self.lam.load_state_dict(lam)
-        self.apply_lr_scale()
-
-    def apply_lr_scale(self) -> None:
-        """The scheduler's base lr times the guard's lr_scale (plain runs halve the lr)."""
-        sched = self.parts.scheduler
-        for i, group in enumerate(self.parts.optimizer.param_groups):
-            sched.base_lrs[i] = self.cfg.lr * self.state.lr_scale
-            group["lr"] = sched.base_lrs[i] * sched.lr_lambdas[i](sched.last_epoch)
+    def roll_back(self, snapshot: dict[str, Any]) -> None:
+        """Back to a snapshot's parts (weights, optimizer, negatives, RNG), guard history
+        and step; λ control, the collapse count, the lr scale, the best validation and
+        the data position stay where they are."""
+        snapshot = cpu_copy(snapshot)  # a copy: the optimizer would share its tensors
+        self.parts.load_state_dict(snapshot)
+        self.guard.load_state_dict(snapshot)
+        self.state.step = int(snapshot["step"])
 
     def save_state(self) -> None:
-        state = run_state_dict(self)
+        state = self.state_dict()
         if self.rollback.latest is not None and self.rollback.latest["step"] != self.state.step:
             state["rollback"] = self.rollback.latest  # only between snapshot steps (a stop, an odd --save-every)
         self.folder.save_state(state)
@@ -380,7 +405,7 @@ class Run:
                 signal.signal(sig, old)
 
 
-def retrain(cfg: TrainConfig, on_step: Callable[[StepStats], None] | None = None, resume: bool = False,
+def retrain(cfg: TrainConfig, on_step: Callable[[StepRecord], None] | None = None, resume: bool = False,
             dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> TrainResult:
     """Retrain a model with MCIR (or plainly with negative_init='none'): a new run folder,
     or `resume` the one in cfg.output. The folder is locked for the whole run.

@@ -1,5 +1,5 @@
-"""What a run saves and restores: its counters (`RunState`), the full resume state
-(state.pt), config.json's description of the run, and the warnings said at its start."""
+"""What a run saves and restores beyond its parts: its counters (`RunState`), what a
+resume checks, config.json's description of the run, and the warnings said at its start."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import Tensor
 from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.ema import start_share
+from mcir_cli.train.rundir import RunFolder
 
 log = logging.getLogger("mcir")
 
@@ -30,6 +31,19 @@ class RunState:
     start_psnr: float | None = None  # the starting weights' validation, the guard's reference
     compiled: bool | None = None  # decided at the run's start; a resume keeps it
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "samples_seen": self.samples, "collapses": self.collapses,
+                "lr_scale": self.lr_scale, "best_psnr": self.best_psnr, "best_step": self.best_step,
+                "start_psnr": self.start_psnr, "compiled": self.compiled}
+
+    def load_state_dict(self, state: dict[str, Any], samples_per_step: int) -> None:
+        """`samples_per_step`: the global batch, for states older than the data position."""
+        self.step = int(state["step"])
+        self.samples = int(state.get("samples_seen", self.step * samples_per_step))
+        self.collapses, self.lr_scale = int(state["collapses"]), float(state.get("lr_scale", 1.0))
+        self.best_psnr, self.best_step = state["best_psnr"], state.get("best_step")
+        self.start_psnr, self.compiled = state.get("start_psnr"), state.get("compiled")
+
 
 def cpu_copy(obj: Any) -> Any:
     if isinstance(obj, Tensor):
@@ -41,67 +55,25 @@ def cpu_copy(obj: Any) -> Any:
     return obj
 
 
-def run_state_dict(run: Any) -> dict[str, Any]:
-    p, st = run.parts, run.state
-    state = {
-        "step": st.step, "model": p.model.net.state_dict(), "optimizer": p.optimizer.state_dict(),
-        "scheduler": p.scheduler.state_dict(), "collapses": st.collapses, "best_psnr": st.best_psnr,
-        "best_step": st.best_step, "start_psnr": st.start_psnr, "lr_scale": st.lr_scale,
-        "rng_cpu": torch.get_rng_state(), "world_size": run.dist.world_size, "samples_seen": st.samples,
-        "compiled": st.compiled, **run.lam.state_dict(), **run.guard.state_dict(),
-    }
-    if torch.cuda.is_available() and p.device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(p.device)
-    if p.bank is not None:
-        state["negatives"] = p.bank.state_dict()
-    if p.ema is not None:
-        state["ema"] = p.ema
-    return state
-
-
-def load_run_state(run: Any, state: dict[str, Any], rollback: bool = False) -> None:
-    """Put a saved state (state.pt, or a rollback snapshot) into a run. A resume also
-    checks --iters, takes the best from val.json, trims the log and records what changed."""
-    p, st = run.parts, run.state
-    st.step = int(state["step"])
-    p.model.net.load_state_dict(state["model"])
-    p.optimizer.load_state_dict(state["optimizer"])
-    p.scheduler.load_state_dict(state["scheduler"])
-    run.lam.load_state_dict(state)
-    run.guard.load_state_dict(state)
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and p.device.type == "cuda":
-        torch.cuda.set_rng_state(state["rng_cuda"], p.device)
-    if p.bank is not None:
-        p.bank.load_state_dict(state["negatives"])
-    if p.ema is not None:
-        with torch.no_grad():
-            for k, v in p.ema.items():
-                v.copy_(state["ema"][k])
-    if rollback:
-        return
-    st.collapses, st.lr_scale = int(state["collapses"]), float(state.get("lr_scale", 1.0))
-    st.best_psnr, st.best_step, st.start_psnr = state["best_psnr"], state.get("best_step"), state.get("start_psnr")
-    st.samples = int(state.get("samples_seen", st.step * run.cfg.batch * run.dist.world_size))
-    st.compiled = state.get("compiled")
-    # the rollback point of the interrupted run, so a collapse soon after a resume rolls
-    # back exactly where the uninterrupted run would have
-    run.rollback.latest = cpu_copy(state["rollback"]) if "rollback" in state else None
-    if state.get("world_size", 1) != run.dist.world_size and run.dist.is_main:
+def check_resume(cfg: TrainConfig, counters: RunState, state: dict[str, Any], folder: RunFolder,
+                 world_size: int, is_main: bool) -> bool:
+    """What a resume does beyond loading the values: checks --iters, takes the best from
+    val.json (the record best.* follows), trims the log and records what changed. True
+    when state.pt is stale (a kill between the final validation and the save after it)."""
+    if state.get("world_size", 1) != world_size and is_main:
         log.info("resuming a run of %d ranks on %d: data position re-derived from the step",
-                 state.get("world_size", 1), run.dist.world_size)
-    if run.cfg.iters < st.step:
-        raise McirError(f"--iters {run.cfg.iters} is below the {st.step} steps this run has done", run.folder.root)
-    history = run.folder.validations(st.step)  # val.json is the record best.* follows
+                 state.get("world_size", 1), world_size)
+    if cfg.iters < counters.step:
+        raise McirError(f"--iters {cfg.iters} is below the {counters.step} steps this run has done", folder.root)
+    history = folder.validations(counters.step)
     if history:
         best = max(history, key=lambda h: float(h["psnr"]))
-        st.best_psnr, st.best_step = float(best["psnr"]), int(best["step"])
-        if st.start_psnr is None and history[0]["step"] == 0:
-            st.start_psnr = float(history[0]["psnr"])
-    # a kill between the final validation and the state saved after it: state.pt is stale
-    run.stale_state = (state["best_psnr"], state.get("best_step")) != (st.best_psnr, st.best_step)
-    run.folder.truncate_log(st.step)
-    run.folder.record_resume(run.cfg, st.step)
+        counters.best_psnr, counters.best_step = float(best["psnr"]), int(best["step"])
+        if counters.start_psnr is None and history[0]["step"] == 0:
+            counters.start_psnr = float(history[0]["psnr"])
+    folder.truncate_log(counters.step)
+    folder.record_resume(cfg, counters.step)
+    return (state["best_psnr"], state.get("best_step")) != (counters.best_psnr, counters.best_step)
 
 
 def run_info(cfg: TrainConfig, parts: Any, dist: Any) -> dict[str, Any]:

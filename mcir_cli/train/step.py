@@ -39,9 +39,9 @@ def _reconstruction(parts: Parts, lq: Tensor, gt: Tensor, quality: Tensor | None
     quality-factor term, qf_loss · L1(predicted, (100 − q)/100), over the samples whose q
     is known (FBCNN `model_fbcnn.py`; pairs given as files have none)."""
     if quality is None or not parts.qf_loss:
-        out = parts.net(lq)
+        out = parts.wrapped(lq)
         return out, parts.rec_loss(out.float(), gt)
-    out, predicted = parts.net(lq, side=True)
+    out, predicted = parts.wrapped(lq, side=True)
     l_rec = parts.rec_loss(out.float(), gt)
     quality = quality.to(parts.device).float()
     known = ~torch.isnan(quality)
@@ -52,8 +52,8 @@ def _reconstruction(parts: Parts, lq: Tensor, gt: Tensor, quality: Tensor | None
 
 def spn_step(parts: Parts, lq: Tensor, gt: Tensor, lam: float, grad_clip: float | None, ema_decay: float,
              quality: Tensor | None = None) -> StepLosses:
-    """Forward the target and the negatives, backward L, clip, and step the optimizer,
-    the schedule and the EMA of the weights -- unless the loss or gradient is not finite
+    """Forward the target and the negatives, backward L, clip, and step the optimizer
+    (at the lr the loop set) and the EMA of the weights -- unless the loss or gradient is not finite
     (then nothing is applied and the collapse guard decides)."""
     lq = lq.to(parts.device, non_blocking=True)
     gt = gt.to(parts.device, non_blocking=True)
@@ -78,7 +78,6 @@ def spn_step(parts: Parts, lq: Tensor, gt: Tensor, lam: float, grad_clip: float 
     result = StepLosses(*values[:4], neg_psnr=tuple(values[4:]))
     if result.finite:
         parts.optimizer.step()
-        parts.scheduler.step()
         if parts.ema is not None:
             ema_update(parts.ema, parts.model, ema_decay)
     return result
