@@ -19,7 +19,9 @@ from mcir_cli.data.limits import check_batch_memory, check_image_sizes
 from mcir_cli.data.realesrgan.pipeline import Degrader
 from mcir_cli.data.realesrgan.settings import RealESRGANSettings, settings_from_dict
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import SPNLoss, make_embedding, make_rec_loss
+from mcir_cli.losses.embeddings import make_embedding
+from mcir_cli.losses.reconstruction import make_rec_loss
+from mcir_cli.losses.spn import SPNLoss
 from mcir_cli.models.loading import LoadedModel, Restorer, load_model
 from mcir_cli.negatives.bank import NegativeBank
 from mcir_cli.train.config import TrainConfig

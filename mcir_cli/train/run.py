@@ -23,7 +23,7 @@ from mcir_cli._helpers.fsutil import writable_target
 from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.datasets import RankIndices
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import error_magnitude
+from mcir_cli.losses.reconstruction import error_magnitude
 from mcir_cli.models.inference import resolve_device
 from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse

@@ -90,7 +90,7 @@ def find_pretrained() -> tuple[Path | None, str]:
 def choose_embedding(embedding_weights: str | Path | None) -> tuple[str, str | None, bool]:
     """(embedding_init, embedding_weights, pretrained?) without touching the network:
     explicit weights, else torchvision's cache, else random."""
-    from mcir_cli.losses.spn import vgg_cache_path
+    from mcir_cli.losses.embeddings import vgg_cache_path
 
     if embedding_weights is not None:
         path = Path(embedding_weights).expanduser()

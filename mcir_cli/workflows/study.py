@@ -372,7 +372,7 @@ def check_plan(plan: StudyPlan) -> None:
 
 def _check_embedding(name: str, weights: str | None, init: str) -> None:
     """The SPN embedding can be built (offline, the pretrained VGG needs its weights)."""
-    from mcir_cli.losses.spn import make_embedding
+    from mcir_cli.losses.embeddings import make_embedding
 
     make_embedding(name, weights, init, 0)
 
