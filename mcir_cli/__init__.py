@@ -21,7 +21,7 @@ _API = {
     "make_rec_loss": "mcir_cli.losses.reconstruction", "CollapseGuard": "mcir_cli.train.guard", "LambdaControl": "mcir_cli.train.guard",
     "evaluate_model": "mcir_cli.evaluate.benchmarks", "compare_results": "mcir_cli.compare.results",
     "load_result": "mcir_cli.compare.files", "paired_stats": "mcir_cli.compare.stats", "seed_image_stats": "mcir_cli.compare.stats",
-    "psnr": "mcir_cli.metrics.quality", "ssim": "mcir_cli.metrics.quality",
+    "psnr": "mcir_cli.metrics.basicsr", "ssim": "mcir_cli.metrics.basicsr",
     "imresize": "mcir_cli.data.resize", "read_image": "mcir_cli.data.imageio", "StudyPlan": "mcir_cli.workflows.study",
     "run_study": "mcir_cli.workflows.study", "McirError": "mcir_cli.errors", "plot_runs": "mcir_cli.render.plot",
     "RealESRGANSettings": "mcir_cli.data.realesrgan.settings", "Degrader": "mcir_cli.data.realesrgan.pipeline",

@@ -18,7 +18,7 @@ from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
     from mcir_cli.data.datasets import Dataset
-    from mcir_cli.metrics.quality import Conventions
+    from mcir_cli.metrics.conventions import Conventions
 
 FLOAT32_BYTES = 4
 SSIM_WINDOW = 11  # BasicSR's 11x11 Gaussian, valid region (metrics.ssim)

@@ -25,7 +25,8 @@ from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.jpeg import check_task, record_inputs, with_qualities
 from mcir_cli.data.limits import check_image_sizes
 from mcir_cli.errors import McirError
-from mcir_cli.metrics.quality import Conventions, psnr, psnrb, ssim
+from mcir_cli.metrics.basicsr import psnr, psnrb, ssim
+from mcir_cli.metrics.conventions import Conventions
 from mcir_cli.models.inference import resolve_device, restore
 from mcir_cli.models.loading import LoadedModel
 from mcir_cli.models.paper import paper_rows
