@@ -26,6 +26,7 @@ from mcir_cli.errors import McirError
 from mcir_cli.losses.reconstruction import error_magnitude
 from mcir_cli.models.inference import resolve_device
 from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.distributed import DistContext
 from mcir_cli.train.guard import CollapseGuard, LambdaControl, Rollback, contrast_ratio, validation_collapse
 from mcir_cli.train.parts import build_parts, compile_parts
 from mcir_cli.train.rundir import RunFolder
@@ -82,8 +83,6 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepStats], None] | None = None,
                  dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> None:
-        from mcir_cli.train.distributed import DistContext
-
         self.cfg, self.on_step, self.preempt_signals = cfg, on_step, tuple(preempt_signals)
         self.dist = dist or DistContext.single()
         self.folder = RunFolder(cfg.output, self.dist.is_main)
