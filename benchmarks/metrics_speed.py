@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from mcir_cli.data.imageio import read_image, to_uint8  # noqa: E402
 from mcir_cli.data.resize import imresize  # noqa: E402
-from mcir_cli.metrics.quality import Conventions, psnr, ssim  # noqa: E402
+from mcir_cli.metrics.basicsr import psnr, ssim  # noqa: E402
+from mcir_cli.metrics.conventions import Conventions  # noqa: E402
 
 try:
     import cv2  # type: ignore

@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mcir_cli.data.datasets import PatchDataset, discover_all
-    from mcir_cli.losses.spn import make_embedding
+    from mcir_cli.losses.embeddings import make_embedding
     from mcir_cli.models.loading import load_model
 
     torch.manual_seed(0)

@@ -58,7 +58,9 @@ warnings.filterwarnings("ignore", message="torch.meshgrid")  # SwinIR, inside sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcir_cli.losses.spn import SPNLoss, make_embedding, make_rec_loss  # noqa: E402
+from mcir_cli.losses.embeddings import make_embedding  # noqa: E402
+from mcir_cli.losses.reconstruction import make_rec_loss  # noqa: E402
+from mcir_cli.losses.spn import SPNLoss  # noqa: E402
 from mcir_cli.negatives.bank import NegativeBank  # noqa: E402
 from mcir_cli.train.speed import channels_last_decision, compile_training, precision_decision  # noqa: E402
 

@@ -3,8 +3,8 @@ config checks, presets, losses, speed decisions and negatives all read them from
 
 from __future__ import annotations
 
-LOSSES = ("l1", "charbonnier", "mse", "psnr", "ssim")  # reconstruction losses (losses.spn.REC_LOSSES)
-EMBEDDINGS = ("vgg16", "vgg19", "pixel")  # SPN embeddings (losses.spn.make_embedding)
+LOSSES = ("l1", "charbonnier", "mse", "psnr", "ssim")  # reconstruction losses (losses.reconstruction.REC_LOSSES)
+EMBEDDINGS = ("vgg16", "vgg19", "pixel")  # SPN embeddings (losses.embeddings.make_embedding)
 EMBEDDING_INITS = ("pretrained", "random")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")

@@ -21,7 +21,7 @@ from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.benchmarks import conventions_for, evaluate_model, evaluate_restored, score_dataset
-from mcir_cli.metrics.quality import Conventions
+from mcir_cli.metrics.conventions import Conventions
 
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 8.2
     runner = CliRunner(mix_stderr=False)

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import error_magnitude
+from mcir_cli.losses.reconstruction import error_magnitude
 from mcir_cli.train.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, parse_steps
 from mcir_cli.train.ema import start_share
 from mcir_cli.train.guard import (

@@ -18,7 +18,8 @@ from mcir_cli.data.datasets import PatchDataset, discover, load_pair
 from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.jpeg import JpegQuality, compress, parse_qualities, parse_quality, with_qualities
 from mcir_cli.errors import McirError
-from mcir_cli.metrics.quality import Conventions, psnr, psnrb
+from mcir_cli.metrics.basicsr import psnr, psnrb
+from mcir_cli.metrics.conventions import Conventions
 from tests.conftest import shared_path
 
 runner = CliRunner()

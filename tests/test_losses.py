@@ -10,19 +10,10 @@ import torch
 from torch import nn
 
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import (
-    PixelEmbedding,
-    SPNLoss,
-    VGGEmbedding,
-    charbonnier,
-    make_embedding,
-    make_rec_loss,
-    psnr_loss,
-    ssim,
-    ssim_loss,
-    total_loss,
-    vgg_weight_file_name,
-)
+from mcir_cli.losses.embeddings import PixelEmbedding, VGGEmbedding, make_embedding, vgg_weight_file_name
+from mcir_cli.losses.reconstruction import charbonnier, make_rec_loss, psnr_loss, ssim_loss
+from mcir_cli.losses.reconstruction import differentiable_ssim as ssim
+from mcir_cli.losses.spn import SPNLoss, total_loss
 
 # ------------------------------------------------------------------ reconstruction losses
 

@@ -11,7 +11,8 @@ from conftest import shared_path
 
 from mcir_cli.data.imageio import read_image
 from mcir_cli.data.resize import imresize
-from mcir_cli.metrics.quality import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
+from mcir_cli.metrics.basicsr import PSNRSSIM, psnr, ssim
+from mcir_cli.metrics.conventions import Conventions, quantize, rgb_to_y
 
 
 def _bgr_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -358,7 +358,7 @@ def test_too_small_for_the_border_or_ssim_is_one_line(tmp_path):
 
 
 def test_check_image_size_rules():
-    from mcir_cli.metrics.quality import Conventions
+    from mcir_cli.metrics.conventions import Conventions
 
     conv = Conventions(y_channel=True, crop_border=4)
     check_image_size(Path("ok.png"), 19, 19, 1, conv)

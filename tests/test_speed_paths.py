@@ -204,7 +204,8 @@ def test_compile_training_compiles_all_three_parts():
     code: the compiled target, the compiled vmap over N negatives and the compiled
     embedding give the eager results."""
     from mcir_cli.data.imageio import read_image
-    from mcir_cli.losses.spn import SPNLoss, make_embedding
+    from mcir_cli.losses.embeddings import make_embedding
+    from mcir_cli.losses.spn import SPNLoss
 
     target = _edsr_light().eval()
     bank_e, bank_c = (NegativeBank(target, (1, 2, 3), seed=0, batched=True) for _ in range(2))

@@ -87,7 +87,7 @@ def validate_result(data: Any, source: str | Path | None) -> dict:
         raise bad("missing key 'model.checkpoint'")
     label = model.get("label")
     if not isinstance(label, str) or not label.strip():
-        from mcir_cli.models.loading import checkpoint_label
+        from mcir_cli.models.loading import checkpoint_label  # lazy: torch; `mcir --help` imports compare/
 
         ckpt = str(model.get("checkpoint") or "")
         label = (checkpoint_label(ckpt) if ckpt else "") or "model"

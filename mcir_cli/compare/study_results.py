@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mcir_cli.compare.exports import paper_table_rows
 from mcir_cli.compare.stats import fmt_p, seed_image_stats
 from mcir_cli.models.paper import paper_notes, paper_rows
 
@@ -142,8 +143,6 @@ def paper_summary(start: dict[str, Any]) -> list[dict[str, Any]]:
 
 def paper_table_lines(summary: dict[str, Any]) -> list[str]:
     """study.md's paper rows (baseline, + SPN, Δ per preset) under the measured table."""
-    from mcir_cli.compare.exports import paper_table_rows
-
     return [f"| *{label}* | " + " | ".join(cells) + " |"
             for label, cells in paper_table_rows(summary.get("paper", []), summary["datasets"])]
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mcir_cli.data.imageio import read_image
+from mcir_cli.data.imageio import image_size, is_grey, read_image
+from mcir_cli.data.jpeg import compressed_input, compressed_patch
 from mcir_cli.data.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
+from mcir_cli.data.realesrgan.kernels import draw_kernels
 from mcir_cli.data.realesrgan.settings import RealESRGANSettings
 from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
@@ -121,8 +123,6 @@ def load_pair(
                 raise McirError("denoising needs --noise-sigma", dataset.root)
             return add_noise(gt, noise_sigma, generator or torch.Generator().manual_seed(0)), gt
         if dataset.task == "jpeg":
-            from mcir_cli.data.jpeg import compressed_input
-
             return compressed_input(dataset, gt), gt
         gt = mod_crop(gt, s)
         # MATLAB's imresize on uint8 returns uint8: quantise like the published LR files.
@@ -154,8 +154,6 @@ def size_mismatch(dataset: Dataset, pair: Pair, lq_wh: tuple[int, int], gt_wh: t
 
 def pair_size_problems(dataset: Dataset) -> list[tuple[Pair, str]]:
     """Every pair whose sizes `load_pair` would refuse, from the file headers alone."""
-    from mcir_cli.data.imageio import image_size
-
     problems = []
     for pair in dataset.pairs:
         gw, gh = image_size(pair.gt)
@@ -240,8 +238,6 @@ class PatchDataset(torch.utils.data.Dataset):
         quality_target: bool = False,
         degradation: RealESRGANSettings | None = None,
     ) -> None:
-        from mcir_cli.data.imageio import image_size, is_grey
-
         self.patch, self.length, self.seed = int(patch), int(length), int(seed)
         # the model's input channels: grey images among colour ones become 3 equal
         # channels (as in evaluation); colour images for a grey model are an error
@@ -332,8 +328,6 @@ class PatchDataset(torch.utils.data.Dataset):
         if synth and self.task == "denoise":
             lq = add_noise(gt, self.noise_sigma or 0.0, g)
         elif synth and self.task == "jpeg":
-            from mcir_cli.data.jpeg import compressed_patch
-
             assert self.jpeg_quality is not None
             quality, lq, gt = compressed_patch(gt, self.jpeg_quality, g, self.augment)
         elif synth:
@@ -354,8 +348,6 @@ class PatchDataset(torch.utils.data.Dataset):
         patch; smaller images reflect-padded), flipped horizontally half the time (Real-ESRGAN's
         use_hflip, no rotation), with its kernels and the seed of its noise
         (`degradations.Degrader` makes the input from them)."""
-        from mcir_cli.data.realesrgan.kernels import draw_kernels
-
         s, settings = self.scale, self.degradation
         size = max(-(-settings.crop_pad_size // s) * s, self.patch * s)
         hr = hr.expand(3, -1, -1) if hr.shape[0] == 1 else hr

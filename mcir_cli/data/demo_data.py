@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from mcir_cli.data.datasets import mod_crop
+from mcir_cli.data.imageio import write_image
+from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
 
 SCALE = 4
@@ -42,9 +45,6 @@ def _photo(name: str) -> torch.Tensor:
 def _shrink(img: torch.Tensor, max_side: int, multiple: int) -> torch.Tensor:
     """Downscale (MATLAB bicubic, uint8 levels) so the longer side is <= max_side, then
     crop to a multiple of `multiple`."""
-    from mcir_cli.data.datasets import mod_crop
-    from mcir_cli.data.resize import imresize
-
     h, w = img.shape[-2:]
     if max(h, w) > max_side:
         f = max_side / max(h, w)
@@ -58,9 +58,6 @@ def make_data(root: Path, n_train: int = len(TRAIN_PHOTOS), n_test: int = len(TE
     """Write `root/train/<photo>.png` (HR only) and `root/test/HR/<photo>.png` +
     `root/test/LR_bicubic/X{s}/<photo>x{s}.png`. Photos that scikit-image cannot provide
     (e.g. not downloadable offline) are skipped; too few is a McirError."""
-    from mcir_cli.data.imageio import write_image
-    from mcir_cli.data.resize import imresize
-
     def take(names: tuple[str, ...], n: int) -> list[tuple[str, torch.Tensor]]:
         got = []
         for name in names:

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mcir_cli._helpers.fsutil import atomic_write
+from mcir_cli.data.lmdb_images import image_bytes
 from mcir_cli.errors import McirError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
@@ -68,8 +69,6 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 def _source(path: Path) -> Path | io.BytesIO:
     """What Pillow opens: the file, or the encoded bytes of an image in an LMDB
     (`NAME.lmdb/<key>.png`, BasicSR's datasets; see `mcir_cli.data.lmdb_images`)."""
-    from mcir_cli.data.lmdb_images import image_bytes
-
     data = image_bytes(path)
     return path if data is None else io.BytesIO(data)
 

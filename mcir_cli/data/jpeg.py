@@ -122,7 +122,7 @@ def compressed_patch(gt: Tensor, quality: JpegQuality, g: torch.Generator, augme
     """(q, input, target) of a clean training patch, as FBCNN's dataset_jpeg makes them:
     the patch augmented first, then encoded at a quality drawn from the range (its 8x8
     grid starts at the patch's corner)."""
-    from mcir_cli.data.datasets import dihedral
+    from mcir_cli.data.datasets import dihedral  # lazy: cycle, datasets imports jpeg
 
     if augment:
         gt = dihedral(gt, int(torch.randint(8, (1,), generator=g)))

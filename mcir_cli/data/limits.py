@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mcir_cli.data.imageio import image_size
 from mcir_cli.errors import McirError
 
 if TYPE_CHECKING:
     from mcir_cli.data.datasets import Dataset
-    from mcir_cli.metrics.quality import Conventions
+    from mcir_cli.metrics.conventions import Conventions
 
 FLOAT32_BYTES = 4
 SSIM_WINDOW = 11  # BasicSR's 11x11 Gaussian, valid region (metrics.ssim)
@@ -134,8 +135,6 @@ def check_image_size(path: Path, width: int, height: int, scale: int, convention
 def check_image_sizes(datasets: Iterable[Dataset], conventions: Conventions) -> None:
     """Every ground truth of every dataset checked by `check_image_size`, from the file
     headers alone, before any image is restored or scored."""
-    from mcir_cli.data.imageio import image_size
-
     for d in datasets:
         for pair in d.pairs:
             w, h = image_size(pair.gt)

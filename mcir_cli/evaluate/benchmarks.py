@@ -20,12 +20,14 @@ from torch import Tensor, nn
 
 from mcir_cli import __version__
 from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file
-from mcir_cli.data.datasets import Dataset, discover_all, iter_pairs, list_images
-from mcir_cli.data.imageio import read_image, write_image
+from mcir_cli.data.datasets import Dataset, discover_all, iter_pairs, list_images, load_gt, load_pair
+from mcir_cli.data.imageio import is_grey, read_image, to_uint8, write_image
 from mcir_cli.data.jpeg import check_task, record_inputs, with_qualities
 from mcir_cli.data.limits import check_image_sizes
+from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
-from mcir_cli.metrics.quality import Conventions, psnr, psnrb, ssim
+from mcir_cli.metrics.basicsr import psnr, psnrb, ssim
+from mcir_cli.metrics.conventions import Conventions
 from mcir_cli.models.inference import resolve_device, restore
 from mcir_cli.models.loading import LoadedModel
 from mcir_cli.models.paper import paper_rows
@@ -50,8 +52,6 @@ conventions_for = Conventions.for_task
 
 def has_colour_images(dataset: Dataset) -> bool:
     """Whether any ground-truth image of the dataset has colour (read lazily, no decode)."""
-    from mcir_cli.data.imageio import is_grey
-
     return any(not is_grey(pair.gt) for pair in dataset.pairs)
 
 
@@ -309,8 +309,6 @@ def evaluate_compressed(
     """The "JPEG" row of every artifact-removal table: the decoded JPEG itself scored
     against the clean image (as `evaluate_bicubic` is SR's baseline). With `save_images`,
     the decoded images are written (lossless PNG) as `<dataset>/q<q>/<name>.png`."""
-    from mcir_cli.data.datasets import load_pair
-
     staging: Path | None = None
 
     def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
@@ -338,10 +336,6 @@ def evaluate_bicubic(
     quantised to uint8 as a saved image would be, and scored like any model (a grey image
     among colour ones as 3 equal channels, as `score_dataset` and BasicSR do). With
     `save_images`, the upscaled images are written as `<dataset>/<name>.png`."""
-    from mcir_cli.data.datasets import load_pair
-    from mcir_cli.data.imageio import to_uint8
-    from mcir_cli.data.resize import imresize
-
     colour: dict[str, bool] = {}
     staging: Path | None = None  # set by _staged below, before any output is made
 
@@ -369,8 +363,6 @@ def _score_outputs(
 ) -> dict[str, Any]:
     """Score `output(dataset, pair) -> (image, its file)` against every ground truth: the
     shared path of methods that are not a model (restored folders, bicubic, JPEG)."""
-    from mcir_cli.data.datasets import load_gt
-
     datasets = _discover(data, scale, task, jpeg_quality)
     task = task or datasets[0].task
     s = datasets[0].scale

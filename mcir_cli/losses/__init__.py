@@ -1,2 +1,2 @@
-"""Losses of a run (`spn`): reconstruction losses, the SPN embeddings (VGG16/VGG19/pixel)
-and the SPN loss that pushes the output away from the negatives' outputs."""
+"""Losses of a run: reconstruction losses (`reconstruction`), the SPN embeddings (`embeddings`:
+VGG16/VGG19/pixel) and the SPN loss that pushes the output away from the negatives' outputs (`spn`)."""

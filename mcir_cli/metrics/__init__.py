@@ -1,2 +1,2 @@
-"""BasicSR-exact image-quality metrics (PSNR, SSIM, PSNR-B) and the conventions
-(Y channel, border, quantisation) every score states."""
+"""BasicSR-exact image-quality metrics (`basicsr`: PSNR, SSIM, PSNR-B) and the conventions
+(`conventions`: Y channel, border, quantisation) every score states."""

@@ -28,8 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcir_cli._helpers.fsutil import atomic_write, writable_target
+from mcir_cli import __version__
+from mcir_cli._helpers.fsutil import atomic_write, sha256_file, writable_target
+from mcir_cli.data.demo_data import _photo
+from mcir_cli.data.imageio import read_image
 from mcir_cli.errors import McirError
+from mcir_cli.models.inference import fixed_input_size
+from mcir_cli.models.loading import load_checkpoint_model
 
 OPSET = 17
 TRACE_SIZE = (32, 32)  # height, width of the traced input (LQ pixels)
@@ -104,13 +109,9 @@ def _multiple(loaded: Any) -> int:
 def _sample(image: Path | None, channels: int) -> tuple[Tensor, str]:
     """The real picture the graph is checked on: the user's, or scikit-image's bundled
     photo 'chelsea'; grey models get its BT.601 luma."""
-    from mcir_cli.data.imageio import read_image
-
     if image is not None:
         img, name = read_image(image), str(image)
     else:
-        from mcir_cli.data.demo_data import _photo
-
         img, name = _photo("chelsea"), "scikit-image data.chelsea()"
     if img.shape[0] == 1 and channels == 3:
         img = img.expand(3, -1, -1)
@@ -195,9 +196,6 @@ def _annotate(path: Path, report: ExportReport, loaded: Any, source: Path) -> No
     """The I/O contract and provenance in the ONNX file's metadata_props."""
     import onnx
 
-    from mcir_cli import __version__
-    from mcir_cli._helpers.fsutil import sha256_file
-
     model = onnx.load(str(path))
     worst = max(c.max_diff for c in report.checks)
     props = {
@@ -220,9 +218,6 @@ def _annotate(path: Path, report: ExportReport, loaded: Any, source: Path) -> No
 def _prepare(file: Path, out: Path) -> Any:
     """Checks before any work: the output is new and writable, the model loads and takes
     free sizes."""
-    from mcir_cli.models.inference import fixed_input_size
-    from mcir_cli.models.loading import load_checkpoint_model
-
     if out.suffix.lower() != ".onnx":
         raise McirError("the ONNX output must end in .onnx", out)
     if out.exists():

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcir_cli.errors import McirError
+
 
 def resolve_device(device: str = "auto") -> torch.device:
-    from mcir_cli.errors import McirError
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -120,8 +120,6 @@ def restore(
             y = run_padded(model, x, scale, min_size, multiple_of, square)
         else:
             if overlap >= tile:
-                from mcir_cli.errors import McirError
-
                 raise McirError(f"--tile-overlap {overlap} must be smaller than --tile {tile}")
             # pad the whole image once, as the untiled run does, and use tiles that need
             # no padding of their own: image edges then see the same reflection

@@ -189,7 +189,7 @@ def _io_for(net: nn.Module, architecture: str, preset: Preset | None) -> IOSpec:
 def _descriptor_from_state_dict(state_dict: Mapping[str, Tensor], where: Path | None):
     import spandrel
 
-    from mcir_cli.models import archs
+    from mcir_cli.models import archs  # lazy: spandrel (slow import) only when a network is built
 
     archs.register()
     try:
@@ -231,7 +231,7 @@ def _from_descriptor(desc, checkpoint: Checkpoint | None, preset: Preset | None)
 
 def build_network(preset: Preset) -> nn.Module:
     """Build a preset's network from scratch (random initialisation)."""
-    from mcir_cli.models import archs
+    from mcir_cli.models import archs  # lazy: spandrel (slow import) only when a network is built
 
     if preset.architecture in archs.BUILDERS:
         return archs.BUILDERS[preset.architecture](**preset.kwargs)

@@ -231,7 +231,7 @@ def model_presets(model: dict[str, Any]) -> tuple[list[Any], str]:
     was loaded as (`--model PRESET`), else every preset with figures whose architecture,
     scale and parameter count all equal the checkpoint's (a retrained preset keeps them;
     the five IDT presets share one network, and their test sets tell them apart)."""
-    from mcir_cli.models.presets import get_preset, list_presets
+    from mcir_cli.models.presets import get_preset, list_presets  # lazy: cycle, presets imports paper
 
     if model.get("preset"):
         try:
@@ -344,7 +344,7 @@ def average_row(preset: str, by_ds: dict[str, dict[str, Any]], datasets: list[st
     """The paper's "Avg." of a preset as a row, for an average column: only where the
     table's datasets are exactly the paper's test sets of that preset (Table 1's four), so
     the two averages are over the same sets; flagged when any of its rows is."""
-    from mcir_cli.models.presets import get_preset
+    from mcir_cli.models.presets import get_preset  # lazy: cycle, presets imports paper
 
     paper = get_preset(preset).paper
     if paper is None or paper.average is None or set(datasets) != set(by_ds):

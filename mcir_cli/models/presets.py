@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.choices import EMBEDDINGS, LOSSES, OPTIMIZERS, SCHEDULES
+from mcir_cli.data.realesrgan.settings import split_table
 from mcir_cli.errors import McirError
 from mcir_cli.models.paper import PaperFigures, parse_paper
 
@@ -201,8 +202,6 @@ def _degradation(table: Any, path: Path) -> tuple[str | None, dict[str, Any]]:
         return None, {}
     if not isinstance(table, dict):
         raise McirError("malformed preset ([degradation] must be a table)", path)
-    from mcir_cli.data.realesrgan.settings import split_table
-
     return split_table(table, path)
 
 

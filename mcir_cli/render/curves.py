@@ -6,7 +6,6 @@ over steps, several runs on one figure, collapses marked. Reading run folders is
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from mcir_cli.choices import RATIO_BAND
 from mcir_cli.render.charts import BAND, chart_style, new_figure, plain_text
 
 # one dash pattern per run (with its colour): a run drawn exactly over another still shows
@@ -38,11 +38,8 @@ class RunCurves:
 
 
 def default_ratio_band() -> tuple[float, float]:
-    """`--ratio-band`'s default (config.py's TrainConfig): mcir's heuristic 1–10 %."""
-    from mcir_cli.train.config import TrainConfig
-
-    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "ratio_band")
-    return tuple(field.default)  # type: ignore[return-value]
+    """`--ratio-band`'s default (`choices.RATIO_BAND`, TrainConfig's): mcir's heuristic 1–10 %."""
+    return tuple(RATIO_BAND)  # type: ignore[return-value]
 
 
 @dataclass

@@ -20,11 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mcir_cli import __version__
+from mcir_cli._helpers.fsutil import atomic_write_text
 from mcir_cli.compare.exports import delta_cells, fmt_dpsnr, fmt_dssim, fmt_psnr, paper_table_rows, score_cells, to_dict
 from mcir_cli.compare.results import Comparison, conventions_text, render_evidence
 from mcir_cli.compare.stats import PairedStats, fmt_p
 from mcir_cli.compare.study_results import COLLAPSE_RULE, METHOD, NO_PAIRS, fmt_signed, study_number
 from mcir_cli.models.paper import paper_notes
+from mcir_cli.render.charts import delta_figure, figure_bytes
+from mcir_cli.render.curves import arm_curves_figure, curves_figure
+from mcir_cli.render.plot import load_run
 
 _CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --gain: #1e7f3c; --loss: #b3261e; }
@@ -87,8 +92,6 @@ CHART_MIN_SCALE = 0.8
 
 def chart_figure(fig: Any, caption: str, alt: str) -> str:
     """A matplotlib figure inline as SVG, at least CHART_MIN_SCALE of its natural width."""
-    from mcir_cli.render.charts import figure_bytes
-
     min_px = round(fig.get_figwidth() * 96 * CHART_MIN_SCALE)  # CSS px are 1/96 in
     return (f'<figure class="chart"><div class="scroll"><img style="min-width: {min_px}px" '
             f'src="{data_uri(figure_bytes(fig, "svg"), "image/svg+xml")}" alt="{esc(alt)}"></div>'
@@ -206,8 +209,6 @@ def _num(x: float) -> str:
 
 def delta_charts_html(comp: Comparison) -> str:
     """One Δ PSNR chart per later model and dataset: image names, the mean and its CI."""
-    from mcir_cli.render.charts import delta_figure
-
     parts = []
     for lab in comp.models[1:]:
         for ds in comp.datasets:
@@ -280,9 +281,6 @@ def curves_section(runs: dict[str, Path]) -> str:
     PSNR over steps), one colour per run."""
     if not runs:
         return ""
-    from mcir_cli.render.curves import curves_figure
-    from mcir_cli.render.plot import load_run
-
     fig = curves_figure([load_run(path, label) for label, path in runs.items()])
     names = ", ".join(f"{label} ({Path(p).name})" for label, p in runs.items())
     return ('<section id="curves"><h2>How the runs trained</h2>'
@@ -295,8 +293,6 @@ def notes_html(notes: Sequence[str]) -> str:
 
 def report_html(title: str, sections: Sequence[str], *, subtitle: str = "", notes: Sequence[str] = ()) -> str:
     """The page around `sections` (each the HTML of one `*_section` function)."""
-    from mcir_cli import __version__
-
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
@@ -321,8 +317,6 @@ def comparison_report(comparison: Comparison, *, strips: Sequence[Path] = (), st
 
 def write_report(path: str | Path, text: str) -> Path:
     """Write the report atomically (the path was checked before any work)."""
-    from mcir_cli._helpers.fsutil import atomic_write_text
-
     return atomic_write_text(Path(path), text)
 
 
@@ -351,8 +345,6 @@ def study_table_html(summary: dict[str, Any]) -> str:
 def study_deltas_html(summary: dict[str, Any], per_image: dict[str, dict[str, tuple[list[str], list[float]]]]) -> str:
     """Each arm's Δ PSNR vs plain (paired over images and seeds) and, per dataset, the
     chart of each image's seed-mean Δ with the two-way CI."""
-    from mcir_cli.render.charts import delta_figure
-
     out = []
     for arm, info in summary["deltas"].items():
         rows = []
@@ -394,8 +386,6 @@ def study_units_html(summary: dict[str, Any]) -> str:
 
 def study_curves_html(summary: dict[str, Any]) -> str:
     """Validation PSNR over steps, mean ± sd over seeds, one line per arm (--val-every)."""
-    from mcir_cli.render.curves import arm_curves_figure
-
     curves = summary.get("curves")
     if not curves or not any(c["steps"] for c in curves.values()):
         return ""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from mcir_cli._helpers.fsutil import atomic_write
+from mcir_cli.render import charts
 
 if TYPE_CHECKING:  # drawing needs no comparison code at run time
     from mcir_cli.compare.results import Comparison
@@ -324,8 +325,6 @@ def write_delta_charts(comparison: Comparison, out_dir: str | Path, metric: str 
     per-image bars named by image, the mean Δ and its bootstrap 95 % CI from the
     comparison's stats), `delta_<metric>_<dataset>.png` (two models) or
     `delta_<metric>_<dataset>_<label>.png`. Returns the paths written."""
-    from mcir_cli.render.charts import delta_figure, save_figure
-
     out_dir = Path(out_dir)
     written = []
     for label in comparison.models[1:]:
@@ -335,9 +334,9 @@ def write_delta_charts(comparison: Comparison, out_dir: str | Path, metric: str 
             name = f"delta_{metric}_{slug(ds)}"
             if len(comparison.models) > 2:
                 name += f"_{slug(label)}"
-            fig = delta_figure(list(deltas), list(deltas.values()), metric=metric.upper(),
-                               unit="dB" if metric == "psnr" else "",
-                               title=f"{ds}: {metric.upper()} {label} − {comparison.baseline}, per image",
-                               mean=stat.mean_delta, ci=(stat.ci_low, stat.ci_high))
-            written.append(save_figure(fig, out_dir / f"{name}.png"))
+            fig = charts.delta_figure(list(deltas), list(deltas.values()), metric=metric.upper(),
+                                      unit="dB" if metric == "psnr" else "",
+                                      title=f"{ds}: {metric.upper()} {label} − {comparison.baseline}, per image",
+                                      mean=stat.mean_delta, ci=(stat.ci_low, stat.ci_high))
+            written.append(charts.save_figure(fig, out_dir / f"{name}.png"))
     return written

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, sha256_file
+from mcir_cli.data.datasets import discover_all
 from mcir_cli.errors import McirError
+from mcir_cli.models.checkpoint import read_checkpoint
+from mcir_cli.models.loading import load_checkpoint_model
 
 log = logging.getLogger("mcir")
 
@@ -85,8 +88,6 @@ def _resources(root: Path) -> list[dict[str, Any]]:
 
 def read_run(run: str | Path) -> RunFacts:
     """The run folder's facts; one line when `run` is not a finished run of mcir retrain."""
-    from mcir_cli.models.loading import load_checkpoint_model
-
     root = Path(run)
     config = root / "config.json"
     try:
@@ -109,8 +110,6 @@ def read_run(run: str | Path) -> RunFacts:
 
 def _dataset_size(facts: RunFacts) -> int | None:
     """Training pairs in the --data folders, when they are still there."""
-    from mcir_cli.data.datasets import discover_all
-
     cfg = facts.cfg
     try:
         return sum(len(d) for d in discover_all(cfg["data"], cfg.get("scale") or facts.loaded.scale,
@@ -260,8 +259,6 @@ def _previous(root: Path) -> dict[str, Any]:
 def _start_license(facts: RunFacts) -> str | None:
     """The start checkpoint's license, where it says one: a `license` in its safetensors
     metadata, or the card of the mcir run it came from (openmodeldb.json beside it)."""
-    from mcir_cli.models.checkpoint import read_checkpoint
-
     path = facts.info["model"].get("checkpoint_path")
     if not path or not Path(path).is_file():
         return None

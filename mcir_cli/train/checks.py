@@ -17,6 +17,7 @@ from mcir_cli.choices import (
     OPTIMIZERS,
     SCHEDULES,
 )
+from mcir_cli.data.jpeg import check_task, parse_quality
 from mcir_cli.data.realesrgan.settings import check_degradation
 from mcir_cli.errors import McirError
 from mcir_cli.models.presets import check_noise_sigma, check_task_name
@@ -71,8 +72,6 @@ def validate_config(cfg: TrainConfig) -> None:
     check_noise_sigma(cfg.noise_sigma)
     check_task_name(cfg.task)
     if cfg.jpeg_quality is not None:
-        from mcir_cli.data.jpeg import check_task, parse_quality
-
         parse_quality(cfg.jpeg_quality)
         check_task(cfg.task)
     check_degradation(cfg.degradation, cfg.degradation_settings, cfg.task)

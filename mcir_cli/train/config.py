@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.choices import RATIO_BAND
-from mcir_cli.data.realesrgan.settings import resolve_degradation
+from mcir_cli.data.layouts import infer_scale
+from mcir_cli.data.realesrgan.settings import resolve_degradation, split_table
 from mcir_cli.errors import McirError
-from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset
+from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, tomllib
 from mcir_cli.train.checks import validate_config
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
@@ -175,8 +176,6 @@ def _scale_from_data(model: str | None, scale: int | None, data: list[str | Path
     except McirError as exc:
         if "several scales" not in str(exc):
             raise
-        from mcir_cli.data.layouts import infer_scale
-
         found = infer_scale(data)
         if found is None:
             raise
@@ -315,8 +314,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raw = json.loads(text)
             raw = raw.get("config", raw) if isinstance(raw, dict) else raw
         else:
-            from mcir_cli.models.presets import tomllib
-
             raw = tomllib.loads(text)
     except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise McirError(f"cannot read the run file ({type(exc).__name__}: {str(exc)[:120]})", path) from None
@@ -327,8 +324,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         for key, value in (raw.pop(section, None) or {}).items():
             flat[names.get(key, key)] = value
     if isinstance(raw.get("degradation"), dict):  # the [degradation] table: its settings, checked here
-        from mcir_cli.data.realesrgan.settings import split_table
-
         flat["degradation"], flat["degradation_settings"] = split_table(raw.pop("degradation"), path)
     for key, value in raw.items():
         flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value

@@ -18,10 +18,22 @@ from mcir_cli.data.limits import check_batch_memory, check_image_sizes
 from mcir_cli.data.realesrgan.pipeline import Degrader
 from mcir_cli.data.realesrgan.settings import RealESRGANSettings, settings_from_dict
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import SPNLoss, make_embedding, make_rec_loss
+from mcir_cli.evaluate.benchmarks import conventions_for
+from mcir_cli.losses.embeddings import make_embedding
+from mcir_cli.losses.reconstruction import make_rec_loss
+from mcir_cli.losses.spn import SPNLoss
+from mcir_cli.models.inference import fixed_input_size
 from mcir_cli.models.loading import LoadedModel, Restorer, load_model
 from mcir_cli.negatives.bank import NegativeBank
 from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.ema import ema_init
+from mcir_cli.train.speed import (
+    channels_last_decision,
+    compile_decision,
+    compile_training,
+    precision_decision,
+    true_fp32,
+)
 
 log = logging.getLogger("mcir")
 
@@ -102,8 +114,6 @@ def _model(cfg: TrainConfig, start: str | None, device: torch.device) -> tuple[L
     if cfg.negative_init != "none" and cfg.embedding in ("vgg16", "vgg19") and out_patch < 16:
         raise McirError(f"--patch {cfg.patch} gives {out_patch} x {out_patch} outputs: too small for the "
                         "VGG embedding, whose third block needs at least 16 x 16 pixels")
-    from mcir_cli.models.inference import fixed_input_size
-
     fixed = fixed_input_size(loaded.restorer)
     if fixed and cfg.patch != fixed:
         raise McirError(f"{loaded.architecture} takes {fixed} x {fixed} inputs only: give --patch {fixed}")
@@ -138,8 +148,6 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
         if v.scale != loaded.scale:
             raise McirError(f"the model is x{loaded.scale}, but the validation data is x{v.scale}", v.root)
     if val_sets:
-        from mcir_cli.evaluate.benchmarks import conventions_for
-
         check_image_sizes(val_sets, conventions_for(task, loaded.scale))
     return patches, val_sets, task
 
@@ -169,8 +177,6 @@ def first_input(patches: PatchDataset, degrader: Degrader | None, device: torch.
 
 
 def _negatives(cfg: TrainConfig, loaded: LoadedModel, device: torch.device) -> tuple[NegativeBank, SPNLoss, str]:
-    from mcir_cli.train.speed import channels_last_decision
-
     fresh, io = loaded.fresh_network, loaded.restorer.io
     bank = NegativeBank(
         loaded.restorer, cfg.negative_steps, cfg.negative_weight, cfg.negative_init, cfg.negative_mix,
@@ -189,8 +195,6 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     """The parts of a run, in the order data flows: model, data, layout, negatives and SPN,
     optimizer and schedule, precision, EMA of the weights. `start` is the file the
     architecture (and, for a new run, the weights) comes from."""
-    from mcir_cli.train.speed import channels_last_decision, precision_decision, true_fp32
-
     true_fp32(device)
     torch.manual_seed(cfg.seed)
     loaded, task = _model(cfg, start, device)
@@ -210,8 +214,6 @@ def build_parts(cfg: TrainConfig, start: str | None, device: torch.device, dist:
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     amp_dtype, spn_dtype, precision_note = precision_decision(cfg.amp, device, loaded.supports_bf16)
-    from mcir_cli.train.ema import ema_init
-
     return Parts(
         loaded=loaded, model=model, wrapped=dist.wrap(model), task=task, device=device, patches=patches,
         vals=vals, rec_loss=make_rec_loss(cfg.loss), optimizer=optimizer, bank=bank,
@@ -226,8 +228,6 @@ def compile_parts(parts: Parts, cfg: TrainConfig, steps_left: int, kept: bool | 
 
     "auto" is decided once per run: a resume passes the decision of the run's start as
     `kept` (a flip would change the numerics mid-run and break bit-exact resume)."""
-    from mcir_cli.train.speed import compile_decision, compile_training
-
     mode = cfg.compile
     if mode == "auto" and kept is not None:
         mode = "on" if kept else "off"

@@ -23,9 +23,10 @@ from mcir_cli._helpers.fsutil import writable_target
 from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.datasets import RankIndices
 from mcir_cli.errors import McirError
-from mcir_cli.losses.spn import error_magnitude
+from mcir_cli.losses.reconstruction import error_magnitude
 from mcir_cli.models.inference import resolve_device
 from mcir_cli.train.config import TrainConfig
+from mcir_cli.train.distributed import DistContext
 from mcir_cli.train.guard import (
     CollapseGuard,
     Decision,
@@ -93,8 +94,6 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, on_step: Callable[[StepRecord], None] | None = None,
                  dist: Any = None, preempt_signals: tuple[int, ...] = ()) -> None:
-        from mcir_cli.train.distributed import DistContext
-
         self.cfg, self.on_step, self.preempt_signals = cfg, on_step, tuple(preempt_signals)
         self.dist = dist or DistContext.single()
         self.folder = RunFolder(cfg.output, self.dist.is_main)

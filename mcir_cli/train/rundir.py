@@ -22,6 +22,8 @@ import torch
 from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write_text, confined
 from mcir_cli.errors import McirError
 from mcir_cli.models.checkpoint import save_like, save_safetensors
+from mcir_cli.models.loading import checkpoint_label
+from mcir_cli.train.card import CARD_FILES, write_card
 from mcir_cli.train.config import RESUME_SETTINGS, TrainConfig
 
 log = logging.getLogger("mcir")
@@ -81,8 +83,6 @@ def default_run_folder(model: str | None, checkpoint: str | Path | None, now: da
     checkpoint's label>-<YYYYmmdd-HHMMSS>` (as BasicSR's `experiments/<name>`), with -2,
     -3, ... when that exists. Under torchrun only rank 0's choice counts (the CLI
     broadcasts it: the ranks' clocks may straddle a second)."""
-    from mcir_cli.models.loading import checkpoint_label
-
     name = model or (checkpoint_label(checkpoint) if checkpoint else "run")
     stem = f"{name.replace('/', '-')}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
     runs = Path(base or Path.cwd()) / "runs"
@@ -181,8 +181,6 @@ class RunFolder:
         """README.md + openmodeldb.json beside the final weights (`mcir_cli.train.card`); a card
         that cannot be made is a warning, never the run's failure. `if_missing`: a resumed
         finished run completes a card a kill cut short."""
-        from mcir_cli.train.card import CARD_FILES, write_card
-
         if not self.is_main or (if_missing and all((self.root / n).is_file() for n in CARD_FILES)):
             return {}
         try:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mcir_cli import __version__
+from mcir_cli._helpers.fsutil import sha256_file
 from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.ema import start_share
@@ -78,9 +80,6 @@ def check_resume(cfg: TrainConfig, counters: RunState, state: dict[str, Any], fo
 
 def run_info(cfg: TrainConfig, parts: Any, dist: Any) -> dict[str, Any]:
     """config.json: the configuration and what the run found (model, task, embedding)."""
-    from mcir_cli import __version__
-    from mcir_cli._helpers.fsutil import sha256_file
-
     loaded = parts.loaded
     source = loaded.checkpoint.path if loaded.checkpoint is not None else None
     return {

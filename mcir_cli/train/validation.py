@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from mcir_cli import __version__
 from mcir_cli.data.datasets import Dataset
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import conventions_for, score_dataset
 from mcir_cli.train.ema import swapped_in
 from mcir_cli.train.parts import Parts, set_train_mode
 
@@ -35,8 +37,6 @@ def validate(parts: Parts, step: int, *, tile: int | None, noise_sigma: float | 
              run_dir: Path) -> Validation:
     """Score the weights that are written (the EMA when the run keeps one) on every
     validation folder."""
-    from mcir_cli.evaluate.benchmarks import conventions_for, score_dataset
-
     conv = conventions_for(parts.task, parts.loaded.scale)
     per: dict[str, dict[str, float]] = {}
     with swapped_in(parts.model, parts.ema):
@@ -68,8 +68,6 @@ def val_header(result: Validation, vals: list[Dataset], tile: int | None, noise_
 
 def weights_metadata(parts: Parts, cfg: Any, step: int, lam: float, best_psnr: float | None) -> dict[str, Any]:
     """The safetensors metadata of written weights: what they are and how they were made."""
-    from mcir_cli import __version__
-
     loaded = parts.loaded
     unstored = {"res_scale": loaded.net.res_scale} if hasattr(loaded.net, "set_res_scale") else {}
     return {

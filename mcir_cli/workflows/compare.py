@@ -21,6 +21,7 @@ from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import Comparison, compare_results
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.checkpoints import ModelsProgress, Scoring, evaluate_checkpoints
+from mcir_cli.render.report import comparison_report, run_folders, write_report
 from mcir_cli.workflows.visual_sources import (
     StripProgress,
     VisualsUnavailable,
@@ -136,8 +137,6 @@ def _draw(run: CompareRun, result_dicts: list[dict], results: list[Path], loaded
 
 
 def _write_report(run: CompareRun, html: Path, folder: Path) -> Path:
-    from mcir_cli.render.report import comparison_report, run_folders, write_report
-
     notes = [f"no comparison strips: {run.visuals_error}"] if run.visuals_error else []
     strips = run.visuals["strips"] if run.visuals else []
     text = comparison_report(run.comparison, strips=strips, strips_root=folder,

@@ -28,6 +28,7 @@ from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_kernels
 from mcir_cli.data.realesrgan.pipeline import apply_plan, batch_generators, draw_plan
 from mcir_cli.data.realesrgan.settings import settings_from_dict
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import _staged
 from mcir_cli.models.inference import resolve_device
 
 LR_FOLDER = "LR_realesrgan"
@@ -83,8 +84,6 @@ def degrade_dataset(source: str | Path, output: str | Path, scale: int, *, seed:
     """Write `output`: the ground truths of the SR folder `source` and their inputs made by
     the Real-ESRGAN degradation (`settings` over the published defaults) with `seed`.
     Checked before any work; written into a staging folder published when complete."""
-    from mcir_cli.evaluate.benchmarks import _staged
-
     source, out = Path(source), Path(output)
     if scale < 2:
         raise McirError(f"--scale must be 2 or more for a super-resolution copy (got {scale})")

@@ -29,9 +29,25 @@ from typing import Any
 
 import torch
 
-from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
+from mcir_cli.compare.exports import md_escape, to_markdown, write_exports
+from mcir_cli.compare.results import compare_results, render_evidence
+from mcir_cli.data.datasets import discover
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import evaluate_model
+from mcir_cli.losses.embeddings import vgg_cache_path
+from mcir_cli.models.archs import build_edsr
+from mcir_cli.models.checkpoint import save_safetensors
+from mcir_cli.models.loading import load_model, resolve_weights
+from mcir_cli.models.presets import get_preset
+from mcir_cli.render.curves import default_ratio_band
+from mcir_cli.render.plot import plot_runs
+from mcir_cli.render.report import comparison_report, write_report
+from mcir_cli.train.config import TrainConfig, fitted_steps
+from mcir_cli.train.guard import lambda_hint
+from mcir_cli.train.run import retrain
+from mcir_cli.workflows.visual_sources import write_comparison_visuals
 
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
@@ -71,9 +87,6 @@ class DemoResult:
 def find_pretrained() -> tuple[Path | None, str]:
     """DCTLSA x4 weights: via the `dctlsa-x4` preset and $MCIR_WEIGHTS, or (when that
     preset is not shipped) `DCTLSA/X4.pt` under a folder in $MCIR_WEIGHTS."""
-    from mcir_cli.models.loading import resolve_weights
-    from mcir_cli.models.presets import get_preset
-
     try:
         path = resolve_weights(get_preset("dctlsa-x4"))
         if path is not None:
@@ -90,8 +103,6 @@ def find_pretrained() -> tuple[Path | None, str]:
 def choose_embedding(embedding_weights: str | Path | None) -> tuple[str, str | None, bool]:
     """(embedding_init, embedding_weights, pretrained?) without touching the network:
     explicit weights, else torchvision's cache, else random."""
-    from mcir_cli.losses.spn import vgg_cache_path
-
     if embedding_weights is not None:
         path = Path(embedding_weights).expanduser()
         if not path.is_file():
@@ -141,9 +152,6 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo into the new folder `output` (refused if it exists): data, a start
     model, plain and MCIR retrains from it, their evaluation, comparison and pictures."""
-    from mcir_cli._helpers.fsutil import atomic_write_text
-    from mcir_cli.train.config import fitted_steps
-
     out = Path(output)
     if out.exists():
         raise McirError("demo folder exists; choose a new --output (mcir never overwrites)", out)
@@ -193,9 +201,6 @@ def run_demo(
 def _write_report(r: DemoResult, strips: list[Path]) -> None:
     """report.html (both comparisons, the strips and the two retrains' curves) and
     curves.png (the curves alone, as `mcir plot` draws them)."""
-    from mcir_cli.render.plot import plot_runs
-    from mcir_cli.render.report import comparison_report, write_report
-
     runs = {label: r.runs[key] for key, label in RETRAIN_LABELS.items()}
     plot_runs(list(runs.values()), r.curves, labels=list(runs))
     write_report(r.report, comparison_report(
@@ -212,11 +217,6 @@ def _start_model(out: Path, train_dir: Path, runs: dict[str, Path], timings: dic
         text = f"DCTLSA x4 pretrained on DIV2K ({pretrained_path}, found via {found_by})"
         note(f"model: {text}")
         return {"ckpt": pretrained_path, "label": "DCTLSA (start)", "text": text, "pretrained": True}
-    from mcir_cli.models.archs import build_edsr
-    from mcir_cli.models.checkpoint import save_safetensors
-    from mcir_cli.train.config import TrainConfig
-    from mcir_cli.train.run import retrain
-
     t = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -256,9 +256,6 @@ def _demo_lambda(lam: float | None, emb_pretrained: bool, note: _Notes) -> float
 def _retrain_both(out: Path, train_dir: Path, common: dict[str, Any], runs: dict[str, Path],
                   timings: dict[str, float], note: _Notes, on_step: OnStep | None) -> None:
     """Plain fine-tuning and MCIR from the same start, seed and patches."""
-    from mcir_cli.train.config import TrainConfig
-    from mcir_cli.train.run import retrain
-
     iters, steps = common["iters"], common["negative_steps"]
     for name, init_kind in (("plain", "none"), ("mcir", "mix")):
         t = time.perf_counter()
@@ -278,13 +275,6 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
                        timings: dict[str, float], *, device: str, top_k: int, n_resamples: int,
                        seed: int) -> dict[str, Any]:
     """Evaluate the start and both retrains, compare them, draw the pictures."""
-    from mcir_cli._helpers.fsutil import atomic_write_text
-    from mcir_cli.compare.exports import write_exports
-    from mcir_cli.compare.results import compare_results
-    from mcir_cli.evaluate.benchmarks import evaluate_model
-    from mcir_cli.models.loading import load_model
-    from mcir_cli.workflows.visual_sources import write_comparison_visuals
-
     t = time.perf_counter()
     labels = {"start": start["label"], **RETRAIN_LABELS}
     ckpts = {"start": Path(start["ckpt"]), "plain": runs["plain"] / "model.safetensors",
@@ -318,9 +308,6 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
 def _check_ratio(run: Path, note: _Notes) -> float | None:
     """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band
     that names a λ to try (`guard.lambda_for_band`)."""
-    from mcir_cli.render.curves import default_ratio_band
-    from mcir_cli.train.guard import lambda_hint
-
     ratio = mean_contrast_ratio(run / "log.jsonl")
     band = default_ratio_band()
     if ratio is not None and not band[0] <= ratio <= band[1]:
@@ -351,17 +338,12 @@ def mean_contrast_ratio(log_path: Path, per_lambda: bool = False) -> float | Non
 
 
 def _dataset(root: str) -> Any:
-    from mcir_cli.data.datasets import discover
-
     return discover(root, SCALE, "sr")
 
 
 def summary_markdown(r: DemoResult, iters: int, batch: int, patch: int, lr: float,
                      steps: tuple[int, ...]) -> str:
     """The demo's report: setup, the table and evidence, MCIR vs plain, pictures, notes."""
-    from mcir_cli.compare.exports import md_escape, to_markdown
-    from mcir_cli.compare.results import render_evidence
-
     def rel(p: Path) -> str:
         return Path(os.path.relpath(p, r.output)).as_posix()
 

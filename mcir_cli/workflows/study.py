@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
+from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown, validation_curves
+from mcir_cli.data.jpeg import benchmark_qualities
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import evaluate_model
+from mcir_cli.losses.embeddings import make_embedding
+from mcir_cli.models.checkpoint import save_safetensors
+from mcir_cli.models.loading import load_model
+from mcir_cli.render.report import study_report, write_report
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
+from mcir_cli.train.run import retrain
 
 # built-in arms: what `--arm NAME` means without "=" settings
 BUILTIN_ARMS: dict[str, dict[str, Any]] = {
@@ -189,10 +197,6 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 
 def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
-    from mcir_cli.data.jpeg import benchmark_qualities
-    from mcir_cli.evaluate.benchmarks import evaluate_model
-    from mcir_cli.models.loading import load_model
-
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
     result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
                             jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
@@ -206,9 +210,6 @@ def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: 
 def write_init(plan: StudyPlan, seed: int) -> Path:
     """The seed's random initialisation, written once: every arm of the seed starts from
     these very weights."""
-    from mcir_cli.models.checkpoint import save_safetensors
-    from mcir_cli.models.loading import load_model
-
     path = plan.init_path(seed)
     if not path.exists():
         loaded = load_model(None, plan.model, plan.scale, allow_random=True, seed=seed)
@@ -244,8 +245,6 @@ def train_unit(plan: StudyPlan, arm: Arm, seed: int, on_step: Callable[[int], No
            preempt_signals: tuple[int, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """The arm's run folder, trained to plan.iters (a new run, a resume of an interrupted
     one, or a finished one as it is), and its training record."""
-    from mcir_cli.train.run import retrain
-
     cfg = plan.config(arm, seed)
     run = Path(cfg.output)
     callback = (lambda s: on_step(s.step)) if on_step else None
@@ -290,7 +289,7 @@ def run_study(plan: StudyPlan, on_event: OnEvent | None = None, on_step: Callabl
     """Run every unit (start rows, then each arm x seed) not yet evaluated, then summarise.
     `resume` continues a study folder (finished units are kept as they are); units that
     other processes hold (`mcir study --shard`) are waited for, or taken up if they die."""
-    from mcir_cli.workflows.study_units import work
+    from mcir_cli.workflows.study_units import work  # lazy: cycle, study_units imports study
 
     (open_study if resume else create_study)(plan)
     try:
@@ -322,8 +321,6 @@ def _remove_if_untrained(plan: StudyPlan) -> None:
 def write_summary(plan: StudyPlan) -> dict[str, Any]:
     """study.json, study.md and report.html from every unit's result (atomic writes; the
     caller holds the summary lock when other processes may finish at the same time)."""
-    from mcir_cli.compare.study_results import summarise, to_markdown, validation_curves
-
     root = Path(plan.output)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
@@ -338,9 +335,6 @@ def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, A
                   path: Path) -> None:
     """report.html: the table, each arm's Δ vs plain with per-image charts (each image's
     Δ averaged over the seeds whose units both finished), and every run's training curves."""
-    from mcir_cli.compare.study_results import delta_matrix
-    from mcir_cli.render.report import study_report, write_report
-
     per_image: dict[str, dict[str, tuple[list[str], list[float]]]] = {}
     for arm, info in summary["deltas"].items():
         for d in info["datasets"] if info["seeds_used"] else ():
@@ -372,8 +366,6 @@ def check_plan(plan: StudyPlan) -> None:
 
 def _check_embedding(name: str, weights: str | None, init: str) -> None:
     """The SPN embedding can be built (offline, the pretrained VGG needs its weights)."""
-    from mcir_cli.losses.spn import make_embedding
-
     make_embedding(name, weights, init, 0)
 
 

@@ -36,6 +36,8 @@ from mcir_cli.workflows.study import (
     StudyPlan,
     UnitStopped,
     evaluate_unit,
+    load_plan,
+    open_study,
     train_unit,
     write_init,
     write_summary,
@@ -251,8 +253,6 @@ def run_shard(study: str | Path, shard: tuple[int, int] | None, on_event: OnEven
               on_step: Callable[[str, int], None] | None = None) -> WorkReport:
     """`mcir study --resume S --shard I/N`: this process's share of a planned study, then
     any unit still unclaimed; units other processes hold are left to them."""
-    from mcir_cli.workflows.study import load_plan, open_study
-
     plan = load_plan(study)
     open_study(plan)
     return work(plan, shard, on_event=on_event, on_step=on_step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from mcir_cli.data.imageio import image_size
 from mcir_cli.data.layouts._core import Found, Pair, _unique, task_from_names
 from mcir_cli.errors import McirError
 
@@ -19,8 +20,6 @@ def read_pair_list(path: Path, task: str | None = None) -> Found:
     file; blank lines and `#` comments are skipped. A path written from the list's own
     root (`/real_world/...`, as SPA-Data's lists do) is read relative to the file when it
     is not found as written. The scale comes from the first pair's sizes."""
-    from mcir_cli.data.imageio import image_size
-
     base = path.parent
 
     def resolve(text: str, line: int) -> Path:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from mcir_cli.data.imageio import IMAGE_EXTENSIONS
+from mcir_cli.data.imageio import IMAGE_EXTENSIONS, image_size
 from mcir_cli.data.layouts._core import (
     Folder,
     Found,
@@ -113,8 +113,6 @@ def _side_by_side(f: Folder, task: str | None = None) -> bool:
     if task != "derain" and not any("did-mdn" in p.lower() or p.lower() in ("train2018new", "trainnew")
                                     for p in f.path.resolve().parts):
         return False
-    from mcir_cli.data.imageio import image_size
-
     return all(w == 2 * h for w, h in map(image_size, f.images))
 
 

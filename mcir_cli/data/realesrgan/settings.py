@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcir_cli.errors import McirError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 DEGRADATIONS = ("realesrgan",)
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -162,8 +168,6 @@ def split_table(table: dict[str, Any], where: str | Path | None) -> tuple[str, d
 
 def read_table_file(path: str | Path) -> tuple[str, dict[str, Any]]:
     """A TOML file's `[degradation]` table (or, without one, its top-level keys)."""
-    from mcir_cli.models.presets import tomllib
-
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

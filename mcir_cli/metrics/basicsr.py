@@ -1,18 +1,9 @@
-"""PSNR and SSIM with BasicSR's conventions, exactly, batched in torch.
-
-BasicSR (`basicsr/metrics/psnr_ssim.py`) scores 8-bit images:
-- both images are uint8 levels (here: clamp to [0, 1], x255, round half to even as
-  `np.round` in `tensor2img`, in float32 as there);
-- optionally the border is cropped (`crop_border` px on every side);
-- optionally only the BT.601 luma is scored: Y = 16 + 65.481 R + 128.553 G + 24.966 B on
-  [0, 1] inputs, result on the 0-255 scale, unrounded. BasicSR computes that in float32
-  (`to_y_channel` casts to float32, `bgr2ycbcr` casts back to float32); this module does
-  the same casts so that its Y values are bit-identical, then works in float64;
+"""PSNR and SSIM with BasicSR's formulas (`basicsr/metrics/psnr_ssim.py`), exactly, batched in
+torch, on the levels `metrics.conventions` makes (uint8, border, Y), in float64:
 - PSNR = 10 log10(255^2 / MSE) over all pixels and channels, inf for identical images;
 - SSIM: 11x11 Gaussian window (sigma 1.5), C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2,
   'valid' filtering (the map loses 5 px on every side), mean of the map per channel,
   then the mean over channels.
-Grey images (1 channel) are scored on that channel whatever `y_channel` says.
 
 JPEG artifact removal adds PSNR-B (Yim & Bovik 2011) as FBCNN's `utils_image.calculate_psnrb`
 computes it (its colour tables were made with it; KAIR's newer one works per channel):
@@ -29,114 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Conventions", "PSNRSSIM", "psnr", "psnrb", "quantize", "rgb_to_y", "ssim"]
+from mcir_cli.metrics.conventions import Conventions, scored_levels
 
-_SR_TASKS = {"sr"}
-# "restore": paired folders of no named task (data.PAIRED_LAYOUTS), scored as RGB
-_OTHER_TASKS = {"dehaze", "derain", "deblur", "denoise", "jpeg", "restore"}
-_PSNRB_TASKS = {"jpeg"}  # PSNR-B is a JPEG measure (8x8 blocks)
-
-
-@dataclass(frozen=True)
-class Conventions:
-    """How images are scored (BasicSR's `test_y_channel`, `crop_border`, uint8 levels)."""
-
-    y_channel: bool
-    crop_border: int
-    quantize: str = "uint8"
-    psnrb: bool = False  # also PSNR-B (JPEG artifact removal)
-
-    def __post_init__(self) -> None:
-        if self.crop_border < 0:
-            raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
-        if self.quantize != "uint8":
-            raise ValueError(f"only uint8 quantisation is supported, got {self.quantize!r}")
-
-    def as_dict(self) -> dict:
-        d = {"y_channel": self.y_channel, "crop_border": self.crop_border, "quantize": self.quantize}
-        return {**d, "psnrb": True} if self.psnrb else d  # results without PSNR-B read as before
-
-    def describe(self) -> str:
-        channel = "Y channel (BT.601)" if self.y_channel else "RGB"
-        if self.psnrb:  # JPEG test sets are often grey (Classic5): say how those are scored
-            channel += " (grey images: their stored grey values)"
-        border = f"border {self.crop_border} px cropped" if self.crop_border else "no border crop"
-        text = f"{channel}, {border}, uint8-quantised (BasicSR)"
-        if self.psnrb:
-            on = "on the Y scored" if self.y_channel else "on the restored image's rounded Y"
-            text += f"; PSNR-B as FBCNN's calculate_psnrb (blocking factor {on})"
-        return text
-
-    @classmethod
-    def for_task(cls, task: str, scale: int = 1, y_channel: bool | None = None,
-                 crop_border: int | None = None) -> Conventions:
-        """Defaults of the papers: SR on Y with border = scale; other tasks on RGB, no
-        crop. `y_channel`/`crop_border` override them (the CLI's --y-channel/--rgb and
-        --crop-border); the one place these defaults live."""
-        task = task.lower()
-        if task in _SR_TASKS:
-            y, border = True, int(scale)
-        elif task in _OTHER_TASKS:
-            y, border = False, 0
-        else:
-            raise ValueError(f"unknown task {task!r}; expected one of {sorted(_SR_TASKS | _OTHER_TASKS)}")
-        return cls(y_channel=y if y_channel is None else y_channel,
-                   crop_border=border if crop_border is None else crop_border, psnrb=task in _PSNRB_TASKS)
-
-
-def quantize(img: torch.Tensor) -> torch.Tensor:
-    """[0, 1] image -> float64 uint8 levels 0..255 (clamp, x255, round half to even).
-
-    Like BasicSR's `tensor2img`, the arithmetic is done in float32 (float64 inputs stay
-    float64); it decides values that sit on a rounding tie, e.g. float32(0.5 / 255) -> 0.
-    """
-    x = img.detach()
-    if x.dtype != torch.float64:
-        x = x.to(torch.float32)
-    return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.float64)
-
-
-def rgb_to_y(img255: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma of RGB levels on the 0-255 scale (channel dim -3), unrounded, float64.
-
-    Bit-identical to BasicSR's `to_y_channel`: x = float32(level) / 255 in float32;
-    y = 24.966 B + 128.553 G + 65.481 R + 16 in float64 (np.dot order, B first);
-    y / 255 cast to float32; times 255 in float32.
-    """
-    if img255.shape[-3] != 3:
-        raise ValueError(f"rgb_to_y expects 3 channels, got shape {tuple(img255.shape)}")
-    x = img255.to(torch.float32) / 255.0
-    x = x.to(torch.float64)
-    r, g, b = x.unbind(-3)
-    y = b * 24.966 + g * 128.553 + r * 65.481 + 16.0
-    y = (y / 255.0).to(torch.float32) * 255.0
-    return y.to(torch.float64).unsqueeze(-3)
-
-
-def _prepare(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    if restored.shape != gt.shape:
-        raise ValueError(f"restored and ground truth differ in shape: {tuple(restored.shape)} vs {tuple(gt.shape)}")
-    if restored.dim() not in (3, 4):
-        raise ValueError(f"expected a CHW or NCHW tensor, got shape {tuple(restored.shape)}")
-    single = restored.dim() == 3
-    a = quantize(restored if not single else restored.unsqueeze(0))
-    b = quantize(gt if not single else gt.unsqueeze(0)).to(a.device)
-    c = conventions.crop_border
-    if c:
-        if a.shape[-2] <= 2 * c or a.shape[-1] <= 2 * c:
-            raise ValueError(f"image {tuple(a.shape[-2:])} too small for crop_border {c}")
-        a = a[..., c:-c, c:-c]
-        b = b[..., c:-c, c:-c]
-    if conventions.y_channel and a.shape[1] == 3:
-        a, b = rgb_to_y(a), rgb_to_y(b)
-    elif a.shape[1] not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got {a.shape[1]}")
-    return a, b, single
+__all__ = ["PSNRSSIM", "psnr", "psnrb", "ssim"]
 
 
 def psnr(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> torch.Tensor:
     """PSNR in dB per image (shape [N], or 0-dim for a CHW input), float64."""
-    a, b, single = _prepare(restored, gt, conventions)
+    a, b, single = scored_levels(restored, gt, conventions)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     value = 10.0 * torch.log10((255.0 * 255.0) / mse)  # mse == 0 -> +inf
     return value[0] if single else value
@@ -169,7 +60,7 @@ def _filter_valid(x: torch.Tensor, g: list[float]) -> torch.Tensor:
 
 def ssim(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> torch.Tensor:
     """SSIM per image (shape [N], or 0-dim for a CHW input), float64 (BasicSR `calculate_ssim`)."""
-    a, b, single = _prepare(restored, gt, conventions)
+    a, b, single = scored_levels(restored, gt, conventions)
     n, c, h, w = a.shape
     if h < 11 or w < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 after cropping, got {h}x{w}")
@@ -215,7 +106,7 @@ def _rounded_y(rgb255: torch.Tensor) -> torch.Tensor:
 def psnrb(restored: torch.Tensor, gt: torch.Tensor, conventions: Conventions) -> torch.Tensor:
     """PSNR-B in dB per image (shape [N], or 0-dim for a CHW input), float64: MSE over the
     channels scored (as `psnr`), BEF of the restored image alone (FBCNN)."""
-    a, b, single = _prepare(restored, gt, conventions)
+    a, b, single = scored_levels(restored, gt, conventions)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     luma = _rounded_y(a) if a.shape[1] == 3 else a[:, 0]
     value = 10.0 * torch.log10((255.0 * 255.0) / (mse + _blocking_factor(luma)))
