@@ -137,23 +137,14 @@ def evaluate(
 
 def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> int | None:
     """`--model swinir-light` (a preset in several scales) without --scale: the one scale
-    the data folders hold (said in a note), else None (and the preset asks for --scale)."""
-    from mcir_cli.data.layouts import infer_scale
-    from mcir_cli.models.presets import get_preset
+    the data folders hold (`preset_scale`), said in a note."""
+    from mcir_cli.models.presets import preset_scale
 
-    if model is None or scale is not None:
-        return scale
-    try:
-        get_preset(model)
-        return None  # one scale only: the preset's own
-    except McirError:
-        inferred = infer_scale(data)
-        if inferred is None:
-            return None
-        get_preset(model, inferred)  # the preset has no such variant: say so
-        err_console.print(f"[yellow]note:[/] preset {escape(model)}: x{inferred}, the scale the data holds "
+    found = preset_scale(model, scale, data)
+    if scale is None and found is not None:
+        err_console.print(f"[yellow]note:[/] preset {escape(model or '')}: x{found}, the scale the data holds "
                           "(no --scale given)", highlight=False)
-        return inferred
+    return found
 
 
 def _qualities(text: str | None, task: str | None) -> tuple[int, ...] | None:

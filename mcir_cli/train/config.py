@@ -13,7 +13,7 @@ from typing import Any
 from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.realesrgan.settings import resolve_degradation
 from mcir_cli.errors import McirError
-from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset
+from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, preset_scale
 from mcir_cli.train.checks import validate_config
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
@@ -164,25 +164,6 @@ def _resolve_steps(base: dict[str, Any]) -> None:
         base["negative_steps"] = PAPER_STEPS
 
 
-def _scale_from_data(model: str | None, scale: int | None, data: list[str | Path]) -> tuple[int | None, str]:
-    """A preset that comes in several scales (--model swinir-light) takes the one scale
-    its training folders hold, and says so; with none or several it still asks."""
-    if not model or scale is not None:
-        return scale, ""
-    try:
-        get_preset(model, None)
-        return None, ""
-    except McirError as exc:
-        if "several scales" not in str(exc):
-            raise
-        from mcir_cli.data.layouts import infer_scale
-
-        found = infer_scale(data)
-        if found is None:
-            raise
-        return found, f"; x{found}: the one scale of the training data"
-
-
 def make_config(
     data: list[str | Path],
     output: str | Path,
@@ -201,7 +182,9 @@ def make_config(
     held constant (`fine_tune_lr`): the recipe's initial rate (5e-4 for DCTLSA) knocked
     DCTLSA x4 from 32.52 to 31.88 dB on Set5 in two steps. With allow_random_init (from
     scratch) the whole recipe applies, its iteration count included."""
-    scale, scale_note = _scale_from_data(model, scale, data)
+    found = preset_scale(model, scale, data)
+    scale_note = f"; x{found}: the one scale of the training data" if scale is None and found is not None else ""
+    scale = found
     preset = get_preset(model, scale) if model else None
     task = overrides.get("task") or (preset.task if preset else None)
     recipe, spn = _defaults(preset, task, scale or (preset.scale if preset else None))
