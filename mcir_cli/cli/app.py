@@ -9,13 +9,11 @@ MCIR_DEBUG=1.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -119,12 +117,6 @@ def _progress() -> Progress:
         transient=True,
         disable=not err_console.is_terminal,  # no bar remnants in logs and pipes
     )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from mcir_cli._helpers.fsutil import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # click's usage errors (unknown option, missing value), from whichever click typer uses

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mcir_cli._helpers.fsutil import writable_target
-from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli._helpers.fsutil import writable_target, write_json
+from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, err_console, handle_errors
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 
@@ -131,7 +131,7 @@ def evaluate(
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if output is not None:
-        _write_json(output, result)
+        write_json(output, result)
         console.print(f"results written to {output}")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli._helpers.fsutil import writable_target, write_json
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
 
@@ -278,7 +278,6 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
                        timings: dict[str, float], *, device: str, top_k: int, n_resamples: int,
                        seed: int) -> dict[str, Any]:
     """Evaluate the start and both retrains, compare them, draw the pictures."""
-    from mcir_cli._helpers.fsutil import atomic_write_text
     from mcir_cli.compare.exports import write_exports
     from mcir_cli.compare.results import compare_results
     from mcir_cli.evaluate.benchmarks import evaluate_model
@@ -295,7 +294,7 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
         res = evaluate_model(model, [test_dir], task="sr", device=device)
         res["model"]["label"] = labels[key]
         path = out / "results" / f"{key}.json"
-        atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        write_json(path, res)
         models[key], results[key], result_files[labels[key]] = model, res, path
     timings["evaluate"] = time.perf_counter() - t
     t = time.perf_counter()

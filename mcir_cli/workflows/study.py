@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
+from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
 from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 
@@ -199,7 +199,7 @@ def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: 
     result["model"]["label"] = label
     if training is not None:
         result["training"] = training
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     return result
 
 
@@ -272,7 +272,7 @@ def create_study(plan: StudyPlan) -> None:
     writable_target(root, "study folder")
     (root / "results").mkdir(parents=True)
     plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
-    atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
+    write_json(root / "plan.json", plan_json)
 
 
 def open_study(plan: StudyPlan) -> None:
@@ -328,7 +328,7 @@ def write_summary(plan: StudyPlan) -> dict[str, Any]:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
     summary = summarise(plan, results, validation_curves(plan, runs) if plan.val_every else None)
-    atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
+    write_json(root / "study.json", summary)
     atomic_write_text(root / "study.md", to_markdown(summary))
     _write_report(plan, summary, results, runs, root / "report.html")
     return summary
