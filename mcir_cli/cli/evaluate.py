@@ -72,7 +72,8 @@ def evaluate(
 
     Example: mcir evaluate --checkpoint DCTLSA/X4.pt --data Set5/ --data Set14/ -o dctlsa.json
     """
-    from mcir_cli.evaluate.benchmarks import evaluate_bicubic, evaluate_compressed, evaluate_model, evaluate_restored
+    from mcir_cli.evaluate.benchmarks import (Scoring, evaluate_bicubic, evaluate_compressed, evaluate_model,
+                                              evaluate_restored)
     from mcir_cli.models.loading import load_model
 
     _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
@@ -118,12 +119,10 @@ def evaluate(
             )
         else:
             loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data), res_scale=res_scale)
-            result = evaluate_model(
-                loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
-                device=device, tile=tile, overlap=tile_overlap, amp=amp,
-                save_images=save_images, noise_sigma=noise_sigma, noise_seed=noise_seed,
-                jpeg_quality=qualities, progress=progress,
-            )
+            scoring = Scoring(task=task, y_channel=y_channel, crop_border=crop_border, device=device, tile=tile,
+                              overlap=tile_overlap, amp=amp, noise_sigma=noise_sigma, noise_seed=noise_seed,
+                              jpeg_quality=qualities)
+            result = evaluate_model(loaded, data, scoring, save_images=save_images, progress=progress)
     info = result["model"]
     title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
     console.print(results_table(result, title))

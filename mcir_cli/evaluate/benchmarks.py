@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,28 @@ from mcir_cli.models.loading import LoadedModel
 from mcir_cli.models.paper import paper_rows
 
 Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model is scored (None: the task's and the model's defaults,
+    `Conventions.for_task`): `evaluate_model`'s settings, and the same for every
+    checkpoint `compare --checkpoint` scores (`device` and `tile` also run the models for
+    its pictures). `scale` and `res_scale` say how checkpoints are loaded
+    (`load_model`); `evaluate_model` scores the model it is given as it was loaded."""
+
+    scale: int | None = None
+    res_scale: float | None = None  # EDSR's, which no checkpoint stores (models.settle_res_scale)
+    task: str | None = None
+    y_channel: bool | None = None
+    crop_border: int | None = None
+    device: str = "auto"
+    tile: int | None = None
+    jpeg_quality: tuple[int, ...] | None = None  # JPEG: clean images compressed at each
+    overlap: int = 32  # between tiles (input pixels)
+    amp: str | None = None  # "bf16": autocast on CUDA
+    noise_sigma: float | None = None  # denoising: Gaussian noise (0-255 scale) added to clean images
+    noise_seed: int = 0
 
 
 def _score(out: Tensor, gt: Tensor, conv: Conventions, path: Path) -> dict[str, float]:
@@ -162,48 +185,42 @@ def result_header(conventions: Conventions, task: str) -> dict[str, Any]:
 def evaluate_model(
     model: LoadedModel,
     data: Sequence[str | Path],
+    scoring: Scoring = Scoring(),
     *,
-    task: str | None = None,
-    y_channel: bool | None = None,
-    crop_border: int | None = None,
-    device: str = "auto",
-    tile: int | None = None,
-    overlap: int = 32,
-    amp: str | None = None,
     save_images: str | Path | None = None,
-    noise_sigma: float | None = None,
-    noise_seed: int = 0,
-    jpeg_quality: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score a model on benchmark folders with the field's conventions; JPEG: one row
-    per (folder, quality)."""
+    """Score a model on benchmark folders with the field's conventions (`scoring`: the
+    task, Y/RGB, border, device, tiles, precision, added noise, JPEG qualities); JPEG: one
+    row per (folder, quality)."""
+    sc, task = scoring, scoring.task
     model.check_task(task)
-    if task is None and model.task is None and noise_sigma is not None and model.scale == 1:
+    if task is None and model.task is None and sc.noise_sigma is not None and model.scale == 1:
         task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
-    if task is None and model.task is None and jpeg_quality and model.scale == 1:
+    if task is None and model.task is None and sc.jpeg_quality and model.scale == 1:
         task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN): JPEG
-    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, jpeg_quality)
+    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, sc.jpeg_quality)
     task = task or model.task or datasets[0].task
-    if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
+    if sc.noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
-    conv = conventions_for(task, model.scale, y_channel, crop_border)
+    conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border)
     check_image_sizes(datasets, conv)  # a too-small image stops the run before any work
-    dev = resolve_device(device)
+    dev = resolve_device(sc.device)
     model.restorer.to(dev)
     result = result_header(conv, task)
     result["model"] = model_info(model)
-    if noise_sigma is not None:
-        result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
+    if sc.noise_sigma is not None:
+        result["noise"] = {"sigma": sc.noise_sigma, "seed": sc.noise_seed}
     record_inputs(result, datasets)
     # tiling and precision change the numbers slightly: recorded, and compare checks them
-    result["inference"] = {"tile": tile, "tile_overlap": overlap if tile else None,
-                           "amp": "bf16" if amp == "bf16" and dev.type == "cuda" else "fp32"}
+    result["inference"] = {"tile": sc.tile, "tile_overlap": sc.overlap if sc.tile else None,
+                           "amp": "bf16" if sc.amp == "bf16" and dev.type == "cuda" else "fp32"}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
     with _staged(Path(save_images) if save_images else None) as staging:
         result["datasets"] = {
-            d.name: score_dataset(model, d, conv, device=dev, tile=tile, overlap=overlap, amp=amp, save_dir=staging,
-                                  noise_sigma=noise_sigma, noise_seed=noise_seed, progress=progress)
+            d.name: score_dataset(model, d, conv, device=dev, tile=sc.tile, overlap=sc.overlap, amp=sc.amp,
+                                  save_dir=staging, noise_sigma=sc.noise_sigma, noise_seed=sc.noise_seed,
+                                  progress=progress)
             for d in datasets
         }
     rows = paper_rows(result)  # the paper's figures, beside the measured ones, never mixed in

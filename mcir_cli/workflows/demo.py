@@ -32,6 +32,7 @@ import torch
 from mcir_cli._helpers.fsutil import writable_target, write_json
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
 
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
@@ -280,7 +281,6 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     """Evaluate the start and both retrains, compare them, draw the pictures."""
     from mcir_cli.compare.exports import write_exports
     from mcir_cli.compare.results import compare_results
-    from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.models.loading import load_model
     from mcir_cli.workflows.visual_sources import write_comparison_visuals
 
@@ -291,7 +291,7 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     models, results, result_files = {}, {}, {}
     for key in ("start", "plain", "mcir"):
         model = load_model(ckpts[key])
-        res = evaluate_model(model, [test_dir], task="sr", device=device)
+        res = evaluate_model(model, [test_dir], Scoring(task="sr", device=device))
         res["model"]["label"] = labels[key]
         path = out / "results" / f"{key}.json"
         write_json(path, res)

@@ -26,6 +26,7 @@ from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
 from mcir_cli.errors import McirError
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 
 # built-in arms: what `--arm NAME` means without "=" settings
@@ -190,12 +191,12 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
     from mcir_cli.data.jpeg import benchmark_qualities
-    from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.models.loading import load_model
 
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
-    result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
-                            jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
+    scoring = Scoring(device=plan.device, task=plan.common.get("task"),
+                      jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
+    result = evaluate_model(loaded, plan.benchmarks, scoring)
     result["model"]["label"] = label
     if training is not None:
         result["training"] = training
