@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mcir_cli import __version__
-from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file
+from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file, write_json
 from mcir_cli.data.datasets import Dataset, discover_all, iter_pairs, list_images
 from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.jpeg import check_task, record_inputs, with_qualities
@@ -226,6 +226,21 @@ def evaluate_model(
     rows = paper_rows(result)  # the paper's figures, beside the measured ones, never mixed in
     if rows:
         result["paper"] = rows
+    return result
+
+
+def evaluate_labelled(model: LoadedModel, data: Sequence[str | Path], scoring: Scoring, label: str, *,
+                      out: Path | None = None, extra: dict[str, Any] | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """`evaluate_model`'s result with the model's display label (the name every table
+    shows) and the `extra` keys after it (a study unit's `training` record), written as
+    JSON to `out` when given: the results `compare --checkpoint`, the study and the demo
+    compare."""
+    result = evaluate_model(model, data, scoring, progress=progress)
+    result["model"]["label"] = label
+    result.update(extra or {})
+    if out is not None:
+        write_json(out, result)
     return result
 
 

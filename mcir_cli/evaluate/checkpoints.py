@@ -10,7 +10,7 @@ from pathlib import Path
 from mcir_cli.data.datasets import Dataset, discover_all
 from mcir_cli.data.jpeg import with_qualities
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.models.loading import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
@@ -49,9 +49,7 @@ def evaluate_checkpoints(
             if progress:
                 progress(label, name, done, total)
 
-        res = evaluate_model(model, data, scoring, progress=per_image)
-        res["model"]["label"] = label
-        results.append(res)
+        results.append(evaluate_labelled(model, data, scoring, label, progress=per_image))
     first = models[0]
     found = discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))
     datasets = {d.name: d for d in with_qualities(found, scoring.jpeg_quality)}

@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from mcir_cli._helpers.fsutil import writable_target, write_json
+from mcir_cli._helpers.fsutil import writable_target
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 
 PAPER_LAMBDA = 1e-4
 RANDOM_VGG_LAMBDA = 0.05  # puts a random VGG16's SPN term at ~2-4 % of the loss (measured)
@@ -291,10 +291,8 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
     models, results, result_files = {}, {}, {}
     for key in ("start", "plain", "mcir"):
         model = load_model(ckpts[key])
-        res = evaluate_model(model, [test_dir], Scoring(task="sr", device=device))
-        res["model"]["label"] = labels[key]
         path = out / "results" / f"{key}.json"
-        write_json(path, res)
+        res = evaluate_labelled(model, [test_dir], Scoring(task="sr", device=device), labels[key], out=path)
         models[key], results[key], result_files[labels[key]] = model, res, path
     timings["evaluate"] = time.perf_counter() - t
     t = time.perf_counter()

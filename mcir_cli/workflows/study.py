@@ -26,7 +26,7 @@ from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 
 # built-in arms: what `--arm NAME` means without "=" settings
@@ -196,12 +196,8 @@ def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: 
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
     scoring = Scoring(device=plan.device, task=plan.common.get("task"),
                       jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
-    result = evaluate_model(loaded, plan.benchmarks, scoring)
-    result["model"]["label"] = label
-    if training is not None:
-        result["training"] = training
-    write_json(out, result)
-    return result
+    return evaluate_labelled(loaded, plan.benchmarks, scoring, label, out=out,
+                             extra={"training": training} if training is not None else None)
 
 
 def write_init(plan: StudyPlan, seed: int) -> Path:
