@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcir_cli._helpers.fsutil import writable_target, write_json
-from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors, progress_bar
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 
@@ -98,7 +98,7 @@ def evaluate(
         if output.exists():
             raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
         writable_target(output, "results")
-    with _progress() as bar:
+    with progress_bar() as bar:
         tasks: dict[str, Any] = {}
 
         def progress(name: str, done: int, total: int) -> None:
