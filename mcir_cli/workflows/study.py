@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
+from mcir_cli.compare.study_results import delta_matrix, run_name, summarise, to_markdown, validation_curves
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
@@ -144,12 +145,14 @@ class StudyPlan:
         d["arms"] = [Arm(a["name"], a["settings"]) for a in d["arms"]]
         return cls(**d)
 
-    def run_name(self, arm: Arm, seed: int) -> str:
-        return f"{arm.name}-s{seed}"
+    def run_name(self, arm: Arm | str, seed: int) -> str:
+        """The unit of `arm` (or the arm of that name) with `seed`: its run folder,
+        results file and row in study.json (`study_results.run_name`)."""
+        return run_name(arm.name if isinstance(arm, Arm) else arm, seed)
 
     def start_name(self, seed: int) -> str:
         """The table's start row: the pretrained model, or each seed's initialisation."""
-        return f"start-s{seed}" if self.from_scratch else "start"
+        return self.run_name("start", seed) if self.from_scratch else "start"
 
     def init_path(self, seed: int) -> Path:
         return Path(self.output) / "init" / f"s{seed}.safetensors"
@@ -319,8 +322,6 @@ def _remove_if_untrained(plan: StudyPlan) -> None:
 def write_summary(plan: StudyPlan) -> dict[str, Any]:
     """study.json, study.md and report.html from every unit's result (atomic writes; the
     caller holds the summary lock when other processes may finish at the same time)."""
-    from mcir_cli.compare.study_results import summarise, to_markdown, validation_curves
-
     root = Path(plan.output)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
@@ -335,7 +336,6 @@ def _write_report(plan: StudyPlan, summary: dict[str, Any], results: dict[str, A
                   path: Path) -> None:
     """report.html: the table, each arm's Δ vs plain with per-image charts (each image's
     Δ averaged over the seeds whose units both finished), and every run's training curves."""
-    from mcir_cli.compare.study_results import delta_matrix
     from mcir_cli.render.report import study_report, write_report
 
     per_image: dict[str, dict[str, tuple[list[str], list[float]]]] = {}
