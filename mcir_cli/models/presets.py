@@ -152,6 +152,12 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def lam_key(key: str) -> str:
+    """A settings key as its field's name: "lambda" (the paper's λ as presets' [spn], run
+    files and --arm spell it; a Python keyword) is the field `lam`; any other key is itself."""
+    return "lam" if key == "lambda" else key
+
+
 def load_preset_file(path: str | Path) -> Preset:
     """Parse one preset TOML; a malformed file is a one-line error naming it."""
     path = Path(path)
@@ -163,7 +169,7 @@ def load_preset_file(path: str | Path) -> Preset:
         arch = data["architecture"]
         io = data.get("io")
         recipe = {k: _tuple(v) for k, v in data.get("recipe", {}).items()}
-        spn = {("lam" if k == "lambda" else k): _tuple(v) for k, v in data.get("spn", {}).items()}
+        spn = {lam_key(k): _tuple(v) for k, v in data.get("spn", {}).items()}
         weights = data.get("weights", {})
         degradation, degradation_settings = _degradation(data.get("degradation"), path)
         preset = Preset(

@@ -13,7 +13,7 @@ from typing import Any
 from mcir_cli.choices import RATIO_BAND
 from mcir_cli.data.realesrgan.settings import resolve_degradation
 from mcir_cli.errors import McirError
-from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, preset_scale
+from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, lam_key, preset_scale
 from mcir_cli.train.checks import validate_config
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
@@ -306,15 +306,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise McirError("a run file holds a table of settings", path)
     flat: dict[str, Any] = {}
-    for section, names in (("recipe", {}), ("spn", {**_SPN_AS, "lambda": "lam"})):
-        for key, value in (raw.pop(section, None) or {}).items():
-            flat[names.get(key, key)] = value
+    for key, value in (raw.pop("recipe", None) or {}).items():
+        flat[key] = value
+    for key, value in (raw.pop("spn", None) or {}).items():  # a preset's [spn] names, "lambda" too
+        name = lam_key(key)
+        flat[_SPN_AS.get(name, name)] = value
     if isinstance(raw.get("degradation"), dict):  # the [degradation] table: its settings, checked here
         from mcir_cli.data.realesrgan.settings import split_table
 
         flat["degradation"], flat["degradation_settings"] = split_table(raw.pop("degradation"), path)
     for key, value in raw.items():
-        flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
+        flat[lam_key(key.replace("-", "_"))] = value
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for key, value in flat.items():

@@ -28,6 +28,7 @@ from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_j
 from mcir_cli.compare.study_results import delta_matrix, run_name, summarise, to_markdown, validation_curves
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
+from mcir_cli.models.presets import lam_key
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 
 # built-in arms: what `--arm NAME` means without "=" settings
@@ -88,7 +89,7 @@ def parse_arm(text: str) -> Arm:
     for item in spec.split(","):
         key, eq, val = item.partition("=")
         key = key.strip().replace("-", "_")
-        key = "lam" if key == "lambda" else key
+        key = lam_key(key)
         if not eq or key not in _PER_ARM:
             raise McirError(f"--arm {name}: {item!r} is not key=value with a key among {', '.join(sorted(_PER_ARM))}")
         if key in settings:
