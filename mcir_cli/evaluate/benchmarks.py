@@ -78,6 +78,13 @@ def has_colour_images(dataset: Dataset) -> bool:
     return any(not is_grey(pair.gt) for pair in dataset.pairs)
 
 
+def grey_as_rgb(img: Tensor) -> Tensor:
+    """A grey CHW image as 3 equal channels, a colour one as it is: how BasicSR (OpenCV)
+    reads a grey image among colour ones (Set14's bridge), so the published numbers score
+    it on the Y of 3 equal channels, not on the raw grey."""
+    return img.expand(3, -1, -1) if img.shape[0] == 1 else img
+
+
 def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(images)
     keys = ("psnr", "ssim", "psnrb") if images and "psnrb" in images[0] else ("psnr", "ssim")
@@ -122,7 +129,7 @@ def score_dataset(
             if mixed and lq.shape[0] == 1:
                 # a grey image among colour ones (Set14's bridge): BasicSR reads it with
                 # OpenCV as 3 equal channels, and the published numbers are made so
-                lq, gt = lq.expand(3, -1, -1), gt.expand(3, -1, -1)
+                lq, gt = grey_as_rgb(lq), grey_as_rgb(gt)
             _check_channels(model, dataset, lq.shape[0], pair.lq or pair.gt)
             out = restore(
                 net,
@@ -382,7 +389,7 @@ def evaluate_bicubic(
             raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
         lq, _ = load_pair(d, pair)
         if lq.shape[0] == 1 and colour.setdefault(d.name, has_colour_images(d)):
-            lq = lq.expand(3, -1, -1)  # Set14's bridge: Y of 3 equal channels, not the raw grey
+            lq = grey_as_rgb(lq)  # Set14's bridge
         out = to_uint8(imresize(lq, float(d.scale))).float() / 255
         if staging is not None:
             _save_output(staging, d, pair, out)
@@ -421,8 +428,8 @@ def _score_outputs(
         for i, pair in enumerate(d.pairs):
             out, path = output(d, pair)
             gt = load_gt(d, pair, out.shape[-2:])  # aligned as load_pair aligns it (crops, halves)
-            if out.shape[0] == 3 and gt.shape[0] == 1:  # grey ground truth, scored as score_dataset does
-                gt = gt.expand(3, -1, -1)
+            if out.shape[0] == 3:  # a grey ground truth, scored as score_dataset does
+                gt = grey_as_rgb(gt)
             if out.shape != gt.shape:
                 raise McirError(f"size {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}", path)
             images.append({"name": pair.name, **_score(out, gt, conv, path)})
