@@ -19,7 +19,6 @@ offline command on a built-in default, small enough for a few minutes on two CPU
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -179,7 +178,7 @@ def run_demo(
     trained = _retrain_both(out, train_dir, common, note, on_step)
     for name, (res, seconds) in trained.items():
         runs[name], timings[f"retrain {name}"] = res.run_dir, seconds
-    ratio = _check_ratio(runs["mcir"], note)
+    ratio = _check_ratio(trained["mcir"][0], note)
     scored = _score_and_compare(out, test_dir, start, runs, device=device, top_k=top_k,
                                 n_resamples=n_resamples, seed=seed)
     timings.update(scored.seconds)
@@ -338,39 +337,21 @@ def _score_and_compare(out: Path, test_dir: Path, start: _Start, runs: dict[str,
                    seconds)
 
 
-def _check_ratio(run: Path, note: _Notes) -> float | None:
-    """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band
-    that names a λ to try (`guard.lambda_for_band`)."""
+def _check_ratio(mcir: TrainResult, note: _Notes) -> float | None:
+    """The MCIR run's mean contrast ratio (`TrainResult.mean_ratio`), with a warning
+    outside mcir's heuristic band that names a λ to try (`guard.lambda_hint`, from the
+    run's mean l_neg/l_rec: each step's ratio over its own λ)."""
     from mcir_cli.render.curves import default_ratio_band
     from mcir_cli.train.guard import lambda_hint
 
-    ratio = mean_contrast_ratio(run / "log.jsonl")
+    ratio = mcir.mean_ratio
     band = default_ratio_band()
     if ratio is not None and not band[0] <= ratio <= band[1]:
-        hint = lambda_hint(mean_contrast_ratio(run / "log.jsonl", per_lambda=True) or 0.0, band)
+        hint = lambda_hint(mcir.ratio_per_lambda or 0.0, band)
         note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
              f"{band[0]:.0%}–{band[1]:.0%} band of mcir's heuristic (not the paper's): the SPN term had "
              + ("little effect" if ratio < band[0] else "a large weight") + f"; {hint}", "warn")
     return ratio
-
-
-def mean_contrast_ratio(log_path: Path, per_lambda: bool = False) -> float | None:
-    """Mean of the logged λ·l_neg/l_rec over a run's steps (None without steps); with
-    `per_lambda`, of l_neg/l_rec (each step's ratio over its own λ, which the guard may
-    have halved)."""
-    values = []
-    try:
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if "event" in rec or not isinstance(rec.get("ratio"), (int, float)):
-                continue
-            if not per_lambda:
-                values.append(float(rec["ratio"]))
-            elif isinstance(rec.get("lam"), (int, float)) and rec["lam"] > 0:
-                values.append(float(rec["ratio"]) / float(rec["lam"]))
-    except OSError:
-        return None
-    return sum(values) / len(values) if values else None
 
 
 def _dataset(root: str) -> Any:
