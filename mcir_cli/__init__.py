@@ -19,7 +19,7 @@ _API = {
     "retrain": "mcir_cli.train.run", "Run": "mcir_cli.train.run", "TrainResult": "mcir_cli.train.run",
     "NegativeBank": "mcir_cli.negatives.bank", "SPNLoss": "mcir_cli.losses.spn", "make_embedding": "mcir_cli.losses.embeddings",
     "make_rec_loss": "mcir_cli.losses.reconstruction", "CollapseGuard": "mcir_cli.train.guard", "LambdaControl": "mcir_cli.train.guard",
-    "evaluate_model": "mcir_cli.evaluate.benchmarks", "compare_results": "mcir_cli.compare.results",
+    "evaluate_model": "mcir_cli.evaluate.benchmarks", "Scoring": "mcir_cli.evaluate.benchmarks", "compare_results": "mcir_cli.compare.results",
     "load_result": "mcir_cli.compare.files", "paired_stats": "mcir_cli.compare.stats", "seed_image_stats": "mcir_cli.compare.stats",
     "psnr": "mcir_cli.metrics.basicsr", "ssim": "mcir_cli.metrics.basicsr",
     "imresize": "mcir_cli.data.resize", "read_image": "mcir_cli.data.imageio", "StudyPlan": "mcir_cli.workflows.study",

@@ -19,3 +19,9 @@ class McirError(Exception):
         self.path = Path(path) if path is not None else None
         text = f"{path}: {message}" if path is not None else message
         super().__init__(" ".join(text.split()))
+
+
+class ScaleNeeded(McirError):
+    """A preset that comes in several scales, named without one (`--model swinir-light`
+    without --scale): `models.presets.preset_scale` answers it with the one scale the data
+    folders hold, and raises it again when they hold none or several."""

@@ -34,7 +34,7 @@ def _strip_size(h: int, w: int, zoom: int = 3) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """Set5 x4 results of IMDN (baseline) and DCTLSA, written as `mcir evaluate` does."""
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
     set5 = shared_path("data", "sr", "Set5")
@@ -43,7 +43,7 @@ def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated")
     paths = {}
     for name, ckpt in (("imdn", imdn), ("dctlsa", dctlsa)):
-        res = evaluate_model(load_model(ckpt), [set5], device="cpu")
+        res = evaluate_model(load_model(ckpt), [set5], Scoring(device="cpu"))
         paths[name] = out / f"{name}.json"
         paths[name].write_text(json.dumps(res, indent=2))
     return {"set5": set5, "imdn_ckpt": imdn, "dctlsa_ckpt": dctlsa, **paths}

@@ -77,13 +77,14 @@ def test_demo_refuses_an_existing_folder(tmp_path):
 
 def test_ratio_warning_names_a_lambda_to_try(tmp_path):
     """The demo's warning when the MCIR run's ratio left the band: a λ, not a placeholder,
-    from each step's ratio over its own λ (the guard may have halved λ mid-run)."""
+    from each step's ratio over its own λ (the guard may have halved λ mid-run: steps at
+    ratio 2e-5 with λ 1e-4 and 1e-5 with λ 5e-5, as the run's TrainResult has them)."""
+    from mcir_cli.train.run import TrainResult
     from mcir_cli.workflows.demo import _check_ratio
 
-    steps = [{"step": 1, "ratio": 2e-5, "lam": 1e-4}, {"event": "collapse"}, {"step": 2, "ratio": 1e-5, "lam": 5e-5}]
-    (tmp_path / "log.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    run = TrainResult(run_dir=tmp_path, steps=2, mean_ratio=1.5e-5, ratio_per_lambda=0.2)
     notes = []
-    assert _check_ratio(tmp_path, lambda m, k: notes.append((k, m))) == pytest.approx(1.5e-5)
+    assert _check_ratio(run, lambda m, k: notes.append((k, m))) == pytest.approx(1.5e-5)
     ((kind, text),) = notes
     assert kind == "warn" and "(try lam=...)" not in text
     assert "little effect; try λ = 0.2 (--lambda 0.2; mcir's heuristic" in text  # 0.0316 / (l_neg/l_rec 0.2)

@@ -20,7 +20,7 @@ from mcir_cli.data.datasets import discover
 from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import conventions_for, evaluate_model, evaluate_restored, score_dataset
+from mcir_cli.evaluate.benchmarks import Scoring, conventions_for, evaluate_model, evaluate_restored, score_dataset
 from mcir_cli.metrics.conventions import Conventions
 
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 8.2
@@ -222,7 +222,7 @@ def test_api_evaluate_model_and_restored(tmp_path, crops):
     data = sr_folder(tmp_path / "tiny", crops)
     model = load_model(dctlsa_x4())
     seen = []
-    r = evaluate_model(model, [data], device="cpu", save_images=tmp_path / "out",
+    r = evaluate_model(model, [data], Scoring(device="cpu"), save_images=tmp_path / "out",
                        progress=lambda name, done, total: seen.append((name, done, total)))
     assert seen == [("tiny", 1, 3), ("tiny", 2, 3), ("tiny", 3, 3)]
     assert r["model"]["scale"] == 4 and r["data"] == {"tiny": str(data.resolve())}
@@ -392,7 +392,7 @@ def test_api_errors_are_mcir_errors(tmp_path, crops):
         args, expected = BAD[case](sub, crops)
         data = args[args.index("--data") + 1]
         with pytest.raises(McirError) as exc:
-            evaluate_model(model, [data], device="cpu", save_images=sub / "saved")
+            evaluate_model(model, [data], Scoring(device="cpu"), save_images=sub / "saved")
         assert "\n" not in str(exc.value) and all(t in str(exc.value) for t in expected)
         assert exc.value.path is not None
         assert not (sub / "saved").exists()

@@ -237,7 +237,7 @@ def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
     from spandrel.architectures.DnCNN import DnCNN
     from spandrel.architectures.SwinIR import SwinIR
 
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
     torch.manual_seed(0)
@@ -249,7 +249,7 @@ def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
         write_image(tmp_path / "C5" / name.replace(".bmp", ".png"), _classic5(name)[:, 200:248, 100:148])
     loaded = load_model(tmp_path / "w.pth")
     assert (loaded.architecture, loaded.in_channels, loaded.scale) == (arch, 1, 1)
-    res = evaluate_model(loaded, [tmp_path / "C5"], device="cpu", jpeg_quality=(10, 40))
+    res = evaluate_model(loaded, [tmp_path / "C5"], Scoring(device="cpu", jpeg_quality=(10, 40)))
     assert res["task"] == "jpeg" and list(res["datasets"]) == ["C5/q10", "C5/q40"]
     assert all(math.isfinite(d["psnrb"]) and d["psnrb"] <= d["psnr"] + 1e-9 for d in res["datasets"].values())
 

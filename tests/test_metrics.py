@@ -1,4 +1,4 @@
-"""mcir_cli.metrics.quality: BasicSR-exact PSNR/SSIM (reference vectors from ../shared/README.md)."""
+"""mcir_cli.metrics (basicsr, conventions): BasicSR-exact PSNR/SSIM (reference vectors from ../shared/README.md)."""
 
 from __future__ import annotations
 

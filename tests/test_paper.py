@@ -252,14 +252,14 @@ def _check_compare(a: Path, b: Path, tmp_path: Path) -> None:
 
 def test_unrelated_names_and_models_get_no_row(edsr_files, tmp_path):
     """A folder named like nothing the paper reports, and a model that is no preset's."""
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
     mine = _crops(tmp_path / "mine", shared_path("data", "sr", "Set14"), ["baboon"])
-    result = evaluate_model(load_model(edsr_files[0]), [mine], device="cpu")
+    result = evaluate_model(load_model(edsr_files[0]), [mine], Scoring(device="cpu"))
     assert "paper" not in result
     imdn = evaluate_model(load_model(shared_path("weights", "IMDN", "IMDN_x4.pth")),
-                          [_crops(tmp_path / "Set14", SHARED / "data" / "sr" / "Set14", ["baboon"])], device="cpu")
+                          [_crops(tmp_path / "Set14", SHARED / "data" / "sr" / "Set14", ["baboon"])], Scoring(device="cpu"))
     assert "paper" not in imdn and "Set14" in imdn["datasets"]
 
 
@@ -269,12 +269,12 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
     study.json's `paper` block, the rows in study.md and report.html, the statistics
     those of the measured scores alone."""
     from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
     from mcir_cli.render.report import study_report
     from mcir_cli.workflows.study import StudyPlan, parse_arm, plan_paths
 
-    start, other = (evaluate_model(load_model(f), [benches[1]], device="cpu") for f in edsr_files)
+    start, other = (evaluate_model(load_model(f), [benches[1]], Scoring(device="cpu")) for f in edsr_files)
     results = {"start": start, "plain-s0": start, "mcir-s0": other}
     paths = plan_paths(tmp_path / "study", [shared_path("data", "train", "SunHays80_color_subset20")],
                        [benches[1]], edsr_files[0])

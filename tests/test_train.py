@@ -80,10 +80,10 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     val = json.loads((run / "val.json").read_text())
     assert val["history"][-1]["step"] == 8 and val["conventions"]["y_channel"] is True
     # step 0 is the starting checkpoint, scored exactly as `mcir evaluate` scores it
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
-    start = evaluate_model(load_model(ckpt), [small_val], device="cpu")["datasets"][small_val.name]
+    start = evaluate_model(load_model(ckpt), [small_val], Scoring(device="cpu"))["datasets"][small_val.name]
     assert [h["step"] for h in val["history"]] == [0, 8]
     assert val["history"][0]["psnr"] == pytest.approx(start["psnr"], abs=1e-9)
     assert (run / "best.safetensors").exists()
@@ -573,11 +573,11 @@ def test_ema_of_the_weights_is_what_is_validated_and_written(train_dir, small_va
     assert torch.allclose(written[some], expected[net_keys[some.removeprefix("module.")]], atol=1e-6)
     assert not torch.allclose(written[some], raw[-1][net_keys[some.removeprefix("module.")]], atol=1e-6)
     # validation scored the EMA weights: re-scoring model.safetensors gives the logged number
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
     final = [r for r in read_log(tmp_path / "run") if r.get("event") == "val"][-1]
-    again = evaluate_model(load_model(tmp_path / "run" / "model.safetensors"), [small_val], device="cpu")
+    again = evaluate_model(load_model(tmp_path / "run" / "model.safetensors"), [small_val], Scoring(device="cpu"))
     assert again["datasets"][small_val.name]["psnr"] == pytest.approx(final["psnr"], abs=1e-6)
 
 
@@ -604,10 +604,10 @@ def test_several_validation_folders(train_dir, small_val, tmp_path):
     assert res.exit_code == 0, res.output
     val = json.loads((run / "val.json").read_text())
     assert set(val["data"]) == {small_val.name, "Second"} and "mean of the datasets" in val["psnr_is"]
-    from mcir_cli.evaluate.benchmarks import evaluate_model
+    from mcir_cli.evaluate.benchmarks import Scoring, evaluate_model
     from mcir_cli.models.loading import load_model
 
-    start = evaluate_model(load_model(imdn), [small_val, second], device="cpu")["datasets"]
+    start = evaluate_model(load_model(imdn), [small_val, second], Scoring(device="cpu"))["datasets"]
     first = val["history"][0]
     assert first["step"] == 0
     for name, scores in first["datasets"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import sys
@@ -173,6 +174,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, obj: object, *, indent: int = 2, ensure_ascii: bool = True) -> Path:
+    """`obj` as JSON, written atomically: `indent` spaces (config.json, results, study
+    files: 2; degradation.json: 1; openmodeldb.json: 4, not ASCII-escaped), keys in the
+    dict's own order, one trailing newline."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
 # ----------------------------------------------------------------------- confined paths

@@ -9,20 +9,18 @@ MCIR_DEBUG=1.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 
 from mcir_cli.errors import McirError
 
@@ -109,22 +107,20 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _progress() -> Progress:
+def progress_bar(*columns: ProgressColumn, transient: bool = True, quiet_in_pipes: bool = True) -> Progress:
+    """Every command's progress bars, on stderr: each task's description, its bar, done/total
+    and the time left, then `columns`. `transient`: gone when done; `quiet_in_pipes`: no
+    bar (and no remnants) in logs and pipes."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
+        *columns,
         console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,  # no bar remnants in logs and pipes
+        transient=transient,
+        disable=quiet_in_pipes and not err_console.is_terminal,
     )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from mcir_cli._helpers.fsutil import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 # click's usage errors (unknown option, missing value), from whichever click typer uses

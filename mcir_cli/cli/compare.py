@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, handle_errors, progress_bar
 from mcir_cli.cli.evaluate import _check_scoring_flags, _qualities
 from mcir_cli.errors import McirError
 
@@ -110,7 +110,7 @@ def compare(
         raise McirError(f"--resamples must be at least 1 (got {resamples})")
     if top_k < 1:
         raise McirError(f"--top-k must be at least 1 (got {top_k})")
-    with _progress() as bar:
+    with progress_bar() as bar:
         bars: dict[str, Any] = {}
 
         def advance(key: str, done: int, total: int | None) -> None:
@@ -141,7 +141,7 @@ def _compare_without_gt(checkpoint: list[Path], data: list[Path], visuals: Path 
     given = [flag for flag, value in scores.items() if value]
     if given:
         raise McirError(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} scores, and --no-gt images have no ground truth to score against")
-    with _progress() as bar:
+    with progress_bar() as bar:
         job = bar.add_task("outputs", total=None)
         run = compare_without_gt(checkpoint, data, visuals, scale=scales[0], res_scale=scales[1], device=device,
                                  tile=tile, labels=label,

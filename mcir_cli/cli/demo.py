@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mcir_cli.cli.app import app, console, err_console, handle_errors
+from mcir_cli.cli.app import app, console, err_console, handle_errors, progress_bar
 
 
 @app.command()
@@ -35,10 +34,7 @@ def demo(
         style = "bold yellow" if kind == "warn" else "cyan"
         err_console.print(f"[{style}]{message}[/]", highlight=False, soft_wrap=True)
 
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    ) as bar:
+    with progress_bar(quiet_in_pipes=False) as bar:
         jobs: dict[str, Any] = {}
 
         def on_step(name: str, step: int, total: int) -> None:

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mcir_cli._helpers.fsutil import writable_target
-from mcir_cli.cli.app import RES_SCALE_HELP, _progress, _write_json, app, console, err_console, handle_errors
+from mcir_cli._helpers.fsutil import writable_target, write_json
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors, progress_bar
 from mcir_cli.cli.render import add_paper_rows_by_dataset, print_paper_notes
 from mcir_cli.errors import McirError
 
@@ -72,7 +72,8 @@ def evaluate(
 
     Example: mcir evaluate --checkpoint DCTLSA/X4.pt --data Set5/ --data Set14/ -o dctlsa.json
     """
-    from mcir_cli.evaluate.benchmarks import evaluate_bicubic, evaluate_compressed, evaluate_model, evaluate_restored
+    from mcir_cli.evaluate.benchmarks import (Scoring, evaluate_bicubic, evaluate_compressed, evaluate_model,
+                                              evaluate_restored)
     from mcir_cli.models.loading import load_model
 
     _check_scoring_flags(task, crop_border, noise_sigma, tile, tile_overlap)
@@ -97,7 +98,7 @@ def evaluate(
         if output.exists():
             raise McirError("output file exists; choose a new name (mcir never overwrites results)", output)
         writable_target(output, "results")
-    with _progress() as bar:
+    with progress_bar() as bar:
         tasks: dict[str, Any] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -118,12 +119,10 @@ def evaluate(
             )
         else:
             loaded = load_model(checkpoint, model, _scale_from_data(model, scale, data), res_scale=res_scale)
-            result = evaluate_model(
-                loaded, data, task=task, y_channel=y_channel, crop_border=crop_border,
-                device=device, tile=tile, overlap=tile_overlap, amp=amp,
-                save_images=save_images, noise_sigma=noise_sigma, noise_seed=noise_seed,
-                jpeg_quality=qualities, progress=progress,
-            )
+            scoring = Scoring(task=task, y_channel=y_channel, crop_border=crop_border, device=device, tile=tile,
+                              overlap=tile_overlap, amp=amp, noise_sigma=noise_sigma, noise_seed=noise_seed,
+                              jpeg_quality=qualities)
+            result = evaluate_model(loaded, data, scoring, save_images=save_images, progress=progress)
     info = result["model"]
     title = f"{info['label']} ({info['architecture']}, x{info['scale']})"
     console.print(results_table(result, title))
@@ -131,29 +130,20 @@ def evaluate(
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if output is not None:
-        _write_json(output, result)
+        write_json(output, result)
         console.print(f"results written to {output}")
 
 
 def _scale_from_data(model: str | None, scale: int | None, data: list[Path]) -> int | None:
     """`--model swinir-light` (a preset in several scales) without --scale: the one scale
-    the data folders hold (said in a note), else None (and the preset asks for --scale)."""
-    from mcir_cli.data.layouts import infer_scale
-    from mcir_cli.models.presets import get_preset
+    the data folders hold (`preset_scale`), said in a note."""
+    from mcir_cli.models.presets import preset_scale
 
-    if model is None or scale is not None:
-        return scale
-    try:
-        get_preset(model)
-        return None  # one scale only: the preset's own
-    except McirError:
-        inferred = infer_scale(data)
-        if inferred is None:
-            return None
-        get_preset(model, inferred)  # the preset has no such variant: say so
-        err_console.print(f"[yellow]note:[/] preset {escape(model)}: x{inferred}, the scale the data holds "
+    found = preset_scale(model, scale, data)
+    if scale is None and found is not None:
+        err_console.print(f"[yellow]note:[/] preset {escape(model or '')}: x{found}, the scale the data holds "
                           "(no --scale given)", highlight=False)
-        return inferred
+    return found
 
 
 def _qualities(text: str | None, task: str | None) -> tuple[int, ...] | None:

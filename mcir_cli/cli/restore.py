@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from mcir_cli.cli.app import RES_SCALE_HELP, _progress, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors, progress_bar
 
 
 def _tile_value(text: str) -> int | str:
@@ -42,7 +42,7 @@ def restore(
     """
     from mcir_cli.workflows.restore import restore_images
 
-    with _progress() as bar:
+    with progress_bar() as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

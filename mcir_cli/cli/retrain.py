@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
 from mcir_cli.choices import LOSSES, RATIO_BAND, SCHEDULES
-from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors, progress_bar
 from mcir_cli.errors import McirError
 
 
@@ -171,8 +171,7 @@ def _resume_settings(ctx: typer.Context, resume: Path) -> dict:
 def _progress_line(iters: int, is_main: bool):
     """(on_step, stop): a bar that starts with the first step (errors before it print no
     empty bar); in pipes and logs a plain line every tenth of the run instead."""
-    bar = Progress(TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[info]}"), console=err_console)
+    bar = progress_bar(TextColumn("{task.fields[info]}"), transient=False, quiet_in_pipes=False)
     live = is_main and err_console.is_terminal
     job = None
     every = max(1, iters // 10)

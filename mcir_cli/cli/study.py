@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors
+from mcir_cli.cli.app import RES_SCALE_HELP, app, console, err_console, handle_errors, progress_bar
 from mcir_cli.cli.render import add_paper_rows, print_paper_notes
 from mcir_cli.compare.stats import p_phrase
 from mcir_cli.compare.study_results import METHOD, NO_PAIRS, fmt_signed, study_number
@@ -127,8 +126,7 @@ def _run(plan: Any, resume: Optional[Path], shard: Optional[tuple[int, int]]) ->
     from mcir_cli.workflows.study_units import run_shard
 
     report = None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+    with progress_bar() as bar:
         overall = bar.add_task("study", total=len(plan.arms) * len(plan.seeds) + 1)
         runs: dict[str, Any] = {}
 

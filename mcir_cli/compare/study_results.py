@@ -23,6 +23,12 @@ COLLAPSE_RULE = "a unit's first collapse stops it: it is scored as stopped and l
 NO_PAIRS = "no verdict: in every seed this arm's unit or plain's was stopped by a collapse"
 
 
+def run_name(arm: str, seed: int) -> str:
+    """A study unit's name: its run folder, its results file, its row of study.json's
+    units (`StudyPlan.run_name`; also the start row of a from-scratch study, "start")."""
+    return f"{arm}-s{seed}"
+
+
 def _per_image(result: dict[str, Any], dataset: str, metric: str) -> dict[str, float]:
     return {img["name"]: float(img[metric]) for img in result["datasets"][dataset]["images"]}
 
@@ -32,8 +38,8 @@ def delta_matrix(results: dict[str, Any], arm: str, seeds: list[int], dataset: s
     """D[s, i] = arm − plain on image i with seed s (the same patches, the same start)."""
     rows, names = [], None
     for seed in seeds:
-        base = _per_image(results[f"plain-s{seed}"], dataset, metric)
-        new = _per_image(results[f"{arm}-s{seed}"], dataset, metric)
+        base = _per_image(results[run_name("plain", seed)], dataset, metric)
+        new = _per_image(results[run_name(arm, seed)], dataset, metric)
         names = sorted(set(base) & set(new)) if names is None else names
         rows.append([new[n] - base[n] for n in names])
     return np.asarray(rows, dtype=np.float64).reshape(len(seeds), -1), names or []
@@ -45,7 +51,8 @@ def _stopped(results: dict[str, Any], name: str) -> bool:
 
 def paired_seeds(plan: Any, results: dict[str, Any], arm: str) -> list[int]:
     """The seeds whose arm and plain units both ran to the end (a collapse breaks the pair)."""
-    return [s for s in plan.seeds if not _stopped(results, f"plain-s{s}") and not _stopped(results, f"{arm}-s{s}")]
+    return [s for s in plan.seeds
+            if not _stopped(results, plan.run_name("plain", s)) and not _stopped(results, plan.run_name(arm, s))]
 
 
 def collapses(plan: Any, results: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +232,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
     for name, row in summary["table"].items():
         cells = [f"{_pm(row[d]['psnr'], row[d].get('psnr_sd', 0), 2)} / {_pm(row[d]['ssim'], row[d].get('ssim_sd', 0), 4)}"
                  for d in datasets]
-        stopped = sum(1 for s in seeds if summary.get("units", {}).get(f"{name}-s{s}", {}).get("stopped"))
+        stopped = sum(1 for s in seeds if summary.get("units", {}).get(run_name(name, s), {}).get("stopped"))
         label = f"{name} ({stopped} of {len(seeds)} stopped by a collapse)" if stopped else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += paper_table_lines(summary) + paper_notes_lines(summary)

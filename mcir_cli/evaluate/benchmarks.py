@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mcir_cli import __version__
-from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file
+from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file, write_json
 from mcir_cli.data.datasets import Dataset, discover_all, iter_pairs, list_images, load_gt, load_pair
 from mcir_cli.data.imageio import is_grey, read_image, to_uint8, write_image
 from mcir_cli.data.jpeg import check_task, record_inputs, with_qualities
@@ -33,6 +34,28 @@ from mcir_cli.models.loading import LoadedModel
 from mcir_cli.models.paper import paper_rows
 
 Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model is scored (None: the task's and the model's defaults,
+    `Conventions.for_task`): `evaluate_model`'s settings, and the same for every
+    checkpoint `compare --checkpoint` scores (`device` and `tile` also run the models for
+    its pictures). `scale` and `res_scale` say how checkpoints are loaded
+    (`load_model`); `evaluate_model` scores the model it is given as it was loaded."""
+
+    scale: int | None = None
+    res_scale: float | None = None  # EDSR's, which no checkpoint stores (models.settle_res_scale)
+    task: str | None = None
+    y_channel: bool | None = None
+    crop_border: int | None = None
+    device: str = "auto"
+    tile: int | None = None
+    jpeg_quality: tuple[int, ...] | None = None  # JPEG: clean images compressed at each
+    overlap: int = 32  # between tiles (input pixels)
+    amp: str | None = None  # "bf16": autocast on CUDA
+    noise_sigma: float | None = None  # denoising: Gaussian noise (0-255 scale) added to clean images
+    noise_seed: int = 0
 
 
 def _score(out: Tensor, gt: Tensor, conv: Conventions, path: Path) -> dict[str, float]:
@@ -53,6 +76,13 @@ conventions_for = Conventions.for_task
 def has_colour_images(dataset: Dataset) -> bool:
     """Whether any ground-truth image of the dataset has colour (read lazily, no decode)."""
     return any(not is_grey(pair.gt) for pair in dataset.pairs)
+
+
+def grey_as_rgb(img: Tensor) -> Tensor:
+    """A grey CHW image as 3 equal channels, a colour one as it is: how BasicSR (OpenCV)
+    reads a grey image among colour ones (Set14's bridge), so the published numbers score
+    it on the Y of 3 equal channels, not on the raw grey."""
+    return img.expand(3, -1, -1) if img.shape[0] == 1 else img
 
 
 def _summary(images: list[dict[str, Any]]) -> dict[str, Any]:
@@ -99,7 +129,7 @@ def score_dataset(
             if mixed and lq.shape[0] == 1:
                 # a grey image among colour ones (Set14's bridge): BasicSR reads it with
                 # OpenCV as 3 equal channels, and the published numbers are made so
-                lq, gt = lq.expand(3, -1, -1), gt.expand(3, -1, -1)
+                lq, gt = grey_as_rgb(lq), grey_as_rgb(gt)
             _check_channels(model, dataset, lq.shape[0], pair.lq or pair.gt)
             out = restore(
                 net,
@@ -162,53 +192,62 @@ def result_header(conventions: Conventions, task: str) -> dict[str, Any]:
 def evaluate_model(
     model: LoadedModel,
     data: Sequence[str | Path],
+    scoring: Scoring = Scoring(),
     *,
-    task: str | None = None,
-    y_channel: bool | None = None,
-    crop_border: int | None = None,
-    device: str = "auto",
-    tile: int | None = None,
-    overlap: int = 32,
-    amp: str | None = None,
     save_images: str | Path | None = None,
-    noise_sigma: float | None = None,
-    noise_seed: int = 0,
-    jpeg_quality: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score a model on benchmark folders with the field's conventions; JPEG: one row
-    per (folder, quality)."""
+    """Score a model on benchmark folders with the field's conventions (`scoring`: the
+    task, Y/RGB, border, device, tiles, precision, added noise, JPEG qualities); JPEG: one
+    row per (folder, quality)."""
+    sc, task = scoring, scoring.task
     model.check_task(task)
-    if task is None and model.task is None and noise_sigma is not None and model.scale == 1:
+    if task is None and model.task is None and sc.noise_sigma is not None and model.scale == 1:
         task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
-    if task is None and model.task is None and jpeg_quality and model.scale == 1:
+    if task is None and model.task is None and sc.jpeg_quality and model.scale == 1:
         task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN): JPEG
-    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, jpeg_quality)
+    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, sc.jpeg_quality)
     task = task or model.task or datasets[0].task
-    if noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
+    if sc.noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
-    conv = conventions_for(task, model.scale, y_channel, crop_border)
+    conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border)
     check_image_sizes(datasets, conv)  # a too-small image stops the run before any work
-    dev = resolve_device(device)
+    dev = resolve_device(sc.device)
     model.restorer.to(dev)
     result = result_header(conv, task)
     result["model"] = model_info(model)
-    if noise_sigma is not None:
-        result["noise"] = {"sigma": noise_sigma, "seed": noise_seed}
+    if sc.noise_sigma is not None:
+        result["noise"] = {"sigma": sc.noise_sigma, "seed": sc.noise_seed}
     record_inputs(result, datasets)
     # tiling and precision change the numbers slightly: recorded, and compare checks them
-    result["inference"] = {"tile": tile, "tile_overlap": overlap if tile else None,
-                           "amp": "bf16" if amp == "bf16" and dev.type == "cuda" else "fp32"}
+    result["inference"] = {"tile": sc.tile, "tile_overlap": sc.overlap if sc.tile else None,
+                           "amp": "bf16" if sc.amp == "bf16" and dev.type == "cuda" else "fp32"}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
     with _staged(Path(save_images) if save_images else None) as staging:
         result["datasets"] = {
-            d.name: score_dataset(model, d, conv, device=dev, tile=tile, overlap=overlap, amp=amp, save_dir=staging,
-                                  noise_sigma=noise_sigma, noise_seed=noise_seed, progress=progress)
+            d.name: score_dataset(model, d, conv, device=dev, tile=sc.tile, overlap=sc.overlap, amp=sc.amp,
+                                  save_dir=staging, noise_sigma=sc.noise_sigma, noise_seed=sc.noise_seed,
+                                  progress=progress)
             for d in datasets
         }
     rows = paper_rows(result)  # the paper's figures, beside the measured ones, never mixed in
     if rows:
         result["paper"] = rows
+    return result
+
+
+def evaluate_labelled(model: LoadedModel, data: Sequence[str | Path], scoring: Scoring, label: str, *,
+                      out: Path | None = None, extra: dict[str, Any] | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """`evaluate_model`'s result with the model's display label (the name every table
+    shows) and the `extra` keys after it (a study unit's `training` record), written as
+    JSON to `out` when given: the results `compare --checkpoint`, the study and the demo
+    compare."""
+    result = evaluate_model(model, data, scoring, progress=progress)
+    result["model"]["label"] = label
+    result.update(extra or {})
+    if out is not None:
+        write_json(out, result)
     return result
 
 
@@ -344,7 +383,7 @@ def evaluate_bicubic(
             raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
         lq, _ = load_pair(d, pair)
         if lq.shape[0] == 1 and colour.setdefault(d.name, has_colour_images(d)):
-            lq = lq.expand(3, -1, -1)  # Set14's bridge: Y of 3 equal channels, not the raw grey
+            lq = grey_as_rgb(lq)  # Set14's bridge
         out = to_uint8(imresize(lq, float(d.scale))).float() / 255
         if staging is not None:
             _save_output(staging, d, pair, out)
@@ -381,8 +420,8 @@ def _score_outputs(
         for i, pair in enumerate(d.pairs):
             out, path = output(d, pair)
             gt = load_gt(d, pair, out.shape[-2:])  # aligned as load_pair aligns it (crops, halves)
-            if out.shape[0] == 3 and gt.shape[0] == 1:  # grey ground truth, scored as score_dataset does
-                gt = gt.expand(3, -1, -1)
+            if out.shape[0] == 3:  # a grey ground truth, scored as score_dataset does
+                gt = grey_as_rgb(gt)
             if out.shape != gt.shape:
                 raise McirError(f"size {tuple(out.shape)} differs from the ground truth {tuple(gt.shape)}", path)
             images.append({"name": pair.name, **_score(out, gt, conv, path)})

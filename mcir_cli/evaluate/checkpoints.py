@@ -5,33 +5,16 @@ kept for its pictures. Kept next to `evaluate.py`, which scores one model."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mcir_cli.data.datasets import Dataset, discover_all
 from mcir_cli.data.jpeg import with_qualities
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.models.loading import LoadedModel, checkpoint_label, load_model
 
 ModelsProgress = Callable[[str, str, int, int], None]  # (model label, dataset, done, total)
 
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How checkpoints are scored, the same for each (None: the task's and checkpoint's
-    defaults, `Conventions.for_task`); `device` and `tile` also run the models for the
-    pictures."""
-
-    scale: int | None = None
-    res_scale: float | None = None  # EDSR's, which no checkpoint stores (models.settle_res_scale)
-    task: str | None = None
-    y_channel: bool | None = None
-    crop_border: int | None = None
-    device: str = "auto"
-    tile: int | None = None
-    jpeg_quality: tuple[int, ...] | None = None  # JPEG: clean images compressed at each
 
 
 def load_comparable(checkpoints: list[Path], scale: int | None, res_scale: float | None = None) -> list[LoadedModel]:
@@ -66,11 +49,7 @@ def evaluate_checkpoints(
             if progress:
                 progress(label, name, done, total)
 
-        res = evaluate_model(model, data, task=scoring.task, y_channel=scoring.y_channel,
-                             crop_border=scoring.crop_border, device=scoring.device, tile=scoring.tile,
-                             jpeg_quality=scoring.jpeg_quality, progress=per_image)
-        res["model"]["label"] = label
-        results.append(res)
+        results.append(evaluate_labelled(model, data, scoring, label, progress=per_image))
     first = models[0]
     found = discover_all(data, first.scale if first.scale > 1 else None, results[0].get("task"))
     datasets = {d.name: d for d in with_qualities(found, scoring.jpeg_quality)}

@@ -9,13 +9,15 @@ import importlib.resources
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mcir_cli.choices import EMBEDDINGS, LOSSES, OPTIMIZERS, SCHEDULES
+from mcir_cli.data.layouts import infer_scale
 from mcir_cli.data.realesrgan.settings import split_table
-from mcir_cli.errors import McirError
+from mcir_cli.errors import McirError, ScaleNeeded
 from mcir_cli.models.paper import PaperFigures, parse_paper
 
 if sys.version_info >= (3, 11):
@@ -151,6 +153,12 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def lam_key(key: str) -> str:
+    """A settings key as its field's name: "lambda" (the paper's λ as presets' [spn], run
+    files and --arm spell it; a Python keyword) is the field `lam`; any other key is itself."""
+    return "lam" if key == "lambda" else key
+
+
 def load_preset_file(path: str | Path) -> Preset:
     """Parse one preset TOML; a malformed file is a one-line error naming it."""
     path = Path(path)
@@ -162,7 +170,7 @@ def load_preset_file(path: str | Path) -> Preset:
         arch = data["architecture"]
         io = data.get("io")
         recipe = {k: _tuple(v) for k, v in data.get("recipe", {}).items()}
-        spn = {("lam" if k == "lambda" else k): _tuple(v) for k, v in data.get("spn", {}).items()}
+        spn = {lam_key(k): _tuple(v) for k, v in data.get("spn", {}).items()}
         weights = data.get("weights", {})
         degradation, degradation_settings = _degradation(data.get("degradation"), path)
         preset = Preset(
@@ -272,9 +280,7 @@ def get_preset(name: str, scale: int | None = None) -> Preset:
             if scaled:
                 have = ", ".join(scaled)
                 if scale is None:
-                    raise McirError(
-                        f"preset {name!r} comes in several scales ({have}): add --scale"
-                    )
+                    raise ScaleNeeded(f"preset {name!r} comes in several scales ({have}): add --scale")
                 raise McirError(f"preset {name!r} has no x{scale} variant (available: {have})")
             close = [k for k in sorted(by_name) if k.startswith(key)][:3]
             close += [
@@ -287,3 +293,21 @@ def get_preset(name: str, scale: int | None = None) -> Preset:
     if scale is not None and preset.scale != scale:
         raise McirError(f"preset {preset.name} is x{preset.scale}, but --scale {scale} was given")
     return preset
+
+
+def preset_scale(model: str | None, scale: int | None, data: Sequence[str | Path]) -> int | None:
+    """The scale to take `--model` at: `scale` when given (or without a preset), None for
+    a preset of one scale (its own); for a preset in several scales (`--model
+    swinir-light`), the one scale the data folders hold (`infer_scale`), checked to be
+    one of its variants. Raises `ScaleNeeded` when the folders hold none or several."""
+    if not model or scale is not None:
+        return scale
+    try:
+        get_preset(model)
+        return None
+    except ScaleNeeded:
+        found = infer_scale(data)
+        if found is None:
+            raise
+    get_preset(model, found)  # the preset has no such variant: say so
+    return found

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcir_cli._helpers.fsutil import atomic_write_text, sha256_file
+from mcir_cli._helpers.fsutil import atomic_write_text, sha256_file, write_json
 from mcir_cli.data.datasets import discover_all
 from mcir_cli.errors import McirError
 from mcir_cli.models.checkpoint import read_checkpoint
@@ -293,7 +293,7 @@ def write_card(run: str | Path, comparison: str | Path | None = None, author: st
     readme = model_card(facts, entry, comp)
     paths = {"openmodeldb.json": facts.root / "openmodeldb.json", "README.md": facts.root / "README.md"}
     if comparison:  # kept beside the card: a later rewrite keeps the evidence
-        atomic_write_text(kept, json.dumps(comp, indent=2) + "\n")
-    atomic_write_text(paths["openmodeldb.json"], json.dumps(entry, indent=4, ensure_ascii=False) + "\n")
+        write_json(kept, comp)
+    write_json(paths["openmodeldb.json"], entry, indent=4, ensure_ascii=False)
     atomic_write_text(paths["README.md"], readme)
     return paths

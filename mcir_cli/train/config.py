@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mcir_cli.choices import RATIO_BAND
-from mcir_cli.data.layouts import infer_scale
 from mcir_cli.data.realesrgan.settings import resolve_degradation, split_table
 from mcir_cli.errors import McirError
-from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, tomllib
+from mcir_cli.models.presets import Hyperparameters, Recipe, SPNSettings, get_preset, lam_key, preset_scale, tomllib
 from mcir_cli.train.checks import validate_config
 
 PAPER_STEPS = (100, 500, 1000, 2000)  # the paper's update periods, for 500k-step runs
@@ -165,23 +164,6 @@ def _resolve_steps(base: dict[str, Any]) -> None:
         base["negative_steps"] = PAPER_STEPS
 
 
-def _scale_from_data(model: str | None, scale: int | None, data: list[str | Path]) -> tuple[int | None, str]:
-    """A preset that comes in several scales (--model swinir-light) takes the one scale
-    its training folders hold, and says so; with none or several it still asks."""
-    if not model or scale is not None:
-        return scale, ""
-    try:
-        get_preset(model, None)
-        return None, ""
-    except McirError as exc:
-        if "several scales" not in str(exc):
-            raise
-        found = infer_scale(data)
-        if found is None:
-            raise
-        return found, f"; x{found}: the one scale of the training data"
-
-
 def make_config(
     data: list[str | Path],
     output: str | Path,
@@ -200,7 +182,9 @@ def make_config(
     held constant (`fine_tune_lr`): the recipe's initial rate (5e-4 for DCTLSA) knocked
     DCTLSA x4 from 32.52 to 31.88 dB on Set5 in two steps. With allow_random_init (from
     scratch) the whole recipe applies, its iteration count included."""
-    scale, scale_note = _scale_from_data(model, scale, data)
+    found = preset_scale(model, scale, data)
+    scale_note = f"; x{found}: the one scale of the training data" if scale is None and found is not None else ""
+    scale = found
     preset = get_preset(model, scale) if model else None
     task = overrides.get("task") or (preset.task if preset else None)
     recipe, spn = _defaults(preset, task, scale or (preset.scale if preset else None))
@@ -320,13 +304,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise McirError("a run file holds a table of settings", path)
     flat: dict[str, Any] = {}
-    for section, names in (("recipe", {}), ("spn", {**_SPN_AS, "lambda": "lam"})):
-        for key, value in (raw.pop(section, None) or {}).items():
-            flat[names.get(key, key)] = value
+    for key, value in (raw.pop("recipe", None) or {}).items():
+        flat[key] = value
+    for key, value in (raw.pop("spn", None) or {}).items():  # a preset's [spn] names, "lambda" too
+        name = lam_key(key)
+        flat[_SPN_AS.get(name, name)] = value
     if isinstance(raw.get("degradation"), dict):  # the [degradation] table: its settings, checked here
         flat["degradation"], flat["degradation_settings"] = split_table(raw.pop("degradation"), path)
     for key, value in raw.items():
-        flat[{"lambda": "lam"}.get(key, key.replace("-", "_"))] = value
+        flat[lam_key(key.replace("-", "_"))] = value
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for key, value in flat.items():

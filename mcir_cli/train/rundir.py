@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write_text, confined
+from mcir_cli._helpers.fsutil import atomic_torch_save, atomic_write_text, confined, write_json
 from mcir_cli.errors import McirError
 from mcir_cli.models.checkpoint import save_like, save_safetensors
 from mcir_cli.models.loading import checkpoint_label
@@ -105,7 +105,7 @@ class RunFolder:
         if not self.is_main:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "config.json", json.dumps(info, indent=2) + "\n")
+        write_json(self.root / "config.json", info)
 
     def is_unstarted(self) -> bool:
         """A run folder without a saved state (killed before its first save, or by a
@@ -130,7 +130,7 @@ class RunFolder:
                 info["config"][key] = new
                 changed = True
         if changed and self.is_main:
-            atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+            write_json(path, info)
 
     def resume_source(self, checkpoint: str | None) -> str | None:
         """The file that tells a resumed run its architecture (its weights come from
@@ -199,7 +199,7 @@ class RunFolder:
         history = json.loads(path.read_text()) if path.exists() else {**header, "history": []}
         history["history"] = [h for h in history["history"] if h["step"] < entry["step"]] + [entry]
         history["best"] = max(history["history"], key=lambda h: h["psnr"])
-        atomic_write_text(path, json.dumps(history, indent=2) + "\n")
+        write_json(path, history)
 
     def validations(self, up_to: int) -> list[dict[str, Any]]:
         """val.json's history up to a step, checked before any training: a damaged val.json

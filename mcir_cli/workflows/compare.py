@@ -20,7 +20,8 @@ from mcir_cli.compare.exports import check_export_paths, write_exports
 from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import Comparison, compare_results
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.checkpoints import ModelsProgress, Scoring, evaluate_checkpoints
+from mcir_cli.evaluate.benchmarks import Scoring
+from mcir_cli.evaluate.checkpoints import ModelsProgress, evaluate_checkpoints
 from mcir_cli.render.report import comparison_report, run_folders, write_report
 from mcir_cli.workflows.visual_sources import (
     StripProgress,

@@ -13,7 +13,6 @@ benchmark's."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mcir_cli._helpers.fsutil import atomic_write_text, confined, is_inside, writable_target
+from mcir_cli._helpers.fsutil import confined, is_inside, writable_target, write_json
 from mcir_cli.data.datasets import discover, mod_crop
 from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.realesrgan.kernels import KernelDraw, draw_kernels
@@ -106,5 +105,5 @@ def degrade_dataset(source: str | Path, output: str | Path, scale: int, *, seed:
         record = {"degradation": "realesrgan", "seed": seed, "scale": scale, "source": str(source.absolute()),
                   "source_layout": dataset.layout, "device": dev.type, "settings": resolved.to_json(),
                   "images": images}
-        atomic_write_text(staging / "degradation.json", json.dumps(record, indent=1) + "\n")
+        write_json(staging / "degradation.json", record, indent=1)
     return DegradedCopy(out, source, dataset.layout, scale, seed, len(images), out / "degradation.json")

@@ -19,7 +19,6 @@ offline command on a built-in default, small enough for a few minutes on two CPU
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from mcir_cli.compare.results import compare_results, render_evidence
 from mcir_cli.data.datasets import discover
 from mcir_cli.data.demo_data import SCALE, TEST_PHOTOS, TRAIN_PHOTOS, Say, make_data
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.losses.embeddings import vgg_cache_path
 from mcir_cli.models.archs import build_edsr
 from mcir_cli.models.checkpoint import save_safetensors
@@ -46,7 +45,7 @@ from mcir_cli.render.plot import plot_runs
 from mcir_cli.render.report import comparison_report, write_report
 from mcir_cli.train.config import TrainConfig, fitted_steps
 from mcir_cli.train.guard import lambda_hint
-from mcir_cli.train.run import retrain
+from mcir_cli.train.run import TrainResult, retrain
 from mcir_cli.workflows.visual_sources import write_comparison_visuals
 
 PAPER_LAMBDA = 1e-4
@@ -169,32 +168,37 @@ def run_demo(
          f"{len(test_names)} test photos in {test_dir} (x{SCALE}, MATLAB bicubic)")
     timings["data"] = time.perf_counter() - t0
 
-    runs: dict[str, Path] = {}
-    start = _start_model(out, train_dir, runs, timings, note, use_pretrained=use_pretrained, patch=patch,
+    start = _start_model(out, train_dir, note, use_pretrained=use_pretrained, patch=patch,
                          pretrain_iters=pretrain_iters, seed=seed, device=device, on_step=on_step)
-    lr = (1e-5 if start["pretrained"] else 1e-4) if lr is None else lr
+    runs = {} if start.run is None else {"start": start.run}
+    if start.seconds is not None:
+        timings["pretrain"] = start.seconds
+    lr = (1e-5 if start.pretrained else 1e-4) if lr is None else lr
     emb_text = "VGG16 relu1_2/2_2/3_3 with ImageNet weights (the authors' embedding)" if emb_pretrained else \
         "VGG16 with RANDOM weights"
     lam = _demo_lambda(lam, emb_pretrained, note)
     steps = fitted_steps(iters)
-    common = dict(checkpoint=str(start["ckpt"]), scale=SCALE, task="sr", iters=iters, batch=batch, patch=patch,
+    common = dict(checkpoint=str(start.ckpt), scale=SCALE, task="sr", iters=iters, batch=batch, patch=patch,
                   lr=lr, schedule="constant", lam=lam, negative_steps=steps, embedding="vgg16",
                   embedding_weights=emb_weights, embedding_init=emb_init, seed=seed, device=device, cache="on")
-    _retrain_both(out, train_dir, common, runs, timings, note, on_step)
-    ratio = _check_ratio(runs["mcir"], note)
-    scored = _score_and_compare(out, test_dir, start, runs, timings, device=device, top_k=top_k,
+    trained = _retrain_both(out, train_dir, common, note, on_step)
+    for name, (res, seconds) in trained.items():
+        runs[name], timings[f"retrain {name}"] = res.run_dir, seconds
+    ratio = _check_ratio(trained["mcir"][0], note)
+    scored = _score_and_compare(out, test_dir, start, runs, device=device, top_k=top_k,
                                 n_resamples=n_resamples, seed=seed)
+    timings.update(scored.seconds)
     timings["total"] = time.perf_counter() - t0
-    strips = scored.pop("strips")
     result = DemoResult(
-        output=out, model=start["text"], pretrained=start["pretrained"], embedding=emb_text,
+        output=out, model=start.text, pretrained=start.pretrained, embedding=emb_text,
         embedding_pretrained=emb_pretrained, train_images=train_names, test_images=test_names, runs=runs,
+        results=scored.results, comparison=scored.comparison, head_to_head=scored.head_to_head,
         summary=out / "summary.md", report=out / "report.html", curves=out / "curves.png",
-        notes=note.kept, timings=timings, lam=lam,
-        contrast_ratio=ratio, **scored,
+        comparison_json=scored.comparison_json, visuals=scored.visuals,
+        notes=note.kept, timings=timings, lam=lam, contrast_ratio=ratio,
     )
     atomic_write_text(result.summary, summary_markdown(result, iters, batch, patch, lr, steps))
-    _write_report(result, strips)
+    _write_report(result, scored.strips)
     return result
 
 
@@ -208,15 +212,26 @@ def _write_report(r: DemoResult, strips: list[Path]) -> None:
         notes=r.notes, extra=[("MCIR vs plain fine-tuning (baseline: plain)", r.head_to_head)]))
 
 
-def _start_model(out: Path, train_dir: Path, runs: dict[str, Path], timings: dict[str, float], note: _Notes, *,
-                 use_pretrained: bool, patch: int, pretrain_iters: int, seed: int, device: str,
-                 on_step: OnStep | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Start:
+    """The model both retrains start from."""
+
+    ckpt: Path
+    label: str  # its row in every table
+    text: str  # what it is, in words
+    pretrained: bool  # True: real pretrained weights; False: trained from scratch here
+    run: Path | None = None  # the run that trained it here
+    seconds: float | None = None  # how long that took
+
+
+def _start_model(out: Path, train_dir: Path, note: _Notes, *, use_pretrained: bool, patch: int,
+                 pretrain_iters: int, seed: int, device: str, on_step: OnStep | None) -> _Start:
     """DCTLSA x4 pretrained when $MCIR_WEIGHTS has it, else a small EDSR trained here."""
     pretrained_path, found_by = find_pretrained() if use_pretrained else (None, "")
     if pretrained_path is not None:
         text = f"DCTLSA x4 pretrained on DIV2K ({pretrained_path}, found via {found_by})"
         note(f"model: {text}")
-        return {"ckpt": pretrained_path, "label": "DCTLSA (start)", "text": text, "pretrained": True}
+        return _Start(pretrained_path, "DCTLSA (start)", text, pretrained=True)
     t = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -233,10 +248,8 @@ def _start_model(out: Path, train_dir: Path, runs: dict[str, Path], timings: dic
                       schedule="cosine", eta_min=5e-5, negative_init="none", seed=seed,
                       device=device, cache="on")
     res = retrain(cfg, on_step=(lambda s: on_step("start", s.step, pretrain_iters)) if on_step else None)
-    runs["start"] = res.run_dir
-    timings["pretrain"] = time.perf_counter() - t
-    return {"ckpt": res.run_dir / "model.safetensors", "label": "EDSR-small (start)", "text": text,
-            "pretrained": False}
+    return _Start(res.run_dir / "model.safetensors", "EDSR-small (start)", text, pretrained=False,
+                  run=res.run_dir, seconds=time.perf_counter() - t)
 
 
 def _demo_lambda(lam: float | None, emb_pretrained: bool, note: _Notes) -> float:
@@ -253,10 +266,13 @@ def _demo_lambda(lam: float | None, emb_pretrained: bool, note: _Notes) -> float
     return RANDOM_VGG_LAMBDA
 
 
-def _retrain_both(out: Path, train_dir: Path, common: dict[str, Any], runs: dict[str, Path],
-                  timings: dict[str, float], note: _Notes, on_step: OnStep | None) -> None:
-    """Plain fine-tuning and MCIR from the same start, seed and patches."""
+def _retrain_both(out: Path, train_dir: Path, common: dict[str, Any], note: _Notes,
+                  on_step: OnStep | None) -> dict[str, tuple[TrainResult, float]]:
+    """Plain fine-tuning and MCIR from the same start, seed and patches (`common`: their
+    TrainConfig settings): each one's result and seconds."""
+
     iters, steps = common["iters"], common["negative_steps"]
+    done: dict[str, tuple[TrainResult, float]] = {}
     for name, init_kind in (("plain", "none"), ("mcir", "mix")):
         t = time.perf_counter()
         cfg = TrainConfig(data=[str(train_dir)], output=str(out / "runs" / name), negative_init=init_kind, **common)
@@ -267,27 +283,37 @@ def _retrain_both(out: Path, train_dir: Path, common: dict[str, Any], runs: dict
         res = retrain(cfg, on_step=(lambda s, n=name: on_step(n, s.step, iters)) if on_step else None)
         if res.stopped_early:
             note(f"{name}: {res.stopped_early}", "warn")
-        runs[name] = res.run_dir
-        timings[f"retrain {name}"] = time.perf_counter() - t
+        done[name] = res, time.perf_counter() - t
+    return done
 
 
-def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: dict[str, Path],
-                       timings: dict[str, float], *, device: str, top_k: int, n_resamples: int,
-                       seed: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Scored:
+    """The start and both retrains evaluated, compared and drawn."""
+
+    results: dict[str, Path]  # label -> evaluation JSON
+    comparison: Any  # results.Comparison of start, plain, MCIR
+    head_to_head: Any  # results.Comparison of plain (baseline) vs MCIR
+    comparison_json: Path
+    visuals: list[Path]  # strips and charts
+    strips: list[Path]
+    seconds: dict[str, float]  # "evaluate", "compare + visuals"
+
+
+def _score_and_compare(out: Path, test_dir: Path, start: _Start, runs: dict[str, Path], *, device: str,
+                       top_k: int, n_resamples: int, seed: int) -> _Scored:
     """Evaluate the start and both retrains, compare them, draw the pictures."""
     t = time.perf_counter()
-    labels = {"start": start["label"], **RETRAIN_LABELS}
-    ckpts = {"start": Path(start["ckpt"]), "plain": runs["plain"] / "model.safetensors",
+    labels = {"start": start.label, **RETRAIN_LABELS}
+    ckpts = {"start": Path(start.ckpt), "plain": runs["plain"] / "model.safetensors",
              "mcir": runs["mcir"] / "model.safetensors"}
     models, results, result_files = {}, {}, {}
     for key in ("start", "plain", "mcir"):
         model = load_model(ckpts[key])
-        res = evaluate_model(model, [test_dir], task="sr", device=device)
-        res["model"]["label"] = labels[key]
         path = out / "results" / f"{key}.json"
-        atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        res = evaluate_labelled(model, [test_dir], Scoring(task="sr", device=device), labels[key], out=path)
         models[key], results[key], result_files[labels[key]] = model, res, path
-    timings["evaluate"] = time.perf_counter() - t
+    seconds = {"evaluate": time.perf_counter() - t}
     t = time.perf_counter()
     comp = compare_results([results["start"], results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
     h2h = compare_results([results["plain"], results["mcir"]], n_resamples=n_resamples, seed=seed)
@@ -299,42 +325,24 @@ def _score_and_compare(out: Path, test_dir: Path, start: dict[str, Any], runs: d
                                        vis_dir / "mcir-vs-plain", top_k, device=device)
     visuals = [*main_vis["strips"], *main_vis["charts"], *h2h_vis["strips"], *h2h_vis["charts"]]
     comparison_json = write_exports(comp, {"json": out / "comparison.json"})[0]
-    timings["compare + visuals"] = time.perf_counter() - t
-    return {"results": result_files, "comparison": comp, "head_to_head": h2h,
-            "comparison_json": comparison_json, "visuals": visuals,
-            "strips": [*main_vis["strips"], *h2h_vis["strips"]]}
+    seconds["compare + visuals"] = time.perf_counter() - t
+    return _Scored(result_files, comp, h2h, comparison_json, visuals, [*main_vis["strips"], *h2h_vis["strips"]],
+                   seconds)
 
 
-def _check_ratio(run: Path, note: _Notes) -> float | None:
-    """The MCIR run's mean contrast ratio, with a warning outside mcir's heuristic band
-    that names a λ to try (`guard.lambda_for_band`)."""
-    ratio = mean_contrast_ratio(run / "log.jsonl")
+def _check_ratio(mcir: TrainResult, note: _Notes) -> float | None:
+    """The MCIR run's mean contrast ratio (`TrainResult.mean_ratio`), with a warning
+    outside mcir's heuristic band that names a λ to try (`guard.lambda_hint`, from the
+    run's mean l_neg/l_rec: each step's ratio over its own λ)."""
+
+    ratio = mcir.mean_ratio
     band = default_ratio_band()
     if ratio is not None and not band[0] <= ratio <= band[1]:
-        hint = lambda_hint(mean_contrast_ratio(run / "log.jsonl", per_lambda=True) or 0.0, band)
+        hint = lambda_hint(mcir.ratio_per_lambda or 0.0, band)
         note(f"the MCIR run's mean contrast ratio λ·l_neg/l_rec was {ratio:.3%}, outside the "
              f"{band[0]:.0%}–{band[1]:.0%} band of mcir's heuristic (not the paper's): the SPN term had "
              + ("little effect" if ratio < band[0] else "a large weight") + f"; {hint}", "warn")
     return ratio
-
-
-def mean_contrast_ratio(log_path: Path, per_lambda: bool = False) -> float | None:
-    """Mean of the logged λ·l_neg/l_rec over a run's steps (None without steps); with
-    `per_lambda`, of l_neg/l_rec (each step's ratio over its own λ, which the guard may
-    have halved)."""
-    values = []
-    try:
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if "event" in rec or not isinstance(rec.get("ratio"), (int, float)):
-                continue
-            if not per_lambda:
-                values.append(float(rec["ratio"]))
-            elif isinstance(rec.get("lam"), (int, float)) and rec["lam"] > 0:
-                values.append(float(rec["ratio"]) / float(rec["lam"]))
-    except OSError:
-        return None
-    return sum(values) / len(values) if values else None
 
 
 def _dataset(root: str) -> Any:

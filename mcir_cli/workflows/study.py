@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcir_cli._helpers.fsutil import atomic_write_text, writable_target
-from mcir_cli.compare.study_results import delta_matrix, summarise, to_markdown, validation_curves
+from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
+from mcir_cli.compare.study_results import delta_matrix, run_name, summarise, to_markdown, validation_curves
 from mcir_cli.data.jpeg import benchmark_qualities
 from mcir_cli.errors import McirError
-from mcir_cli.evaluate.benchmarks import evaluate_model
+from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
 from mcir_cli.losses.embeddings import make_embedding
 from mcir_cli.models.checkpoint import save_safetensors
 from mcir_cli.models.loading import load_model
+from mcir_cli.models.presets import lam_key
 from mcir_cli.render.report import study_report, write_report
 from mcir_cli.train.config import TrainConfig, absolute, load_run_config, make_config, parse_steps
 from mcir_cli.train.run import retrain
@@ -94,7 +95,7 @@ def parse_arm(text: str) -> Arm:
     for item in spec.split(","):
         key, eq, val = item.partition("=")
         key = key.strip().replace("-", "_")
-        key = "lam" if key == "lambda" else key
+        key = lam_key(key)
         if not eq or key not in _PER_ARM:
             raise McirError(f"--arm {name}: {item!r} is not key=value with a key among {', '.join(sorted(_PER_ARM))}")
         if key in settings:
@@ -151,12 +152,14 @@ class StudyPlan:
         d["arms"] = [Arm(a["name"], a["settings"]) for a in d["arms"]]
         return cls(**d)
 
-    def run_name(self, arm: Arm, seed: int) -> str:
-        return f"{arm.name}-s{seed}"
+    def run_name(self, arm: Arm | str, seed: int) -> str:
+        """The unit of `arm` (or the arm of that name) with `seed`: its run folder,
+        results file and row in study.json (`study_results.run_name`)."""
+        return run_name(arm.name if isinstance(arm, Arm) else arm, seed)
 
     def start_name(self, seed: int) -> str:
         """The table's start row: the pretrained model, or each seed's initialisation."""
-        return f"start-s{seed}" if self.from_scratch else "start"
+        return self.run_name("start", seed) if self.from_scratch else "start"
 
     def init_path(self, seed: int) -> Path:
         return Path(self.output) / "init" / f"s{seed}.safetensors"
@@ -198,13 +201,10 @@ def _check_same_plan(plan: StudyPlan, path: Path) -> None:
 def evaluate_unit(plan: StudyPlan, weights: str | Path | None, label: str, out: Path,
               training: dict[str, Any] | None = None) -> dict[str, Any]:
     loaded = load_model(weights, plan.model, plan.scale, res_scale=plan.common.get("res_scale"))
-    result = evaluate_model(loaded, plan.benchmarks, device=plan.device, task=plan.common.get("task"),
-                            jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
-    result["model"]["label"] = label
-    if training is not None:
-        result["training"] = training
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    return result
+    scoring = Scoring(device=plan.device, task=plan.common.get("task"),
+                      jpeg_quality=benchmark_qualities(plan.common.get("jpeg_quality")))
+    return evaluate_labelled(loaded, plan.benchmarks, scoring, label, out=out,
+                             extra={"training": training} if training is not None else None)
 
 
 def write_init(plan: StudyPlan, seed: int) -> Path:
@@ -271,7 +271,7 @@ def create_study(plan: StudyPlan) -> None:
     writable_target(root, "study folder")
     (root / "results").mkdir(parents=True)
     plan_json = {**plan.to_json(), "recipe": plan.recipe_note()}
-    atomic_write_text(root / "plan.json", json.dumps(plan_json, indent=2) + "\n")
+    write_json(root / "plan.json", plan_json)
 
 
 def open_study(plan: StudyPlan) -> None:
@@ -325,7 +325,7 @@ def write_summary(plan: StudyPlan) -> dict[str, Any]:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((root / "results").glob("*.json"))}
     runs = {plan.run_name(arm, seed): Path(plan.config(arm, seed).output) for arm in plan.arms for seed in plan.seeds}
     summary = summarise(plan, results, validation_curves(plan, runs) if plan.val_every else None)
-    atomic_write_text(root / "study.json", json.dumps(summary, indent=2) + "\n")
+    write_json(root / "study.json", summary)
     atomic_write_text(root / "study.md", to_markdown(summary))
     _write_report(plan, summary, results, runs, root / "report.html")
     return summary
