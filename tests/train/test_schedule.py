@@ -33,6 +33,7 @@ def test_the_lr_equals_torch_lambdalr_to_the_bit(tmp_path, recipe, lr_scale):
     for step in range(cfg.iters):
         group_lr = sched.base_lrs[0] * sched.lr_lambdas[0](sched.last_epoch)
         assert learning_rate(cfg, step, lr_scale) == group_lr, step
+        opt.step()  # no gradient: nothing moves, but the scheduler sees the order it expects
         sched.step()
 
 
