@@ -1,5 +1,5 @@
-"""The collapse guard, λ control, rollback points, run folder and run configuration on
-their own: no model, no run."""
+"""The collapse guard, λ control, rollback points and validation collapse
+(`mcir_cli.train.guard`) on their own: no model, no run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import random
 
 import pytest
 
-from mcir_cli.errors import McirError
 from mcir_cli.losses.spn import error_magnitude
-from mcir_cli.train.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, parse_steps
-from mcir_cli.train.ema import start_share
 from mcir_cli.train.guard import (
     DOMINANCE_PATIENCE,
     CollapseGuard,
@@ -21,8 +18,6 @@ from mcir_cli.train.guard import (
     contrast_ratio,
     validation_collapse,
 )
-from mcir_cli.train.parts import lr_factor
-from mcir_cli.train.rundir import RunFolder
 
 
 def _feed(guard: CollapseGuard, loss_name: str, values: list[float]) -> list[str]:
@@ -130,137 +125,6 @@ def test_validation_collapse():
     assert validation_collapse(28.0, None, 1.0) is None
     assert validation_collapse(float("nan"), 32.5, 1.0) == "non-finite validation PSNR"
     assert validation_collapse(None, 32.5, 1.0) is None  # a DDP rank that does not validate
-
-
-# --------------------------------------------------------------------------- config
-
-
-def test_fitted_steps_keep_the_papers_ratios_and_fit_the_run():
-    assert fitted_steps(300) == (4, 19, 38, 75)
-    assert fitted_steps(1000) == (12, 62, 125, 250)
-    assert fitted_steps(8000) == PAPER_STEPS == fitted_steps(500_000)
-    # the floor: never faster than every 2 steps, the paper's 1:5:10:20 kept (not 1, 2, 3, 4)
-    assert fitted_steps(3) == fitted_steps(40) == fitted_steps(160) == (2, 10, 20, 40)
-    assert fitted_steps(200) == (2, 12, 25, 50)  # above the floor: the slowest updates 4 times
-    assert parse_steps("paper") == "paper" and parse_steps("auto") == "auto"
-    assert parse_steps("3,7") == (3, 7)
-
-
-def _cfg(tmp_path, **kw) -> TrainConfig:
-    return TrainConfig(data=[str(tmp_path)], output=str(tmp_path / "run"), **kw)
-
-
-def test_config_validates_when_built(tmp_path):
-    with pytest.raises(McirError, match="--iters must be at least 1"):
-        _cfg(tmp_path, iters=0)
-    with pytest.raises(McirError, match="the PSNR loss is signed"):
-        _cfg(tmp_path, loss="psnr", lam_auto=True)
-    assert _cfg(tmp_path, iters=300).negative_steps == PAPER_STEPS  # the paper's, unless asked
-
-
-def test_a_resume_that_extends_iters_keeps_the_cosine_curve(tmp_path):
-    cfg = _cfg(tmp_path, iters=100, schedule="cosine", lr=1e-4, eta_min=1e-6)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"config": cfg.to_json()}))
-    longer = load_run_config(run, iters=200)
-    assert (longer.iters, longer.schedule_iters) == (200, 100)
-    f, g = lr_factor(cfg), lr_factor(longer)
-    assert [f(s) for s in range(100)] == [g(s) for s in range(100)]
-    assert g(150) == pytest.approx(1e-2)  # at its floor past the planned horizon
-
-
-def test_ema_share_of_the_start():
-    assert start_share(0.999, 1000) == pytest.approx(0.368, abs=1e-3)
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def test_run_folder_validation_history(tmp_path):
-    folder = RunFolder(tmp_path)
-    header = {"conventions": {}, "data": {}}
-    for step, psnr in ((0, 30.0), (2, 30.5), (4, 30.2)):
-        folder.record_validation({"step": step, "psnr": psnr}, header)
-    data = json.loads((tmp_path / "val.json").read_text())
-    assert data["best"] == {"step": 2, "psnr": 30.5}
-    folder.record_validation({"step": 2, "psnr": 29.0}, header)  # a resumed step 2 replaces 2 and after
-    assert [h["step"] for h in folder.validations(10)] == [0, 2]
-    assert [h["step"] for h in folder.validations(1)] == [0]
-    (tmp_path / "val.json").write_text("{}")
-    with pytest.raises(McirError, match="val.json is damaged"):
-        folder.validations(10)
-
-
-def test_run_folder_log_truncation_and_unstarted(tmp_path):
-    folder = RunFolder(tmp_path)
-    (tmp_path / "config.json").write_text("{}")
-    assert folder.is_unstarted()
-    lines = [{"event": "start", "step": 0}, {"step": 1, "l_rec": 0.1}, {"step": 2, "l_rec": 0.1}]
-    (tmp_path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 3, "l_r')
-    assert folder.is_unstarted()  # steps logged, but nothing saved to resume from
-    (tmp_path / "state.pt").write_bytes(b"")
-    assert not folder.is_unstarted()
-    folder.truncate_log(1)
-    assert [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1]
-
-
-def test_run_folder_lock_is_exclusive(tmp_path):
-    folder = RunFolder(tmp_path)
-    with folder.lock():
-        with pytest.raises(McirError, match="another mcir process"):
-            with RunFolder(tmp_path).lock():
-                pass
-    with RunFolder(tmp_path).lock():  # released
-        pass
-
-
-def test_discard_keeps_a_run_that_got_going(tmp_path):
-    started = tmp_path / "a"
-    started.mkdir()
-    (started / "log.jsonl").write_text('{"step": 1, "l_rec": 0.1}\n')
-    RunFolder(started).discard_if_unstarted()
-    assert started.exists()
-    empty = tmp_path / "b"
-    (empty / "sub").mkdir(parents=True)
-    RunFolder(empty).discard_if_unstarted()
-    assert not empty.exists()
-
-
-def test_a_multi_scale_preset_takes_the_scale_of_its_training_data(tmp_path):
-    """`--model swinir-light --data DIV2K/` with only X4 LR: x4, said in the recipe note."""
-    import torch
-
-    from mcir_cli.data.imageio import write_image
-    from mcir_cli.train.config import make_config
-
-    root = tmp_path / "DIV2K"
-    write_image(root / "DIV2K_train_HR" / "0001.png", torch.rand(3, 32, 32))
-    write_image(root / "DIV2K_train_LR_bicubic" / "X4" / "0001x4.png", torch.rand(3, 8, 8))
-    cfg = make_config([root], tmp_path / "run", model="swinir-light")
-    assert cfg.scale == 4 and "x4: the one scale of the training data" in cfg.recipe_note
-    with pytest.raises(McirError, match="several scales"):
-        make_config([tmp_path / "nothing"], tmp_path / "run", model="swinir-light")
-
-
-def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path):
-    import errno
-
-    from mcir_cli.train.rundir import RunLog
-
-    log = RunLog(tmp_path / "log.jsonl")
-
-    class Full:
-        def write(self, text):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def close(self):
-            pass
-
-    log.fh = Full()
-    with pytest.raises(McirError, match="No space left on device") as info:
-        log.write({"step": 1})
-    assert "log.jsonl" in str(info.value)
 
 
 def test_lambda_to_try_comes_from_the_ratio_per_unit_lambda():
