@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,7 @@ import torch
 from mcir_cli._helpers import fsutil
 from mcir_cli._helpers.fsutil import atomic_write, atomic_write_text, confined, safe_name
 from mcir_cli.errors import McirError
-
-
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+from tests.conftest import files_under
 
 
 NASTY = [
@@ -86,7 +81,7 @@ def test_failed_write_names_the_file_and_keeps_the_previous(tmp_path, code, reas
         atomic_write(target, _partial_then(OSError(code, os.strerror(code))))
     msg = str(info.value)
     assert msg.startswith(f"{target}: cannot write: {reason}") and "previous version is kept" in msg
-    assert target.read_text() == "old" and _files(tmp_path) == ["r.json"]
+    assert target.read_text() == "old" and files_under(tmp_path) == ["r.json"]
 
 
 def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
@@ -105,11 +100,11 @@ def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
     target = tmp_path / "model.pth"
     with pytest.raises(McirError, match=r"model\.pth: cannot write: no space left on device$"):
         save_like(Checkpoint(None, {}), {"w": torch.zeros(2)}, target)
-    assert _files(tmp_path) == []
+    assert files_under(tmp_path) == []
     monkeypatch.setattr(fsutil, "_probe_write_errno", lambda tmp: None)  # space again: torch's words
     with pytest.raises(McirError, match=r"model\.pth: cannot write: \[enforce fail at inline_container"):
         save_like(Checkpoint(None, {}), {"w": torch.zeros(2)}, target)
-    assert _files(tmp_path) == []
+    assert files_under(tmp_path) == []
 
 
 def test_a_library_that_says_os_error_28(tmp_path):
@@ -117,7 +112,7 @@ def test_a_library_that_says_os_error_28(tmp_path):
     with pytest.raises(McirError, match="no space left on device"):
         atomic_write(target, _partial_then(Exception("Error while serializing: I/O error: "
                                                      "No space left on device (os error 28)")))
-    assert _files(tmp_path) == []
+    assert files_under(tmp_path) == []
 
 
 def test_unwritable_folder_names_the_target(tmp_path, monkeypatch):
@@ -150,24 +145,7 @@ def test_any_exception_leaves_no_temp_file(tmp_path, monkeypatch, stage, exc):
     with pytest.raises(type(exc)):  # not turned into a user error: re-raised as it is
         atomic_write(target, write)
     monkeypatch.undo()
-    assert target.read_bytes() == b"previous" and _files(tmp_path) == ["state.pt"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 64 KiB tmpfs (needs root and mount; skipped where either is missing)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    assert target.read_bytes() == b"previous" and files_under(tmp_path) == ["state.pt"]
 
 
 def _writers():
@@ -190,4 +168,4 @@ def test_real_full_disk(small_disk, kind):
     with pytest.raises(McirError) as info:
         _writers()[kind](target)
     assert str(info.value) == f"{target}: cannot write: no space left on device; the previous version is kept"
-    assert target.read_text() == "previous" and _files(small_disk) == ["out.bin"]
+    assert target.read_text() == "previous" and files_under(small_disk) == ["out.bin"]

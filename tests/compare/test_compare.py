@@ -17,23 +17,8 @@ from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import AVERAGE, compare_results, conventions_text, render_evidence
 from mcir_cli.compare.stats import PairedStats, paired_stats, verdict
 from mcir_cli.errors import McirError
-
-CONV = {"y_channel": True, "crop_border": 4, "quantize": "uint8"}
-
-
-def result(label, datasets, conv=CONV, checkpoint=None):
-    """datasets: {name: {image: (psnr, ssim)}}; dataset means are the image means."""
-    return {
-        "conventions": dict(conv),
-        "model": {"checkpoint": checkpoint or f"/ckpt/{label}.pth", "sha256": "ab" * 32,
-                  "architecture": "EDSR", "scale": 4, "label": label},
-        "datasets": {
-            ds: {"psnr": float(np.mean([v[0] for v in imgs.values()])),
-                 "ssim": float(np.mean([v[1] for v in imgs.values()])),
-                 "images": [{"name": n, "psnr": p, "ssim": s} for n, (p, s) in imgs.items()]}
-            for ds, imgs in datasets.items()
-        },
-    }
+from tests.conftest import RESULT_CONV as CONV
+from tests.conftest import result
 
 
 def stats_of(deltas, **kw):

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import shared_path
+from tests.conftest import CROP_NAMES, shared_path
 
 from mcir_cli.data.datasets import add_noise, discover, iter_pairs, load_pair, mod_crop
 from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
-
-NAMES = ("baby", "bird", "butterfly")
-
-
-@pytest.fixture(scope="module")
-def crops() -> dict[str, torch.Tensor]:
-    """48x48 crops (3 x 48 x 48, [0, 1]) of three real Set5 HR images."""
-    hr = shared_path("data", "sr", "Set5", "HR")
-    return {n: read_image(hr / f"{n}.png")[:, 100:148, 60:108].contiguous() for n in NAMES}
 
 
 def bicubic_lr(hr: torch.Tensor, s: int) -> torch.Tensor:
@@ -50,7 +41,7 @@ def test_swinir_edsr_layout(tmp_path, crops, s):
     root = write_sr(tmp_path / "tiny", "HR", f"LR_bicubic/X{s}", crops, s)
     d = discover(root, scale=s)
     assert (d.task, d.scale, d.layout) == ("sr", s, f"HR/ + LR_bicubic/X{s}/")
-    assert [p.name for p in d.pairs] == sorted(NAMES)
+    assert [p.name for p in d.pairs] == sorted(CROP_NAMES)
     for pair, lq, gt in iter_pairs(d):
         assert pair.lq.name == f"{pair.name}x{s}.png" and pair.gt.name == f"{pair.name}.png"
         assert lq.shape == (3, 48 // s, 48 // s) and gt.shape == (3, 48 - 48 % s, 48 - 48 % s)
@@ -68,7 +59,7 @@ def test_basicsr_layout_and_scale_suffixes(tmp_path, crops, lr_name):
     root = write_sr(tmp_path / "tiny", "GTmod12", "LRbicx4", crops, 4, lr_name=lr_name)
     d = discover(root, scale=4)
     assert (d.task, d.scale, d.layout) == ("sr", 4, "GTmod12/ + LRbicx4/")
-    assert [p.name for p in d.pairs] == sorted(NAMES)
+    assert [p.name for p in d.pairs] == sorted(CROP_NAMES)
     assert all(p.gt.stem == p.name for p in d.pairs)
 
 
@@ -153,7 +144,7 @@ def test_paired_layouts(tmp_path, crops, lq_dir, gt_dir, task):
     root = write_paired(tmp_path / "pairs", lq_dir, gt_dir, crops)
     d = discover(root)
     assert (d.task, d.scale, d.layout) == (task, 1, f"{lq_dir}/ + {gt_dir}/")
-    assert [p.name for p in d.pairs] == sorted(NAMES)
+    assert [p.name for p in d.pairs] == sorted(CROP_NAMES)
     for pair, lq, gt in iter_pairs(d):
         assert pair.lq.parent.name == lq_dir and pair.gt.parent.name == gt_dir
         assert lq.shape == gt.shape == (3, 48, 48)

@@ -7,20 +7,13 @@ import os
 import stat
 
 import pytest
-from tests.conftest import shared_path
+from tests.conftest import one_line_error, shared_path
 from typer.testing import CliRunner
 
 from mcir_cli import __version__
 from mcir_cli.cli import app
 
 runner = CliRunner()
-
-
-def _one_line_error(res, code: int = 2) -> str:
-    assert res.exit_code == code, res.output
-    out = res.output.strip()
-    assert out.startswith("error: ") and "\n" not in out and "Traceback" not in out, out
-    return out
 
 
 def test_version():
@@ -40,16 +33,12 @@ def test_help_shows_the_defaults():
 def test_garbage_checkpoint_is_one_line(tmp_path, content):
     bad = tmp_path / "model.pth"
     bad.write_bytes(content)
-    out = _one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]))
+    out = one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]))
     assert str(bad) in out and "not a torch checkpoint" in out
 
 
 def _set5():
     return shared_path("data", "sr", "Set5")
-
-
-def _imdn():
-    return shared_path("weights", "IMDN", "IMDN_x4.pth")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -62,28 +51,28 @@ def _imdn():
     (["--amp", "xyz"], "--amp must be bf16 or fp32"),
     (["--noise-sigma", "nan"], "--noise-sigma must be a number >= 0"),
 ])
-def test_evaluate_bad_flags_are_one_line(args, message):
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--device", "cpu", *args])
-    assert message in _one_line_error(res)
+def test_evaluate_bad_flags_are_one_line(imdn, args, message):
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(_set5()), "--device", "cpu", *args])
+    assert message in one_line_error(res)
 
 
-def test_outputs_are_checked_before_any_work(tmp_path):
+def test_outputs_are_checked_before_any_work(imdn, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    base = ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--device", "cpu"]
-    out = _one_line_error(runner.invoke(app, [*base, "-o", str(a_file / "r.json")]))
+    base = ["evaluate", "--checkpoint", str(imdn), "--data", str(_set5()), "--device", "cpu"]
+    out = one_line_error(runner.invoke(app, [*base, "-o", str(a_file / "r.json")]))
     assert "is not a folder" in out
-    out = _one_line_error(runner.invoke(app, [*base, "--save-images", str(a_file)]))
+    out = one_line_error(runner.invoke(app, [*base, "--save-images", str(a_file)]))
     assert "must be a folder" in out
     if os.geteuid() != 0:  # root writes anywhere; the probe is exercised on /proc below
         locked = tmp_path / "locked"
         locked.mkdir()
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-        _one_line_error(runner.invoke(app, [*base, "-o", str(locked / "r.json")]))
+        one_line_error(runner.invoke(app, [*base, "-o", str(locked / "r.json")]))
     if os.path.isdir("/proc"):
-        out = _one_line_error(runner.invoke(app, [*base, "-o", "/proc/mcir-results.json"]))
+        out = one_line_error(runner.invoke(app, [*base, "-o", "/proc/mcir-results.json"]))
         assert "cannot write the results" in out
-    out = _one_line_error(runner.invoke(app, ["compare", "--checkpoint", str(_imdn()), "--checkpoint", str(_imdn()),
+    out = one_line_error(runner.invoke(app, ["compare", "--checkpoint", str(imdn), "--checkpoint", str(imdn),
                                               "--data", str(_set5()), "--csv", str(a_file / "x.csv")]))
     assert "--csv file" in out
 
@@ -115,17 +104,17 @@ def test_usage_errors_are_one_line_from_the_real_entry_point(args, message):
     assert err.endswith(f"{args[0]} --help)")
 
 
-def test_a_task_the_model_contradicts_is_refused(tmp_path):
+def test_a_task_the_model_contradicts_is_refused(imdn, tmp_path):
     """--task sets the scoring convention: it must not silently contradict the model."""
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--task", "dehaze"])
-    assert "--task dehaze for an x4 super-resolution model" in _one_line_error(res)
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(_set5()), "--task", "dehaze"])
+    assert "--task dehaze for an x4 super-resolution model" in one_line_error(res)
     aod = shared_path("weights", "AODNet", "dehazer.pth")
     sots = shared_path("data", "dehaze", "SOTS_indoor_subset10")
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(aod), "--data", str(sots), "--task", "sr"])
-    assert "--task sr for a model that does not upscale" in _one_line_error(res)
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(_imdn()), "--data", str(_set5()), "--task", "dehaze",
+    assert "--task sr for a model that does not upscale" in one_line_error(res)
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(_set5()), "--task", "dehaze",
                               "--output", str(tmp_path / "run"), "--iters", "1"])
-    assert "--task dehaze for an x4" in _one_line_error(res)
+    assert "--task dehaze for an x4" in one_line_error(res)
     assert not (tmp_path / "run").exists()
 
 

@@ -52,8 +52,7 @@ def test_demo_tiny(tmp_path, monkeypatch):
 def _check_report(r, tmp_path):
     """report.html renders in a real browser, holds both comparisons as their JSON and the
     curves of both retrains, and names the weak start."""
-    from tests.browser import render
-    from tests.e2e.test_report import parsed
+    from tests.browser import parsed, render
 
     rendered = render(r.report, tmp_path / "browser")
     assert rendered.console == []

@@ -6,39 +6,20 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.data.datasets import discover, discover_all, folder_name
-from tests.conftest import shared_path
+from tests.conftest import files_under, one_line_error
 
 runner = CliRunner()
-
-
-def _one_line_error(res, *names: object) -> str:
-    """Exit 2 and exactly one line, `error: ...`, naming every one of `names`."""
-    assert res.exit_code == 2, res.output
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1, res.output
-    line = lines[0]
-    assert line.startswith("error: ") and "Traceback" not in line and "please report" not in line, line
-    for name in names:
-        assert str(name) in line, line
-    return line
-
-
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 def _png(path: Path, w: int, h: int, seed: int = 0) -> Path:
@@ -46,10 +27,6 @@ def _png(path: Path, w: int, h: int, seed: int = 0) -> Path:
     rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(path)
     return path
-
-
-def _imdn() -> Path:
-    return shared_path("weights", "IMDN", "IMDN_x4.pth")
 
 
 def test_dataset_name_of_a_path_ending_in_dotdot_is_the_real_folder(tmp_path):
@@ -66,7 +43,7 @@ def test_dataset_name_of_a_path_ending_in_dotdot_is_the_real_folder(tmp_path):
     assert names == ["A/S5", "B/S5"]  # the parent prefix of a collision is a real name too
 
 
-def test_save_images_of_a_dotdot_dataset_stay_inside(tmp_path):
+def test_save_images_of_a_dotdot_dataset_stay_inside(imdn, tmp_path):
     """`--data A/S5/sub/..` used to make the dataset name "..": images went to DIR's parent."""
     s5 = tmp_path / "A" / "S5"
     for i, n in enumerate(("a", "b")):
@@ -74,11 +51,11 @@ def test_save_images_of_a_dotdot_dataset_stay_inside(tmp_path):
     (s5 / "sub").mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(s5 / "sub" / ".."),
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(s5 / "sub" / ".."),
                               "--scale", "4", "--device", "cpu", "--save-images", str(out / "imgs"),
                               "-o", str(out / "r.json")])
     assert res.exit_code == 0, res.output
-    assert _files(out) == ["imgs", "imgs/S5", "imgs/S5/a.png", "imgs/S5/b.png", "r.json"]
+    assert files_under(out) == ["imgs", "imgs/S5", "imgs/S5/a.png", "imgs/S5/b.png", "r.json"]
     assert list(json.loads((out / "r.json").read_text())["datasets"]) == ["S5"]
     again = runner.invoke(app, ["evaluate", "--restored", str(out / "imgs"), "--data", str(s5), "--scale", "4"])
     assert again.exit_code == 0, again.output
@@ -93,17 +70,17 @@ def test_bicubic_save_images_of_a_dotdot_dataset_stay_inside(tmp_path):
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(s5 / "sub" / ".."), "--scale", "4",
                               "--save-images", str(out / "imgs")])
     assert res.exit_code == 0, res.output
-    assert _files(out) == ["imgs", "imgs/S5", "imgs/S5/a.png"]
+    assert files_under(out) == ["imgs", "imgs/S5", "imgs/S5/a.png"]
 
 
-def test_score_dataset_confines_names_it_did_not_choose(tmp_path):
+def test_score_dataset_confines_names_it_did_not_choose(imdn, tmp_path):
     """A Dataset built by API users (or a future layout) with hostile names."""
     from dataclasses import replace
 
     from mcir_cli.evaluate.benchmarks import conventions_for, score_dataset
     from mcir_cli.models.loading import load_model
 
-    model = load_model(_imdn())
+    model = load_model(imdn)
     folder = tmp_path / "data"
     _png(folder / "HR" / "x.png", 32, 32)
     d = discover(folder, scale=4)
@@ -111,7 +88,7 @@ def test_score_dataset_confines_names_it_did_not_choose(tmp_path):
     save = tmp_path / "deep" / "save"
     save.mkdir(parents=True)
     score_dataset(model, d, conventions_for("sr", 4), device=torch.device("cpu"), save_dir=save)
-    assert _files(tmp_path / "deep") == ["save", "save/_", "save/_/_", "save/_/_/escape", "save/_/_/escape/__.._.._.._x.png"]
+    assert files_under(tmp_path / "deep") == ["save", "save/_", "save/_/_", "save/_/_/escape", "save/_/_/escape/__.._.._.._x.png"]
 
 
 def test_cli_disk_full_on_the_results_is_one_line(tmp_path, monkeypatch):
@@ -129,24 +106,7 @@ def test_cli_disk_full_on_the_results_is_one_line(tmp_path, monkeypatch):
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(folder), "--scale", "4", "-o", str(out)])
     assert res.exit_code == 2, res.output
     assert res.stderr.strip() == f"error: {out}: cannot write: no space left on device", res.stderr
-    assert _files(tmp_path) == ["data", "data/a.png"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 64 KiB tmpfs (needs root and mount; skipped where either is missing)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    assert files_under(tmp_path) == ["data", "data/a.png"]
 
 
 def test_real_full_disk_from_the_cli(small_disk, tmp_path):
@@ -160,20 +120,20 @@ def test_real_full_disk_from_the_cli(small_disk, tmp_path):
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(folder), "--scale", "4", "-o", str(out)])
     assert res.exit_code == 2, res.output
     assert res.stderr.strip() == f"error: {out}: cannot write: no space left on device", res.stderr
-    assert _files(small_disk) == ["filler"]
+    assert files_under(small_disk) == ["filler"]
 
 
-def test_one_pixel_image_is_one_line_and_writes_nothing(tmp_path):
+def test_one_pixel_image_is_one_line_and_writes_nothing(imdn, tmp_path):
     folder = tmp_path / "tiny"
     one = _png(folder / "one.png", 1, 1)
     out = tmp_path / "out"
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(folder), "--scale", "4", "-o", str(out / "r.json"),
                               "--save-images", str(out / "imgs")])
-    assert "too small for x4" in _one_line_error(res, one)
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(_imdn()), "--data", str(folder), "--scale", "4",
+    assert "too small for x4" in one_line_error(res, one)
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(folder), "--scale", "4",
                               "--device", "cpu", "--save-images", str(out / "imgs"), "-o", str(out / "r.json")])
-    assert "too small for x4" in _one_line_error(res, one)
-    assert _files(tmp_path) == ["tiny", "tiny/one.png"]
+    assert "too small for x4" in one_line_error(res, one)
+    assert files_under(tmp_path) == ["tiny", "tiny/one.png"]
 
 
 def test_too_small_for_the_border_or_ssim_is_one_line(tmp_path):
@@ -183,10 +143,10 @@ def test_too_small_for_the_border_or_ssim_is_one_line(tmp_path):
     lr = _png(folder / "LR_bicubic" / "X4" / "one.png", 1, 1)
     _png(folder / "LR_bicubic" / "X4" / "a.png", 8, 8)
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(folder), "-o", str(tmp_path / "r.json")])
-    line = _one_line_error(res, lr)
+    line = one_line_error(res, lr)
     assert "image 4x4 is too small" in line and "needs at least 19x19" in line
     res = runner.invoke(app, ["evaluate", "--bicubic", "--data", str(folder), "--crop-border", "0"])
-    assert "needs at least 11x11" in _one_line_error(res, lr)
+    assert "needs at least 11x11" in one_line_error(res, lr)
     assert not (tmp_path / "r.json").exists()
 
 
@@ -198,13 +158,13 @@ def _pk_garbage(path: Path) -> Path:
 
 def test_zip_garbage_checkpoint_names_the_file(tmp_path):
     bad = _pk_garbage(tmp_path / "model.pth")
-    assert "not a readable torch checkpoint" in _one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]), bad)
+    assert "not a readable torch checkpoint" in one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]), bad)
     folder = tmp_path / "data"
     _png(folder / "a.png", 32, 32)
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(bad), "--data", str(folder), "--scale", "4",
                               "-o", str(tmp_path / "r.json"), "--save-images", str(tmp_path / "imgs")])
-    _one_line_error(res, bad)
-    assert _files(tmp_path) == ["data", "data/a.png", "model.pth"]
+    one_line_error(res, bad)
+    assert files_under(tmp_path) == ["data", "data/a.png", "model.pth"]
 
 
 def test_reader_os_errors_name_the_checkpoint(tmp_path, monkeypatch):
@@ -215,11 +175,11 @@ def test_reader_os_errors_name_the_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(torch, "load", einval)
-    out = _one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]), bad)
+    out = one_line_error(runner.invoke(app, ["models", "inspect", str(bad)]), bad)
     assert "damaged zip archive: Invalid argument" in out
 
 
-def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
+def test_results_of_the_same_name_are_told_apart_by_theirfiles_under(tmp_path):
     """`mcir compare a/X4.json b/X4.json` named them "X4 (1)"/"X4 (2)" in its messages."""
     import json as _json
 

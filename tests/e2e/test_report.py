@@ -9,8 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from mcir_cli.cli import app
 from mcir_cli.compare.exports import fmt_dpsnr, fmt_dssim, fmt_psnr, fmt_ssim
 from mcir_cli.train.config import TrainConfig
 from mcir_cli.train.run import retrain
-from tests.browser import render
+from tests.browser import parsed, render
 from tests.conftest import set5_crops
 
 if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 8.2
@@ -30,39 +28,6 @@ else:
     runner = CliRunner()
 
 pytestmark = pytest.mark.slow
-
-
-class Cells(HTMLParser):
-    """Every element with data-kind: its data-* attributes and its text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cells: list[dict] = []
-        self._open: list[dict | None] = []
-        self.imgs: list[str] = []
-        self.body: dict[str, str] = {}
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.imgs.append(a.get("src", ""))
-            return
-        if tag == "body":
-            self.body = a
-        cell = {k[5:]: v for k, v in a.items() if k.startswith("data-")} if "data-kind" in a else None
-        if cell is not None:
-            cell["text"] = ""
-            self.cells.append(cell)
-        self._open.append(cell)
-
-    def handle_endtag(self, tag):
-        if self._open and tag not in ("img", "meta", "br"):
-            self._open.pop()
-
-    def handle_data(self, data):
-        for cell in self._open:
-            if cell is not None:
-                cell["text"] += data
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +44,6 @@ def report(imdn, train_dir, tmp_path_factory):
     assert r.exit_code == 0, r.output + r.stderr
     return {"page": page, "json": json.loads(cmp_json.read_text()), "run": run, "root": root,
             "stdout": r.stdout, "rendered": render(page, root / "browser")}
-
-
-def parsed(dom: str) -> Cells:
-    p = Cells()
-    p.feed(dom)
-    return p
 
 
 def test_the_page_renders_on_a_phone_without_errors(report):
@@ -204,21 +163,3 @@ def test_sigterm_while_the_report_is_made_leaves_no_temporary_folder(report, imd
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert list(out.iterdir()) == []
-
-
-def test_per_image_table_has_every_later_models_delta():
-    """Three models: the per-image table holds Δ of both later models vs the baseline,
-    not only the last one's."""
-    from mcir_cli.compare.results import compare_results
-    from mcir_cli.render.report import per_image_html
-    from tests.compare.test_compare import result
-
-    imgs = {"start": {"a": (30.0, 0.9), "b": (31.0, 0.9)}, "plain": {"a": (30.2, 0.9), "b": (30.9, 0.9)},
-            "mcir": {"a": (30.5, 0.9), "b": (31.4, 0.9)}}
-    comp = compare_results([result(k, {"Set5": v}) for k, v in imgs.items()], n_resamples=200)
-    cells = parsed(per_image_html(comp, "Set5", "main")).cells
-    deltas = {(c["model"], c["image"]): c["text"] for c in cells if c["kind"] == "image-delta"}
-    assert deltas == {("plain", "a"): fmt_dpsnr(0.2), ("plain", "b"): fmt_dpsnr(-0.1),
-                      ("mcir", "a"): fmt_dpsnr(0.5), ("mcir", "b"): fmt_dpsnr(0.4)}
-    html = per_image_html(comp, "Set5", "main")
-    assert "Δ plain</th>" in html and "Δ mcir</th>" in html

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from tests.conftest import shared_path
+from tests.conftest import one_line_error, shared_path
 from PIL import Image, ImageCms, ImageOps
 from typer.testing import CliRunner
 
@@ -49,11 +49,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def _one_line_error(*args: str) -> str:
-    res = runner.invoke(app, ["restore", *args])
-    assert res.exit_code == 2, res.output
-    out = res.output.strip()
-    assert out.startswith("error: ") and "\n" not in out and "Traceback" not in out, out
-    return out
+    return one_line_error(runner.invoke(app, ["restore", *args]))
 
 
 def _levels(path) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,36 +14,21 @@ from mcir_cli._helpers.fsutil import sha256_file
 from mcir_cli.cli import app
 from mcir_cli.data.imageio import read_image, write_image
 from mcir_cli.data.resize import imresize
-from tests.conftest import set5_crops, shared_path
+from tests.conftest import read_log, shared_path
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def ckpt() -> Path:
-    return shared_path("weights", "DCTLSA", "X4.pt")
-
-
-@pytest.fixture(scope="module")
-def small_val(tmp_path_factory) -> Path:
-    """Two 64x64 HR crops of real Set5 images with MATLAB-bicubic LR (fast validation)."""
-    return set5_crops(tmp_path_factory.mktemp("val"), ("baby", "bird"), 64)
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
-    before = sha256_file(ckpt)
+def test_retrain_cli_end_to_end(dctlsa, train_dir, small_val, tmp_path):
+    before = sha256_file(dctlsa)
     run = tmp_path / "RUN"
     res = runner.invoke(app, [
-        "retrain", "--checkpoint", str(ckpt), "--data", str(train_dir), "--val", str(small_val),
+        "retrain", "--checkpoint", str(dctlsa), "--data", str(train_dir), "--val", str(small_val),
         "--iters", "8", "--batch", "2", "--patch", "16", "--negative-steps", "2,4,8",
         "--embedding-init", "random", "--device", "cpu", "--output", str(run),
     ])
     assert res.exit_code == 0, res.output
-    assert sha256_file(ckpt) == before  # the input checkpoint is only read
+    assert sha256_file(dctlsa) == before  # the input checkpoint is only read
     log = read_log(run)
     steps = [r for r in log if "event" not in r]
     assert [r["step"] for r in steps] == list(range(1, 9))
@@ -72,7 +56,7 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
     from mcir_cli.evaluate.benchmarks import evaluate_model
     from mcir_cli.models.loading import load_model
 
-    start = evaluate_model(load_model(ckpt), [small_val], device="cpu")["datasets"][small_val.name]
+    start = evaluate_model(load_model(dctlsa), [small_val], device="cpu")["datasets"][small_val.name]
     assert [h["step"] for h in val["history"]] == [0, 8]
     assert val["history"][0]["psnr"] == pytest.approx(start["psnr"], abs=1e-9)
     assert (run / "best.safetensors").exists()
@@ -117,29 +101,29 @@ def test_retrain_cli_end_to_end(ckpt, train_dir, small_val, tmp_path):
         (["--ratio-band", "0.1,0.01"], "--ratio-band must be two numbers"),
     ],
 )
-def test_bad_input_is_one_line(ckpt, train_dir, tmp_path, args, message):
+def test_bad_input_is_one_line(dctlsa, train_dir, tmp_path, args, message):
     run = tmp_path / "RUN"
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(train_dir),
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(dctlsa), "--data", str(train_dir),
                               "--output", str(run), "--device", "cpu", *args])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
     assert not run.exists()
 
 
-def test_existing_output_and_empty_data_refused(ckpt, train_dir, tmp_path):
+def test_existing_output_and_empty_data_refused(dctlsa, train_dir, tmp_path):
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(train_dir), "--output", str(existing)])
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(dctlsa), "--data", str(train_dir), "--output", str(existing)])
     assert res.exit_code == 2 and "output folder exists" in res.output
     assert (existing / "keep.txt").read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(ckpt), "--data", str(empty), "--output", str(tmp_path / "r")])
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(dctlsa), "--data", str(empty), "--output", str(tmp_path / "r")])
     assert res.exit_code == 2 and "empty" in res.output
 
 
-def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
+def test_preset_spn_settings_are_the_flag_defaults(dctlsa, train_dir, tmp_path):
     """A user's own preset file: its [spn] values become the run's defaults; flags still win."""
     from mcir_cli.models.presets import presets_dir
 
@@ -151,7 +135,7 @@ def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
     preset = tmp_path / "my-dctlsa.toml"
     preset.write_text(text)
     run = tmp_path / "RUN"
-    res = runner.invoke(app, ["retrain", "--model", str(preset), "--checkpoint", str(ckpt), "--data", str(train_dir),
+    res = runner.invoke(app, ["retrain", "--model", str(preset), "--checkpoint", str(dctlsa), "--data", str(train_dir),
                               "--iters", "1", "--batch", "1", "--patch", "16", "--negative-weight", "0.3",
                               "--device", "cpu", "--output", str(run)])
     assert res.exit_code == 0, res.output
@@ -160,10 +144,9 @@ def test_preset_spn_settings_are_the_flag_defaults(ckpt, train_dir, tmp_path):
     assert cfg["negative_init"] == "copy" and cfg["negative_weight"] == 0.3  # the flag wins
 
 
-def test_cli_exit_code_says_the_run_stopped_early(train_dir, tmp_path):
+def test_cli_exit_code_says_the_run_stopped_early(imdn, train_dir, tmp_path):
     """A run stopped by the collapse guard is not a finished run: exit 1, so that
     `mcir retrain ... && mcir evaluate ...` does not carry on (a signal stop exits 128 + its number: 130, 143)."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     run = tmp_path / "run"
     res = runner.invoke(app, [
         "retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(run),
@@ -175,7 +158,7 @@ def test_cli_exit_code_says_the_run_stopped_early(train_dir, tmp_path):
     assert (run / "model.safetensors").exists()  # the last good weights are still written
 
 
-def test_several_validation_folders(train_dir, small_val, tmp_path):
+def test_several_validation_folders(imdn, train_dir, small_val, tmp_path):
     """--val twice: each folder scored as `mcir evaluate` scores it; best.* follows the mean
     of the dataset means (how papers average benchmarks)."""
     second = tmp_path / "Second"
@@ -183,7 +166,6 @@ def test_several_validation_folders(train_dir, small_val, tmp_path):
         hr = read_image(shared_path("data", "sr", "Set5", "HR", f"{name}.png"))[:, :64, :64]
         write_image(second / "HR" / f"{name}.png", hr)
         write_image(second / "LR_bicubic" / "X4" / f"{name}x4.png", imresize(hr, 1 / 4))
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     run = tmp_path / "run"
     res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--val", str(small_val),
                               "--val", str(second), "--iters", "2", "--batch", "1", "--patch", "16",

@@ -21,20 +21,15 @@ from typer.testing import CliRunner
 from mcir_cli.cli import app
 from mcir_cli.workflows.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths, run_study
 from mcir_cli.workflows.study_units import study_units, unit_log
-from tests.conftest import set5_crops, shared_path
+from tests.conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 ITERS = 8  # several saved steps: a kill and then a preemption land inside training
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
-    return set5_crops(tmp_path_factory.mktemp("bench") / "Set5crops", ("baby", "bird", "butterfly"), 48)
-
-
-def _plan(out: Path, bench: Path) -> StudyPlan:
-    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [bench],
+def _plan(out: Path, set5_bench: Path) -> StudyPlan:
+    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [set5_bench],
                        shared_path("weights", "IMDN", "IMDN_x4.pth"))
     return StudyPlan(**paths, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0], iters=ITERS,
                      common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2, "save_every": 1},
@@ -58,10 +53,10 @@ def _figures(summary: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def serial(bench, tmp_path_factory) -> str:
+def serial(set5_bench, tmp_path_factory) -> str:
     """The study's figures from one serial process."""
     with _one_thread():
-        return _figures(run_study(_plan(tmp_path_factory.mktemp("serial") / "S", bench)))
+        return _figures(run_study(_plan(tmp_path_factory.mktemp("serial") / "S", set5_bench)))
 
 
 def _shard(study: Path, shard: str) -> subprocess.Popen:
@@ -79,7 +74,7 @@ def _wait_for(path: Path, procs: list, what: str, limit: float = 300.0) -> None:
         time.sleep(0.02)
 
 
-def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(bench, serial, tmp_path, monkeypatch):
+def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(set5_bench, serial, tmp_path, monkeypatch):
     """Two concurrent shards; the one inside mcir-s0 is killed (SIGKILL); the unit is
     taken up by a submitted job (submitit's local executor) that is preempted (USR2)
     mid-training, saves, is requeued and resumes; the figures are the serial ones and no
@@ -88,7 +83,7 @@ def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(bench
     from mcir_cli.workflows.study_submit import submit_study
 
     study = tmp_path / "S"
-    create_study(_plan(study, bench))
+    create_study(_plan(study, set5_bench))
     a, b = _shard(study, "0/2"), _shard(study, "1/2")  # a: start, mcir-s0 first; b: plain-s0 first
     state = study / "runs" / "mcir-s0" / "state.pt"
     _wait_for(state, [a], "a's first saved step of mcir-s0")
@@ -125,11 +120,11 @@ def _listing(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
 
 
-def test_bad_cluster_input_is_one_line_and_writes_nothing(bench, tmp_path):
+def test_bad_cluster_input_is_one_line_and_writes_nothing(set5_bench, tmp_path):
     study = tmp_path / "S"
     res = runner.invoke(app, [
         "study", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth")),
-        "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--benchmark", str(bench),
+        "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--benchmark", str(set5_bench),
         "--seeds", "0", "--iters", "2", "--embedding-init", "random", "--device", "cpu", "--plan-only", "-o", str(study),
     ])
     assert res.exit_code == 0 and "plan written" in res.output, res.output

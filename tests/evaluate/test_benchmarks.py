@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import shared_path
+from tests.conftest import CROP_NAMES, NeedsCode, shared_path
 from typer.testing import CliRunner
 
 from mcir_cli.cli import app
@@ -28,8 +28,6 @@ if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:  # click < 
 else:  # click >= 8.2 keeps stdout and stderr apart already
     runner = CliRunner()
 
-NAMES = ("baby", "bird", "butterfly")
-
 
 def dctlsa_x4() -> Path:
     return shared_path("weights", "DCTLSA", "X4.pt")
@@ -37,13 +35,6 @@ def dctlsa_x4() -> Path:
 
 def dncnn() -> Path:
     return shared_path("weights", "DnCNN_KAIR", "dncnn_25.pth")
-
-
-@pytest.fixture(scope="module")
-def crops() -> dict[str, torch.Tensor]:
-    """48x48 crops of three real Set5 HR images."""
-    hr = shared_path("data", "sr", "Set5", "HR")
-    return {n: read_image(hr / f"{n}.png")[:, 100:148, 60:108].contiguous() for n in NAMES}
 
 
 def lr_of(hr: torch.Tensor, s: int) -> torch.Tensor:
@@ -226,7 +217,7 @@ def test_api_evaluate_model_and_restored(tmp_path, crops):
                        progress=lambda name, done, total: seen.append((name, done, total)))
     assert seen == [("tiny", 1, 3), ("tiny", 2, 3), ("tiny", 3, 3)]
     assert r["model"]["scale"] == 4 and r["data"] == {"tiny": str(data.resolve())}
-    assert sorted(p.name for p in (tmp_path / "out" / "tiny").iterdir()) == [f"{n}.png" for n in NAMES]
+    assert sorted(p.name for p in (tmp_path / "out" / "tiny").iterdir()) == [f"{n}.png" for n in CROP_NAMES]
     again = evaluate_restored(tmp_path / "out", [data])
     assert again["datasets"]["tiny"] == r["datasets"]["tiny"]
 
@@ -241,11 +232,6 @@ def test_score_dataset_rejects_another_scale(tmp_path, crops):
 
 
 # ------------------------------------------------------------------------ bad input
-
-
-class NeedsCode:  # pickled by reference: loading it needs this module's code
-    def __init__(self) -> None:
-        self.weights = torch.zeros(3)
 
 
 def _bad_missing(tmp, crops):
@@ -312,7 +298,7 @@ def _bad_scale_folder(tmp, crops):
 
 
 def _bad_grey(tmp, crops):
-    data = sr_folder(tmp / "g", crops, grey=NAMES)
+    data = sr_folder(tmp / "g", crops, grey=CROP_NAMES)
     return ["--checkpoint", dctlsa_x4(), "--data", data], ["grey image, but the model (DCTLSA) takes RGB input"]
 
 
@@ -378,7 +364,7 @@ def test_empty_save_images_folder_is_filled(tmp_path, crops):
     (tmp_path / "saved").mkdir()
     result = evaluate("--checkpoint", dctlsa_x4(), "--data", data, "--save-images", tmp_path / "saved")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "saved" / "t").iterdir()) == [f"{n}.png" for n in NAMES]
+    assert sorted(p.name for p in (tmp_path / "saved" / "t").iterdir()) == [f"{n}.png" for n in CROP_NAMES]
 
 
 def test_api_errors_are_mcir_errors(tmp_path, crops):

@@ -13,7 +13,7 @@ from mcir_cli.cli import app
 from mcir_cli.errors import McirError
 from mcir_cli.models.checkpoint import read_checkpoint, save_like, save_safetensors
 from mcir_cli.models.loading import load_checkpoint_model
-from tests.conftest import shared_path
+from tests.conftest import NeedsCode, shared_path
 
 runner = CliRunner()
 
@@ -47,11 +47,6 @@ def test_basicsr_file_prefers_ema_and_rewrites_both(tmp_path, dctlsa_sd):
     save_like(ckpt, ckpt.state_dict, tmp_path / "out.pth")
     raw = torch.load(tmp_path / "out.pth", weights_only=True)
     assert torch.equal(raw["params"]["fea_conv.weight"], raw["params_ema"]["fea_conv.weight"])
-
-
-class NeedsCode:
-    def __init__(self) -> None:
-        self.weight = torch.zeros(2)
 
 
 def test_pickle_that_needs_code_is_refused(tmp_path):

@@ -18,20 +18,9 @@ from mcir_cli.cli import app
 from mcir_cli.errors import McirError
 from mcir_cli.train.config import TrainConfig, load_run_config, make_config
 from mcir_cli.train.run import Run, retrain
-from tests.conftest import set5_crops, shared_path
+from tests.conftest import read_log, set5_crops, shared_path
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def ckpt() -> Path:
-    return shared_path("weights", "DCTLSA", "X4.pt")
-
-
-@pytest.fixture(scope="module")
-def small_val(tmp_path_factory) -> Path:
-    """Two 64x64 HR crops of real Set5 images with MATLAB-bicubic LR (fast validation)."""
-    return set5_crops(tmp_path_factory.mktemp("val"), ("baby", "bird"), 64)
 
 
 def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
@@ -43,13 +32,9 @@ def config(ckpt: Path, data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def test_resume_is_bit_exact(ckpt, train_dir, tmp_path):
-    straight = retrain(config(ckpt, train_dir, tmp_path / "a", iters=10, embedding="vgg16", embedding_init="random"))
-    retrain(config(ckpt, train_dir, tmp_path / "b", iters=5, embedding="vgg16", embedding_init="random"))
+def test_resume_is_bit_exact(dctlsa, train_dir, tmp_path):
+    straight = retrain(config(dctlsa, train_dir, tmp_path / "a", iters=10, embedding="vgg16", embedding_init="random"))
+    retrain(config(dctlsa, train_dir, tmp_path / "b", iters=5, embedding="vgg16", embedding_init="random"))
     resumed = retrain(load_run_config(tmp_path / "b", iters=10), resume=True)
     assert straight.steps == resumed.steps == 10
     a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
@@ -69,21 +54,21 @@ def test_resume_is_bit_exact(ckpt, train_dir, tmp_path):
     assert end_a["mean_ratio"] == pytest.approx(sum(r["ratio"] for r in la) / 10)
 
 
-def test_batchnorm_frozen_by_default_and_trainable_on_request(ckpt, train_dir, tmp_path):
+def test_batchnorm_frozen_by_default_and_trainable_on_request(dctlsa, train_dir, tmp_path):
     from mcir_cli.models.checkpoint import read_checkpoint
 
-    original = read_checkpoint(ckpt).state_dict
+    original = read_checkpoint(dctlsa).state_dict
     bn_keys = [k for k in original if k.endswith("running_mean")]
     assert bn_keys, "DCTLSA carries BatchNorm"
     for train_bn, out in ((False, "frozen"), (True, "trained")):
-        retrain(config(ckpt, train_dir, tmp_path / out, iters=2, negative_init="none", train_bn=train_bn))
+        retrain(config(dctlsa, train_dir, tmp_path / out, iters=2, negative_init="none", train_bn=train_bn))
         state = torch.load(tmp_path / out / "state.pt", weights_only=True)["model"]
         same = all(torch.equal(state[k], original[k]) for k in bn_keys)
         assert same is (not train_bn)
 
 
-def test_plain_finetuning_has_no_spn_term(ckpt, train_dir, tmp_path):
-    retrain(config(ckpt, train_dir, tmp_path / "plain", iters=3, negative_init="none"))
+def test_plain_finetuning_has_no_spn_term(dctlsa, train_dir, tmp_path):
+    retrain(config(dctlsa, train_dir, tmp_path / "plain", iters=3, negative_init="none"))
     log = read_log(tmp_path / "plain")
     assert all(r["l_neg"] == 0 for r in log if "event" not in r)
     assert not any(r.get("event") == "negative_update" for r in log)
@@ -102,8 +87,8 @@ class NaNAt:
         return value * float("nan") if self.n in self.calls else value
 
 
-def test_collapse_guard_rolls_back_and_halves_lambda(ckpt, train_dir, tmp_path):
-    trainer = Run(config(ckpt, train_dir, tmp_path / "run", iters=6, lam=1e-3))
+def test_collapse_guard_rolls_back_and_halves_lambda(dctlsa, train_dir, tmp_path):
+    trainer = Run(config(dctlsa, train_dir, tmp_path / "run", iters=6, lam=1e-3))
     trainer.parts.rec_loss = NaNAt(trainer.parts.rec_loss, {4})
     result = trainer.train()
     assert result.steps == 6 and result.collapses == 1 and result.stopped_early is None
@@ -114,8 +99,8 @@ def test_collapse_guard_rolls_back_and_halves_lambda(ckpt, train_dir, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_collapse_guard_catches_an_exploding_reconstruction_loss(ckpt, train_dir, tmp_path):
-    trainer = Run(config(ckpt, train_dir, tmp_path / "run", iters=13, collapse_factor=10.0))
+def test_collapse_guard_catches_an_exploding_reconstruction_loss(dctlsa, train_dir, tmp_path):
+    trainer = Run(config(dctlsa, train_dir, tmp_path / "run", iters=13, collapse_factor=10.0))
     trainer.parts.rec_loss = ScaleAt(trainer.parts.rec_loss, {12}, 1e4)  # history holds 11 normal steps
     result = trainer.train()
     assert result.steps == 13 and result.collapses == 1
@@ -136,8 +121,8 @@ class ScaleAt(NaNAt):
         return value * self.factor if self.n in self.calls else value
 
 
-def test_collapse_guard_stops_after_three_events(ckpt, train_dir, tmp_path):
-    trainer = Run(config(ckpt, train_dir, tmp_path / "run", iters=20))
+def test_collapse_guard_stops_after_three_events(dctlsa, train_dir, tmp_path):
+    trainer = Run(config(dctlsa, train_dir, tmp_path / "run", iters=20))
     trainer.parts.rec_loss = NaNAt(trainer.parts.rec_loss, set(range(3, 100)))
     result = trainer.train()
     assert result.collapses == 3 and "3 collapses" in result.stopped_early
@@ -148,26 +133,26 @@ def test_collapse_guard_stops_after_three_events(ckpt, train_dir, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_lambda_auto_moves_ratio_toward_band(ckpt, train_dir, tmp_path):
-    cfg = config(ckpt, train_dir, tmp_path / "auto", iters=5, lam=1e-6, lam_auto=True)
+def test_lambda_auto_moves_ratio_toward_band(dctlsa, train_dir, tmp_path):
+    cfg = config(dctlsa, train_dir, tmp_path / "auto", iters=5, lam=1e-6, lam_auto=True)
     retrain(cfg)
     lams = [r["lam"] for r in read_log(tmp_path / "auto") if "event" not in r]
     assert lams[-1] > lams[0]  # the ratio starts far below 1 %, so λ grows
 
 
-def test_cuda_out_of_memory_is_reported(ckpt, train_dir, tmp_path, monkeypatch):
+def test_cuda_out_of_memory_is_reported(dctlsa, train_dir, tmp_path, monkeypatch):
     def boom(self):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(Run, "train", boom)
     with pytest.raises(McirError, match="smaller --batch or --patch"):
-        retrain(config(ckpt, train_dir, tmp_path / "oom"))
+        retrain(config(dctlsa, train_dir, tmp_path / "oom"))
 
 
-def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
+def test_sigterm_saves_a_resumable_state(dctlsa, train_dir, tmp_path):
     import signal
 
-    cfg = config(ckpt, train_dir, tmp_path / "run", iters=6)
+    cfg = config(dctlsa, train_dir, tmp_path / "run", iters=6)
     trainer = Run(cfg)
 
     def on_step(stats):
@@ -195,9 +180,9 @@ def test_sigterm_saves_a_resumable_state(ckpt, train_dir, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
 
 
-def test_resume_records_new_iters_and_refuses_going_back(ckpt, train_dir, tmp_path):
+def test_resume_records_new_iters_and_refuses_going_back(dctlsa, train_dir, tmp_path):
     run = tmp_path / "run"
-    retrain(config(ckpt, train_dir, run, iters=3))
+    retrain(config(dctlsa, train_dir, run, iters=3))
     with (run / "log.jsonl").open("a") as fh:  # a line cut short by a killed process
         fh.write('{"step": 4, "l_rec": 0.0')
     retrain(load_run_config(run, iters=4), resume=True)
@@ -208,24 +193,24 @@ def test_resume_records_new_iters_and_refuses_going_back(ckpt, train_dir, tmp_pa
         retrain(load_run_config(run, iters=2), resume=True)
 
 
-def test_retrained_from_safetensors_still_writes_a_torch_pth(ckpt, train_dir, tmp_path):
+def test_retrained_from_safetensors_still_writes_a_torch_pth(dctlsa, train_dir, tmp_path):
     first = tmp_path / "first"
-    retrain(config(ckpt, train_dir, first, iters=1, negative_init="none"))
+    retrain(config(dctlsa, train_dir, first, iters=1, negative_init="none"))
     second = tmp_path / "second"
     retrain(config(first / "model.safetensors", train_dir, second, iters=1, negative_init="none"))
     raw = torch.load(second / "model.pth", weights_only=True)
     assert isinstance(raw, dict) and "fea_conv.weight" in raw
 
 
-def test_validation_scale_is_checked_before_training(ckpt, train_dir, tmp_path):
+def test_validation_scale_is_checked_before_training(dctlsa, train_dir, tmp_path):
     rain = shared_path("data", "derain", "Rain100L_subset3")
     with pytest.raises(McirError, match="validation data is x1"):
-        retrain(config(ckpt, train_dir, tmp_path / "run", val=str(rain)))
+        retrain(config(dctlsa, train_dir, tmp_path / "run", val=str(rain)))
     assert not (tmp_path / "run").exists()  # nothing left behind: the same --output works again
 
 
-def test_non_finite_gradient_counts_as_a_collapse(ckpt, train_dir, tmp_path):
-    trainer = Run(config(ckpt, train_dir, tmp_path / "run", iters=4))
+def test_non_finite_gradient_counts_as_a_collapse(dctlsa, train_dir, tmp_path):
+    trainer = Run(config(dctlsa, train_dir, tmp_path / "run", iters=4))
     assert trainer.guard.check(0.1, float("inf"), 0.1, 0.0) == "non-finite gradient"
     assert trainer.guard.check(0.1, 1.0, 0.1, 0.0) is None
 
@@ -246,10 +231,10 @@ def _close_runs(a: Path, b: Path, rel: float) -> None:
         assert torch.allclose(wb[k].float(), v.float(), rtol=rel, atol=1e-6), k
 
 
-def test_compiled_training_matches_eager(ckpt, train_dir, tmp_path):
+def test_compiled_training_matches_eager(imdn, dctlsa, train_dir, tmp_path):
     """--compile on compiles the target, the vmap'd negatives and the embedding; the
     aot_eager backend traces all three like inductor would, without generating code."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")  # traces faster than DCTLSA
+    # IMDN x4: traces faster than DCTLSA
     kw = dict(iters=3, embedding="vgg16", embedding_init="random", batched_negatives="on")
     retrain(config(imdn, train_dir, tmp_path / "eager", **kw))
     retrain(config(imdn, train_dir, tmp_path / "compiled", compile="on", compile_backend="aot_eager", **kw))
@@ -258,11 +243,11 @@ def test_compiled_training_matches_eager(ckpt, train_dir, tmp_path):
     _close_runs(tmp_path / "eager", tmp_path / "compiled", rel=1e-4)
 
 
-def test_resume_keeps_the_runs_compile_decision(ckpt, train_dir, tmp_path):
+def test_resume_keeps_the_runs_compile_decision(dctlsa, train_dir, tmp_path):
     """--compile auto is decided once per run: a resume with fewer steps left (or on
     another machine) must not flip it, or the numerics change mid-run."""
     run = tmp_path / "run"
-    retrain(config(ckpt, train_dir, run, iters=2, compile_backend="aot_eager"))
+    retrain(config(dctlsa, train_dir, run, iters=2, compile_backend="aot_eager"))
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["compiled"] is False  # auto on CPU: eager
     state["compiled"] = True  # as if the run had started on a GPU for >= 10k steps
@@ -273,16 +258,16 @@ def test_resume_keeps_the_runs_compile_decision(ckpt, train_dir, tmp_path):
     assert trainer.train().steps == 3
 
 
-def test_channels_last_training_matches_nchw(ckpt, train_dir, tmp_path):
+def test_channels_last_training_matches_nchw(dctlsa, train_dir, tmp_path):
     kw = dict(iters=3, embedding="vgg16", embedding_init="random")
-    retrain(config(ckpt, train_dir, tmp_path / "nchw", channels_last="off", **kw))
-    retrain(config(ckpt, train_dir, tmp_path / "nhwc", channels_last="on", **kw))
+    retrain(config(dctlsa, train_dir, tmp_path / "nchw", channels_last="off", **kw))
+    retrain(config(dctlsa, train_dir, tmp_path / "nhwc", channels_last="on", **kw))
     start = next(r for r in read_log(tmp_path / "nhwc") if r.get("event") == "start")
     assert start["layout"].startswith("channels_last on")
     _close_runs(tmp_path / "nchw", tmp_path / "nhwc", rel=1e-4)
 
 
-def test_tensorboard_curves_match_the_log_and_survive_a_resume(ckpt, train_dir, small_val, tmp_path):
+def test_tensorboard_curves_match_the_log_and_survive_a_resume(dctlsa, train_dir, small_val, tmp_path):
     """--tensorboard writes train/* and val/* scalars; a resume from an older state drops
     the steps logged after it (purge_step), as log.jsonl is truncated."""
     import shutil
@@ -296,7 +281,7 @@ def test_tensorboard_curves_match_the_log_and_survive_a_resume(ckpt, train_dir, 
         if stats.step == 3:
             shutil.copy(run / "state.pt", backup)
 
-    retrain(config(ckpt, train_dir, run, iters=3, save_every=2, val=str(small_val), val_every=2,
+    retrain(config(dctlsa, train_dir, run, iters=3, save_every=2, val=str(small_val), val_every=2,
                    tensorboard=True), on_step=crash_point)
     shutil.copy(backup, run / "state.pt")
     retrain(load_run_config(run, iters=4), resume=True)
@@ -312,10 +297,10 @@ def test_tensorboard_curves_match_the_log_and_survive_a_resume(ckpt, train_dir, 
     assert {e.step: pytest.approx(e.value, rel=1e-6) for e in acc.Scalars("val/psnr")} == val
 
 
-def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(train_dir, tmp_path):
+def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(imdn, train_dir, tmp_path):
     """40 steps snapshot every 2: a run stopped at step 5 saves its rollback point (step
     4) with its state, so a collapse at step 6 rolls back to step 4 after a resume too."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")  # a faster step than DCTLSA
+    # IMDN x4: a faster step than DCTLSA
     kw = dict(iters=40, negative_steps=(3, 7), lam=1e-3)
     straight = Run(config(imdn, train_dir, tmp_path / "a", **kw))
     straight.parts.rec_loss = NaNAt(straight.parts.rec_loss, {6})  # call 6 = step 6
@@ -349,13 +334,13 @@ def test_collapse_soon_after_a_resume_rolls_back_like_the_straight_run(train_dir
         [r["l_rec"] for r in read_log(tmp_path / "b") if "event" not in r]
 
 
-def test_resume_from_another_folder_after_the_start_checkpoint_moved(train_dir, tmp_path, monkeypatch):
+def test_resume_from_another_folder_after_the_start_checkpoint_moved(imdn, train_dir, tmp_path, monkeypatch):
     """config.json holds absolute paths; a start checkpoint that is gone is replaced by the
     run's own model.pth for the architecture (the weights come from state.pt)."""
     import shutil
 
     start = tmp_path / "IMDN_x4.pth"
-    shutil.copy(shared_path("weights", "IMDN", "IMDN_x4.pth"), start)
+    shutil.copy(imdn, start)
     monkeypatch.chdir(tmp_path)
     retrain(make_config([train_dir], "run", checkpoint="IMDN_x4.pth", iters=2, batch=1, patch=16,
                         negative_steps=(1, 2), embedding="pixel", device="cpu"))
@@ -369,8 +354,7 @@ def test_resume_from_another_folder_after_the_start_checkpoint_moved(train_dir, 
     assert retrain(load_run_config(tmp_path / "run", iters=3), resume=True).steps == 3
 
 
-def test_damaged_run_files_are_one_line(train_dir, tmp_path):
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+def test_damaged_run_files_are_one_line(imdn, train_dir, tmp_path):
     run = tmp_path / "run"
     retrain(config(imdn, train_dir, run, iters=1))
     data = (run / "state.pt").read_bytes()
@@ -382,10 +366,9 @@ def test_damaged_run_files_are_one_line(train_dir, tmp_path):
     assert res.exit_code == 2 and "config.json is damaged" in res.output
 
 
-def test_ema_of_the_weights_is_what_is_validated_and_written(train_dir, small_val, tmp_path):
+def test_ema_of_the_weights_is_what_is_validated_and_written(imdn, train_dir, small_val, tmp_path):
     """--ema-decay d: e_0 = θ_0, e_t = d·e_(t-1) + (1-d)·θ_t after every step; model.* and the
     validation use e, the negatives and the optimizer the raw θ."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     d = 0.5
     trainer = Run(config(imdn, train_dir, tmp_path / "run", iters=3, ema_decay=d, val=str(small_val), lr=1e-3))
     raw = [{k: v.detach().clone() for k, v in trainer.parts.model.named_parameters()}]
@@ -414,10 +397,9 @@ def test_ema_of_the_weights_is_what_is_validated_and_written(train_dir, small_va
     assert again["datasets"][small_val.name]["psnr"] == pytest.approx(final["psnr"], abs=1e-6)
 
 
-def test_collapse_rolls_back_past_the_weights_that_produced_it(train_dir, tmp_path):
+def test_collapse_rolls_back_past_the_weights_that_produced_it(imdn, train_dir, tmp_path):
     """Snapshots every step (a short run): the snapshot right before the bad step holds the
     weights that produced the bad loss, so the guard goes one further back."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     trainer = Run(config(imdn, train_dir, tmp_path / "run", iters=8, lam=1e-3))
     trainer.parts.rec_loss = NaNAt(trainer.parts.rec_loss, {5})  # call 5 = step 5
     result = trainer.train()
@@ -426,11 +408,10 @@ def test_collapse_rolls_back_past_the_weights_that_produced_it(train_dir, tmp_pa
     assert result.steps == 8 and result.collapses == 1
 
 
-def test_resume_knows_the_best_validation(train_dir, small_val, tmp_path):
+def test_resume_knows_the_best_validation(imdn, train_dir, small_val, tmp_path):
     """best.* follows val.json across resumes: the state saved at the end knows the final
     validation, and a resume takes the best from val.json (a stale state cannot let a
     worse step overwrite best.*); a damaged val.json is refused before any training."""
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     run = tmp_path / "run"
     retrain(config(imdn, train_dir, run, iters=4, val=str(small_val), val_every=2, lr=1e-4))
     val = json.loads((run / "val.json").read_text())
@@ -446,11 +427,10 @@ def test_resume_knows_the_best_validation(train_dir, small_val, tmp_path):
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 4  # nothing trained
 
 
-def test_a_run_folder_takes_one_resume_at_a_time(train_dir, tmp_path):
+def test_a_run_folder_takes_one_resume_at_a_time(imdn, train_dir, tmp_path):
     import fcntl
     import os
 
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
     run = tmp_path / "run"
     retrain(config(imdn, train_dir, run, iters=1, embedding="pixel"))
     held = os.open(run, os.O_RDONLY)  # as a running `mcir retrain --resume` holds it
@@ -463,8 +443,7 @@ def test_a_run_folder_takes_one_resume_at_a_time(train_dir, tmp_path):
     assert retrain(load_run_config(run, iters=2), resume=True).steps == 2
 
 
-def test_resume_may_change_when_to_save_and_log_but_not_the_numbers(train_dir, tmp_path):
-    imdn = shared_path("weights", "IMDN", "IMDN_x4.pth")
+def test_resume_may_change_when_to_save_and_log_but_not_the_numbers(imdn, train_dir, tmp_path):
     retrain(config(imdn, train_dir, tmp_path / "a", iters=4))
     retrain(config(imdn, train_dir, tmp_path / "b", iters=2))
     res = runner.invoke(app, ["retrain", "--resume", str(tmp_path / "b"), "--iters", "4", "--save-every", "1",
