@@ -101,6 +101,18 @@ def crops() -> dict[str, torch.Tensor]:
     return {n: read_image(hr / f"{n}.png")[:, 100:148, 60:108].contiguous() for n in CROP_NAMES}
 
 
+@pytest.fixture(scope="module")
+def live1_crops(tmp_path_factory) -> Path:
+    """Three 48x48 crops of real LIVE1 originals (clean, lossless PNG): a fast benchmark."""
+    from mcir_cli.data.imageio import read_image, write_image
+
+    root = tmp_path_factory.mktemp("bench") / "LIVE1crops"
+    for name in ("bikes", "caps", "dancers"):
+        image = read_image(shared_path("data", "jpeg", "LIVE1_color_subset10", f"{name}.bmp"))
+        write_image(root / f"{name}.png", image[:, 100:148, 200:248])
+    return root
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 64 KiB tmpfs (needs root and mount; skipped where either is missing)."""
