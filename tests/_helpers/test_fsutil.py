@@ -25,6 +25,7 @@ NASTY = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", NASTY, ids=[ascii(n)[:40] for n in NASTY])
 def test_confined_is_one_safe_component_strictly_inside(tmp_path, name):
     path = confined(tmp_path, name)
@@ -37,6 +38,7 @@ def test_confined_is_one_safe_component_strictly_inside(tmp_path, name):
     assert os.path.realpath(path).startswith(os.path.realpath(tmp_path) + os.sep)
 
 
+@pytest.mark.unit
 def test_confined_several_names_and_plain_names_kept(tmp_path):
     assert confined(tmp_path, "..", "..", "x.png") == tmp_path / "_" / "_" / "x.png"
     for plain in ("baby", "img_001.png", "Set5 x4 (2)", "图像1", "Ünïcödé", "a.b.c", "X4 (1)", "a-b_c"):
@@ -46,11 +48,13 @@ def test_confined_several_names_and_plain_names_kept(tmp_path):
         confined(tmp_path)
 
 
+@pytest.mark.unit
 def test_long_names_stay_distinct():
     a, b = "a" * 300 + "1.png", "a" * 300 + "2.png"
     assert safe_name(a) != safe_name(b) and safe_name(a).endswith(".png")
 
 
+@pytest.mark.unit
 def test_confined_refuses_a_symlink_that_leads_out(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -68,6 +72,7 @@ def _partial_then(exc: BaseException):
     return write
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("code, reason", [
     (errno.ENOSPC, "no space left on device"),
     (errno.EDQUOT, "disk quota exceeded"),
@@ -84,6 +89,7 @@ def test_failed_write_names_the_file_and_keeps_the_previous(tmp_path, code, reas
     assert target.read_text() == "old" and files_under(tmp_path) == ["r.json"]
 
 
+@pytest.mark.unit
 def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
     """torch.save hides the errno: "[enforce fail at inline_container.cc:672] ..."."""
     from mcir_cli.models.checkpoint import Checkpoint, save_like
@@ -107,6 +113,7 @@ def test_torch_save_on_a_full_disk(tmp_path, monkeypatch):
     assert files_under(tmp_path) == []
 
 
+@pytest.mark.unit
 def test_a_library_that_says_os_error_28(tmp_path):
     target = tmp_path / "w.safetensors"
     with pytest.raises(McirError, match="no space left on device"):
@@ -115,6 +122,7 @@ def test_a_library_that_says_os_error_28(tmp_path):
     assert files_under(tmp_path) == []
 
 
+@pytest.mark.unit
 def test_unwritable_folder_names_the_target(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -124,6 +132,7 @@ def test_unwritable_folder_names_the_target(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "out.json", "{}")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", ["write", "chmod", "fsync", "replace"])
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), ValueError("a bug")], ids=["ctrl-c", "bug"])
 def test_any_exception_leaves_no_temp_file(tmp_path, monkeypatch, stage, exc):

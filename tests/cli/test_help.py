@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 runner = CliRunner()
 ROOT = typer.main.get_command(app)
 

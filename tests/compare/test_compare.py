@@ -20,6 +20,8 @@ from mcir_cli.errors import McirError
 from tests.conftest import RESULT_CONV as CONV
 from tests.conftest import result
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def stats_of(deltas, **kw):
     deltas = np.asarray(deltas, dtype=float)

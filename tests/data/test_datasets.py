@@ -12,6 +12,8 @@ from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.resize import imresize
 from mcir_cli.errors import McirError
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def bicubic_lr(hr: torch.Tensor, s: int) -> torch.Tensor:
     """MATLAB bicubic downscale, quantised to uint8 levels like a saved LR file."""

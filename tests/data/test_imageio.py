@@ -15,6 +15,8 @@ from PIL import Image
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, to_uint8, write_image
 from mcir_cli.errors import McirError
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def _rgb(h: int = 6, w: int = 7, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)

@@ -49,6 +49,7 @@ def _opencv_jpeg(arr: np.ndarray, q: int) -> np.ndarray:
     return out if grey else cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("q", [10, 40, 90])
 def test_decoded_images_equal_opencv(q):
     # whole images and odd-sized crops (partial 8x8 and 16x16 chroma blocks at the edges)
@@ -88,6 +89,7 @@ def _psnrb_definition(gt: np.ndarray, restored: np.ndarray) -> float:
     return 10 * math.log10(255.0**2 / (mse + _bef_definition(y)))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("crop", [(512, 512), (61, 75)])
 def test_psnrb_matches_its_definition(crop):
     h, w = crop
@@ -103,6 +105,7 @@ def test_psnrb_matches_its_definition(crop):
     assert math.isinf(float(psnrb(same, same, conv)))
 
 
+@pytest.mark.unit
 def test_classic5_jpeg_row_reproduces_the_published_one():
     """ARCNN/FBCNN tables: Classic5, q = 10, JPEG 27.82 dB PSNR, 25.21 dB PSNR-B."""
     from mcir_cli.evaluate.benchmarks import evaluate_compressed
@@ -115,6 +118,7 @@ def test_classic5_jpeg_row_reproduces_the_published_one():
     assert "grey images: their stored grey values" in res["conventions"]["description"]
 
 
+@pytest.mark.unit
 def test_saved_jpeg_row_scores_the_same_as_restored_images(tmp_path, live1_crops):
     from mcir_cli.evaluate.benchmarks import evaluate_compressed, evaluate_restored
 
@@ -131,6 +135,7 @@ def test_saved_jpeg_row_scores_the_same_as_restored_images(tmp_path, live1_crops
 # --------------------------------------------------------------------------- data
 
 
+@pytest.mark.unit
 def test_quality_flags():
     assert parse_quality("10") == JpegQuality(10, 10) and parse_quality("10-95") == JpegQuality(10, 95)
     assert parse_qualities("10,20,30,40") == (10, 20, 30, 40)
@@ -142,6 +147,7 @@ def test_quality_flags():
         parse_qualities("10,10")
 
 
+@pytest.mark.unit
 def test_clean_folders_and_paired_layouts(tmp_path):
     sun = discover(shared_path("data", "train", "SunHays80_color_subset20"), task="jpeg")
     assert sun.task == "jpeg" and all(p.lq is None for p in sun.pairs)
@@ -170,6 +176,7 @@ def test_clean_folders_and_paired_layouts(tmp_path):
     assert torch.equal(lq, compress(gt_img, 30)) and ds.jpeg_quality is None
 
 
+@pytest.mark.unit
 def test_patches_are_compressed_on_the_fly_with_their_quality():
     sun = discover(shared_path("data", "train", "SunHays80_color_subset20"), task="jpeg")
     patches = PatchDataset([sun], 32, 8, seed=3, jpeg_quality=JpegQuality(10, 40), augment=False,
@@ -229,6 +236,7 @@ def test_fbcnn_recipe_quality_output_and_loss(tmp_path, live1_crops):
     assert float(plain) == pytest.approx(float((image - gt).abs().mean().detach()), rel=1e-6)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("arch", ["DnCNN", "SwinIR"])
 def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
     """DnCNN-3's and SwinIR's CAR (JPEG) shapes, narrow: loaded from a bare state dict,
@@ -257,6 +265,7 @@ def test_grey_jpeg_architectures_spandrel_loads(arch, tmp_path):
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("args, message", [
     (["--jpeg-quality", "0"], "outside the JPEG quality range 1–100"),
     (["--jpeg-quality", "10,101"], "101 is outside"),
@@ -270,6 +279,7 @@ def test_bad_quality_is_one_line(args, message):
     assert len(lines) == 1 and message in lines[0], res.output
 
 
+@pytest.mark.unit
 def test_retrain_refuses_a_bad_range(tmp_path):
     res = runner.invoke(app, ["retrain", "--checkpoint", str(tmp_path / "x.pth"), "--data", str(tmp_path),
                               "-o", str(tmp_path / "run"), "--jpeg-quality", "95-10"])

@@ -111,6 +111,7 @@ def div2k(root: Path, images, scales=(4,), valid=True, unknown=True) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_div2k_as_unzipped_trains_on_train_only(tmp_path, images):
     root = div2k(tmp_path / "DIV2K", images)
     out = check(root, "sr", 4, ["0001", "0002", "0003"])
@@ -125,6 +126,7 @@ def test_div2k_as_unzipped_trains_on_train_only(tmp_path, images):
     assert [i["name"] for i in j["datasets"]["DIV2K"]["images"]] == ["0001", "0002", "0003"]
 
 
+@pytest.mark.unit
 def test_inspect_finds_an_lr_file_that_does_not_match_its_hr(tmp_path, images):
     """An LR file of the wrong size (here x3 in the X4 folder) is found by `data inspect`
     from the headers: exit 2, the file and both sizes named, the table still shown."""
@@ -141,6 +143,7 @@ def test_inspect_finds_an_lr_file_that_does_not_match_its_hr(tmp_path, images):
     assert bad.is_file()
 
 
+@pytest.mark.unit
 def test_div2k_lr_unknown_and_valid_by_pointing_at_them(tmp_path, images):
     root = div2k(tmp_path / "DIV2K", images)
     unknown = recognise(root / "DIV2K_train_LR_unknown")
@@ -152,6 +155,7 @@ def test_div2k_lr_unknown_and_valid_by_pointing_at_them(tmp_path, images):
     assert list(j["datasets"]["X4"]["images"][0])[:1] == ["name"] and j["model"]["scale"] == 4
 
 
+@pytest.mark.unit
 def test_multi_scale_preset_takes_the_scale_of_the_data(tmp_path, images):
     """`--model swinir-light` comes in x2/x3/x4: a folder with only X4/ says x4."""
     root = div2k(tmp_path / "DIV2K", images, valid=False, unknown=False)
@@ -163,6 +167,7 @@ def test_multi_scale_preset_takes_the_scale_of_the_data(tmp_path, images):
     assert infer_scale([tmp_path / "nowhere"]) is None
 
 
+@pytest.mark.unit
 def test_flickr2k_and_df2k(tmp_path, images):
     fl = tmp_path / "Flickr2K"
     for i, img in enumerate(images[3:5], 1):
@@ -183,6 +188,7 @@ def test_flickr2k_and_df2k(tmp_path, images):
     check(edsr, "sr", 3, ["000001", "000002"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("layout", ["edsr", "basicsr"])
 def test_sr_benchmarks_and_manga109(tmp_path, images, layout):
     names = ["AisazuNihaIrarenai", "AkkeraKanjinchou"]
@@ -215,6 +221,7 @@ def test_bicubic_set14_x4_matches_basicsr_and_saves_images(tmp_path):
 # --------------------------------------------------------------------------- dehazing
 
 
+@pytest.mark.unit
 def test_reside_its_and_ots_as_released(tmp_path, images):
     its = tmp_path / "RESIDE" / "ITS"
     names = []
@@ -235,6 +242,7 @@ def test_reside_its_and_ots_as_released(tmp_path, images):
     check(ots, "dehaze", 1, ["0001_0.8_0.2", "0002_0.8_0.2"])
 
 
+@pytest.mark.unit
 def test_sots_indoor_outdoor_and_larger_gt(tmp_path, images):
     sots = tmp_path / "SOTS"
     big = torch.nn.functional.pad(images[0], (10, 10, 10, 10), mode="reflect")  # GT 68x68, hazy 48x48
@@ -258,6 +266,7 @@ def test_sots_indoor_outdoor_and_larger_gt(tmp_path, images):
     assert "holds 2 datasets" in msg and "indoor/" in msg and "outdoor/" in msg
 
 
+@pytest.mark.unit
 def test_dehazeformer_and_reside_6k_splits(tmp_path, images):
     root = tmp_path / "RESIDE-6K"
     for split, imgs in (("train", images[:3]), ("test", images[3:5])):
@@ -272,6 +281,7 @@ def test_dehazeformer_and_reside_6k_splits(tmp_path, images):
 # --------------------------------------------------------------------------- deraining
 
 
+@pytest.mark.unit
 def test_prenet_rain100_train_and_test(tmp_path, images):
     train = tmp_path / "RainTrainL"
     for i, img in enumerate(images[:3], 1):
@@ -290,6 +300,7 @@ def test_prenet_rain100_train_and_test(tmp_path, images):
     assert [i["name"] for i in j["datasets"]["Rain100H"]["images"]] == ["rain-001", "rain-002"]
 
 
+@pytest.mark.unit
 def test_jorder_rain100_and_rain200(tmp_path, images):
     light = tmp_path / "rain_data_test_Light"
     for i, img in enumerate(images[:2], 1):
@@ -305,6 +316,7 @@ def test_jorder_rain100_and_rain200(tmp_path, images):
     assert "test/ not used" in check(heavy, "derain", 1, ["norain-1", "norain-2"])
 
 
+@pytest.mark.unit
 def test_ddn_data_many_rainy_per_clean(tmp_path, images):
     root = tmp_path / "Rain1400"
     names = []
@@ -317,6 +329,7 @@ def test_ddn_data_many_rainy_per_clean(tmp_path, images):
     assert {p.name: p.gt.name for p in recognise(root).pairs}["902_14"] == "902.jpg"
 
 
+@pytest.mark.unit
 def test_did_mdn_side_by_side(tmp_path, images):
     root = tmp_path / "DID-MDN-datasets" / "DID-MDN-test"
     for i, img in enumerate(images[:2]):
@@ -331,6 +344,7 @@ def test_did_mdn_side_by_side(tmp_path, images):
     assert len(j["datasets"]["DID-MDN-test"]["images"]) == 2
 
 
+@pytest.mark.unit
 def test_spa_data_test_train_and_lists(tmp_path, images):
     test = tmp_path / "real_test_1000"
     for i, img in enumerate(images[:2]):
@@ -355,6 +369,7 @@ def test_spa_data_test_train_and_lists(tmp_path, images):
 # --------------------------------------------------------------------------- deblurring
 
 
+@pytest.mark.unit
 def test_gopro_as_unzipped_names_stay_unique(tmp_path, images):
     root = tmp_path / "GOPRO_Large"
     scenes = {"train": ["GOPR0372_07_00", "GOPR0374_11_00"], "test": ["GOPR0384_11_00"]}
@@ -373,6 +388,7 @@ def test_gopro_as_unzipped_names_stay_unique(tmp_path, images):
     assert [i["name"] for i in j["datasets"]["GOPRO_Large"]["images"]] == names
 
 
+@pytest.mark.unit
 def test_flattened_gopro_of_nafnet_and_restormer(tmp_path, images):
     root = tmp_path / "GoPro" / "test"
     names = ["GOPR0384_11_00-000001", "GOPR0384_11_00-000002"]
@@ -390,6 +406,7 @@ def test_flattened_gopro_of_nafnet_and_restormer(tmp_path, images):
 # --------------------------------------------------------------------------- denoising
 
 
+@pytest.mark.unit
 def test_sidd_medium_as_released(tmp_path, images):
     root = tmp_path / "SIDD_Medium_Srgb"
     scenes = ["0001_001_S6_00100_00060_3200_L", "0002_001_S6_00100_00020_3200_N"]
@@ -404,6 +421,7 @@ def test_sidd_medium_as_released(tmp_path, images):
     assert len(j["datasets"]["SIDD_Medium_Srgb"]["images"]) == 4
 
 
+@pytest.mark.unit
 def test_clean_folder_for_denoising(tmp_path, images):
     set12 = shared_path("data", "denoise", "Set12_gray")
     check(set12, "denoise", 1, [f"{i:02d}" for i in range(1, 13)], "--task", "denoise", given_task="denoise")
@@ -412,6 +430,7 @@ def test_clean_folder_for_denoising(tmp_path, images):
 # --------------------------------------------------------------------------- escape hatch and bad folders
 
 
+@pytest.mark.unit
 def test_list_file_of_pairs(tmp_path, images):
     base = tmp_path / "mine"
     lines = ["# my own pairs", ""]
@@ -428,6 +447,7 @@ def test_list_file_of_pairs(tmp_path, images):
     assert "line 1 holds 1 path" in msg and "lq<TAB>gt" in msg
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", ["empty", "ambiguous", "lmdb", "splits", "unpaired"])
 def test_bad_or_ambiguous_folder_is_one_line(tmp_path, images, case):
     root = tmp_path / "data"
@@ -519,6 +539,7 @@ def div2k_lmdb(tmp_path_factory, images) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_basicsr_lmdb_pairs_are_read_as_the_images_they_were_made_from(div2k_lmdb):
     from mcir_cli.data.datasets import discover, load_pair
 
@@ -564,6 +585,7 @@ def test_lmdb_trains_through_the_cli(div2k_lmdb, tmp_path, caplog):
     assert again.net.body[0].res_scale == 0.5 and "res_scale" not in caplog.text
 
 
+@pytest.mark.unit
 def test_paired_lmdbs_of_a_restoration_task_and_beside_image_folders(div2k_lmdb, tmp_path):
     gopro = tmp_path / "GoPro_train"
     gopro.mkdir()
@@ -585,6 +607,7 @@ def test_paired_lmdbs_of_a_restoration_task_and_beside_image_folders(div2k_lmdb,
     assert "DIV2K_train_HR/" in row(out, "layout") and "the LMDBs (DIV2K_train_HR_sub.lmdb" in " ".join(out.split())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", ["no-lmdb-package", "bad-meta", "no-meta"])
 def test_lmdb_problems_are_one_line(div2k_lmdb, tmp_path, monkeypatch, case):
     import shutil
@@ -610,6 +633,7 @@ def test_lmdb_problems_are_one_line(div2k_lmdb, tmp_path, monkeypatch, case):
         assert w in msg, msg
 
 
+@pytest.mark.unit
 def test_a_flat_folders_hint_names_only_what_data_inspect_takes(tmp_path, images):
     """`data inspect FLAT` suggests options; each it offers for inspect works there."""
     for i, img in enumerate(images[:3]):

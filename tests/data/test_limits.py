@@ -10,6 +10,8 @@ import pytest
 from mcir_cli.data.limits import batch_image_bytes, check_batch_memory, check_image_size
 from mcir_cli.errors import McirError
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def test_check_image_size_rules():
     from mcir_cli.metrics.quality import Conventions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -11,6 +12,7 @@ from mcir_cli.data.resize import imresize
 from tests.conftest import shared_path
 
 
+@pytest.mark.unit
 def test_lr_patch_equals_crop_of_whole_image_lr():
     hr = read_image(shared_path("data", "sr", "Set14", "HR", "baboon.png"))
     full = (imresize(mod_crop(hr, 4), 1 / 4).clamp(0, 1) * 255).round() / 255
@@ -20,6 +22,7 @@ def test_lr_patch_equals_crop_of_whole_image_lr():
         assert torch.equal(patch, full[..., top : top + 24, left : left + 24])
 
 
+@pytest.mark.unit
 def test_hr_only_patches_equal_patches_from_published_lr_files(tmp_path):
     """Set5's LR files are MATLAB bicubic of HR: the same sample index must give the very
     same (lq, gt) whether LR is read from the files or synthesised from HR."""
@@ -49,12 +52,14 @@ def test_patches_are_a_function_of_seed_and_index_only():
     assert not torch.equal(other[0][1], first[0][1])
 
 
+@pytest.mark.unit
 def test_dihedral_gives_eight_distinct_transforms():
     x = torch.arange(9.0).view(1, 3, 3)
     outs = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
     assert len(outs) == 8
 
 
+@pytest.mark.unit
 def test_grey_images_among_colour_ones_become_three_channels():
     set14 = discover(shared_path("data", "sr", "Set14"), scale=4)  # holds the grey "bridge"
     ds = PatchDataset([set14], patch=16, length=200, seed=0, channels=3)
@@ -64,6 +69,7 @@ def test_grey_images_among_colour_ones_become_three_channels():
     assert {ds[i][0].shape for i in grey} == {(3, 16, 16)} and {ds[i][1].shape for i in grey} == {(3, 64, 64)}
 
 
+@pytest.mark.unit
 def test_colour_data_for_a_grey_model_is_refused():
     import pytest
 

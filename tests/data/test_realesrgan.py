@@ -134,6 +134,7 @@ def _basicsr_kernel(size: int, sx: float, sy: float, theta: float, beta: float, 
     return k / k.sum()
 
 
+@pytest.mark.unit
 def test_kernels_follow_basicsr_definitions():
     from scipy import special
 
@@ -153,6 +154,7 @@ def test_kernels_follow_basicsr_definitions():
     assert usm[25, 25] / usm[25, 33] == pytest.approx(math.exp(0.5), rel=1e-12)
 
 
+@pytest.mark.unit
 def test_jpeg_is_close_to_libjpeg():
     """Measured on this crop: ours vs Pillow's libjpeg 37-42 dB; each one's loss against the
     clean image within 1.3 dB of the other's (docs/datasets.md)."""
@@ -176,6 +178,7 @@ def _batch(seed: int, n: int = 3) -> tuple[dict, torch.Tensor]:
     return torch.utils.data.default_collate([patches[i] for i in range(n)])
 
 
+@pytest.mark.unit
 def test_same_seed_same_batch():
     degrade = Degrader(RealESRGANSettings(crop_pad_size=64), 4, 16, torch.device("cpu"))
     lq, gt = degrade(*_batch(0))
@@ -187,6 +190,7 @@ def test_same_seed_same_batch():
     assert not torch.equal(lq, lq3)
 
 
+@pytest.mark.unit
 def test_bad_settings_are_one_line(tmp_path: Path):
     bad = tmp_path / "deg.toml"
     bad.write_text("[degradation]\nblur_sigmaa = [0.2, 3]\n")
@@ -208,6 +212,7 @@ def test_bad_settings_are_one_line(tmp_path: Path):
     assert str(bad) in out and not (tmp_path / "r").exists()
 
 
+@pytest.mark.unit
 def test_preset_carries_the_published_settings():
     """The preset's [degradation] table restates the defaults; its recipe is RealESRNet's
     (its network, count and forward: tests/models/test_presets.py)."""

@@ -28,6 +28,7 @@ def test_reproduces_benchmark_lr_exactly(dataset):
             assert diff == 0, f"{dataset}/{hr_path.name} x{s}: max abs diff {diff}"
 
 
+@pytest.mark.unit
 def test_weights_rows_sum_to_one_and_mirror():
     for in_len, out_len, scale in [(12, 6, 0.5), (12, 4, 1 / 3), (5, 20, 4.0), (7, 7, 1.0)]:
         w = resize_weights(in_len, out_len, scale)
@@ -39,6 +40,7 @@ def test_weights_rows_sum_to_one_and_mirror():
     assert torch.allclose(w[3, 3:11], w[3, 3:11].flip(0)) and w[3, 3:11].min() < 0
 
 
+@pytest.mark.unit
 def test_scale_one_is_identity_and_float_path_not_clamped():
     x = torch.rand(3, 9, 11, dtype=torch.float64) * 3 - 1
     assert torch.allclose(imresize(x, 1.0), x)
@@ -48,6 +50,7 @@ def test_scale_one_is_identity_and_float_path_not_clamped():
     assert up.min() < 0 and up.max() > 1  # bicubic overshoot is kept
 
 
+@pytest.mark.unit
 def test_output_sizes_and_dtype():
     x = torch.rand(2, 3, 255, 100)
     out = imresize(x, 1 / 3)
@@ -59,6 +62,7 @@ def test_output_sizes_and_dtype():
         imresize(x, 0.5, size=(10, 10))
 
 
+@pytest.mark.unit
 def test_batch_equals_single_images():
     x = torch.rand(3, 3, 20, 24)
     batch = imresize(x, 0.5)
@@ -66,12 +70,14 @@ def test_batch_equals_single_images():
         assert torch.allclose(batch[i], imresize(x[i], 0.5), atol=1e-7)
 
 
+@pytest.mark.unit
 def test_constant_image_stays_constant():
     x = torch.full((1, 13, 17), 0.3, dtype=torch.float64)
     for scale in (0.25, 0.5, 1 / 3, 2.0, 3.0):
         assert torch.allclose(imresize(x, scale), x.new_full((1,), 0.3), atol=1e-12)
 
 
+@pytest.mark.unit
 def test_uint8_path_detection_and_levels():
     levels = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(0)).float() / 255
     assert is_uint8_levels(levels)
@@ -82,6 +88,7 @@ def test_uint8_path_detection_and_levels():
     assert (imresize(levels, 0.5, uint8=False) - out).abs().mean() <= 0.5 / 255
 
 
+@pytest.mark.unit
 def test_uint8_path_resizes_smaller_scale_first():
     x = torch.randint(0, 256, (1, 12, 10), generator=torch.Generator().manual_seed(0)).double()
 

@@ -24,6 +24,8 @@ from mcir_cli.losses.spn import (
     vgg_weight_file_name,
 )
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 # ------------------------------------------------------------------ reconstruction losses
 
 

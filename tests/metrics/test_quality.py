@@ -13,6 +13,8 @@ from mcir_cli.data.imageio import read_image
 from mcir_cli.data.resize import imresize
 from mcir_cli.metrics.quality import PSNRSSIM, Conventions, psnr, quantize, rgb_to_y, ssim
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def _bgr_to_tensor(arr: np.ndarray) -> torch.Tensor:
     """BasicSR's H x W x 3 BGR uint8 array -> our RGB CHW [0, 1] tensor."""

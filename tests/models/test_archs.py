@@ -54,6 +54,7 @@ def test_official_parameter_counts(arch: str, kwargs: dict[str, Any], expected: 
     assert _params(BUILDERS[arch](**kwargs)) == expected
 
 
+@pytest.mark.unit
 def test_edsr_meanshift_is_frozen_and_keys_official() -> None:
     m = BUILDERS["EDSR"](scale=4, n_resblocks=16, n_feats=64, res_scale=1.0)
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
@@ -66,6 +67,7 @@ def test_edsr_meanshift_is_frozen_and_keys_official() -> None:
     assert "tail.0.2.weight" not in BUILDERS["EDSR"](scale=2).state_dict()
 
 
+@pytest.mark.unit
 def test_dehazeformer_state_dict_holds_relative_positions() -> None:
     # Official code registers relative_positions as a persistent buffer (8192 values
     # per attention block for window 8); T has 6 attention blocks.
@@ -74,6 +76,7 @@ def test_dehazeformer_state_dict_holds_relative_positions() -> None:
     assert total == 687_404 + 6 * 64 * 64 * 2
 
 
+@pytest.mark.unit
 def test_io_attributes() -> None:
     ranges = {k: tuple(cls.io_range) for k, cls in MODEL_CLASSES.items()}
     assert ranges == {
@@ -88,6 +91,7 @@ def test_io_attributes() -> None:
             assert cls.input_mean is None and cls.input_std is None
 
 
+@pytest.mark.unit
 def test_register_is_idempotent() -> None:
     register()
     n = len(spandrel.MAIN_REGISTRY)
@@ -136,6 +140,7 @@ def test_round_trip_detection(
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.unit
 def test_res_scale_inferred_for_edsr_full(loader: spandrel.ModelLoader) -> None:
     sd = BUILDERS["EDSR"](scale=2, n_resblocks=32, n_feats=256, res_scale=0.1).state_dict()
     desc = loader.load_from_state_dict(sd)
@@ -145,6 +150,7 @@ def test_res_scale_inferred_for_edsr_full(loader: spandrel.ModelLoader) -> None:
 
 # ------------------------------------------------------------------ real weights
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("folder", "name", "arch", "scale", "entries"),
     [
@@ -171,17 +177,20 @@ def test_real_weights_detect_and_load_strict(
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["X4.pt", "X2.pt"])
 def test_dctlsa_still_detected_as_dctlsa(loader: spandrel.ModelLoader, name: str) -> None:
     sd = _load_sd(shared_path("weights", "DCTLSA", name))
     assert loader.load_from_state_dict(sd).architecture.id == "DCTLSA"
 
 
+@pytest.mark.unit
 def test_dncnn_still_detected_as_dncnn(loader: spandrel.ModelLoader) -> None:
     sd = _load_sd(shared_path("weights", "DnCNN_KAIR", "dncnn_25.pth"))
     assert loader.load_from_state_dict(sd).architecture.id == "DnCNN"
 
 
+@pytest.mark.unit
 def test_imdn_x4_real_image_quality(loader: spandrel.ModelLoader) -> None:
     """IMDN x4 on Set5 baby (PSNR on Y, border 4): measured 33.77 dB; bicubic ~31.8."""
     import numpy as np
@@ -207,6 +216,7 @@ def test_imdn_x4_real_image_quality(loader: spandrel.ModelLoader) -> None:
 
 # --------------------------------------------------------------------- vmap
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("arch", "kwargs", "size"),
     [("EDSR", dict(scale=2, n_resblocks=1), 8), ("DehazeFormer", dict(variant="t"), 32),
@@ -308,6 +318,7 @@ def test_idt_official_layout_detected_count_and_strict(
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.unit
 def test_idt_takes_exactly_its_size_and_says_so(tmp_path: Path) -> None:
     from mcir_cli.models.inference import fixed_input_size
     from mcir_cli.models.loading import load_checkpoint_model
@@ -395,6 +406,7 @@ def to_basicsr_edsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("scale", [4, 3])
 def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tmp_path: Path, scale: int) -> None:
     from mcir_cli.data.imageio import read_image
@@ -422,6 +434,7 @@ def test_basicsr_edsr_gives_the_same_output_as_the_edsr_it_was_converted_from(tm
     assert set(torch.load(out, weights_only=True)) == {"params", "params_ema"}
 
 
+@pytest.mark.unit
 def test_edsr_res_scale_guess_is_said_and_can_be_given(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from mcir_cli.errors import McirError
     from mcir_cli.models.loading import load_checkpoint_model

@@ -37,6 +37,7 @@ def test_unwraps_known_wrappers_and_writes_them_back(tmp_path, dctlsa_sd, wrappe
     assert all(k.startswith("module.") for k in raw[wrapper])
 
 
+@pytest.mark.unit
 def test_basicsr_file_prefers_ema_and_rewrites_both(tmp_path, dctlsa_sd):
     other = {k: v + 1 if v.is_floating_point() else v for k, v in dctlsa_sd.items()}
     path = tmp_path / "basicsr.pth"
@@ -49,6 +50,7 @@ def test_basicsr_file_prefers_ema_and_rewrites_both(tmp_path, dctlsa_sd):
     assert torch.equal(raw["params"]["fea_conv.weight"], raw["params_ema"]["fea_conv.weight"])
 
 
+@pytest.mark.unit
 def test_pickle_that_needs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": NeedsCode()}, path)
@@ -57,6 +59,7 @@ def test_pickle_that_needs_code_is_refused(tmp_path):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_file_is_a_one_line_error(tmp_path, dctlsa_sd, suffix):
     path = tmp_path / f"full{suffix}"
@@ -71,6 +74,7 @@ def test_truncated_file_is_a_one_line_error(tmp_path, dctlsa_sd, suffix):
     assert str(cut) in str(err.value)
 
 
+@pytest.mark.unit
 def test_safetensors_round_trip_keeps_metadata(tmp_path, dctlsa_sd):
     path = save_safetensors(dctlsa_sd, tmp_path / "m.safetensors", {"architecture": "DCTLSA", "training": {"steps": 3}})
     ckpt = read_checkpoint(path)
@@ -90,6 +94,7 @@ def to_basicsr_names(key: str, num_blocks: int) -> str:
     return f"{fixed[stem]}.{leaf}"
 
 
+@pytest.mark.unit
 def test_renamed_layout_is_written_back_in_the_input_names(tmp_path):
     """spandrel renames BasicSR's ESRGAN keys on load; the .pth mcir writes uses the input's."""
     from spandrel.architectures.ESRGAN import ESRGAN
@@ -112,6 +117,7 @@ def test_renamed_layout_is_written_back_in_the_input_names(tmp_path):
         assert torch.equal(again.restorer.eval()(x), loaded.restorer.eval()(x))
 
 
+@pytest.mark.unit
 def test_missing_and_empty_files(tmp_path):
     with pytest.raises(McirError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "nope.pth")
@@ -125,6 +131,7 @@ def test_missing_and_empty_files(tmp_path):
         read_checkpoint(no_sd)
 
 
+@pytest.mark.unit
 def test_models_inspect_describes_a_checkpoint(tmp_path, dctlsa_sd):
     path = tmp_path / "wrapped.pth"
     torch.save({"params_ema": {f"module.{k}": v for k, v in dctlsa_sd.items()}}, path)
@@ -135,6 +142,7 @@ def test_models_inspect_describes_a_checkpoint(tmp_path, dctlsa_sd):
     assert "EMA copy yes" in out.replace("│", " ").replace("  ", " ") or "yes" in out
 
 
+@pytest.mark.unit
 def test_models_lists_presets_and_architectures():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0, res.output
@@ -142,11 +150,13 @@ def test_models_lists_presets_and_architectures():
         assert name in res.output
 
 
+@pytest.mark.unit
 def test_unknown_preset_suggests_names():
     res = runner.invoke(app, ["evaluate", "--model", "swinir-lite", "--scale", "4", "--data", "x"])
     assert res.exit_code == 2 and "swinir-light" in res.output
 
 
+@pytest.mark.unit
 def test_a_file_that_is_no_checkpoint_is_not_called_a_code_pickle(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("# just some text\n")
@@ -155,6 +165,7 @@ def test_a_file_that_is_no_checkpoint_is_not_called_a_code_pickle(tmp_path):
     assert "pickled code" not in str(err.value)
 
 
+@pytest.mark.unit
 def test_prefixes_are_stripped_in_every_order(tmp_path, dctlsa_sd):
     path = tmp_path / "compiled_ddp.pth"
     torch.save({f"_orig_mod.module.{k}": v for k, v in dctlsa_sd.items()}, path)
@@ -162,6 +173,7 @@ def test_prefixes_are_stripped_in_every_order(tmp_path, dctlsa_sd):
     assert set(ckpt.state_dict) == set(dctlsa_sd) and ckpt.prefix == "_orig_mod.module."
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content", [
     b"PK\x03\x04" + bytes(range(256)) * 20,  # torch's zip reader: a bare OSError(EINVAL)
     b"PK\x03\x04",
@@ -177,6 +189,7 @@ def test_zip_garbage_is_a_one_line_error_naming_the_file(tmp_path, content):
     assert "internal miniz error" not in msg and "Could this error message be improved" not in msg
 
 
+@pytest.mark.unit
 def test_an_unreadable_checkpoint_names_the_file(tmp_path, monkeypatch):
     import builtins
     import errno

@@ -72,6 +72,7 @@ class TinySR(nn.Module):
         return F.pixel_shuffle(x, 2)
 
 
+@pytest.mark.unit
 def test_tiled_sr_equals_untiled_with_scale():
     net = TinySR().eval()
     x = torch.rand(2, 3, 40, 37, generator=torch.Generator().manual_seed(1))
@@ -82,6 +83,7 @@ def test_tiled_sr_equals_untiled_with_scale():
 
 
 
+@pytest.mark.unit
 def test_tiles_batched_give_the_same_output():
     """Tiles stacked along the batch axis (`tile_batch`), two images at once: the same
     output as one tile at a time; the model really sees batches of tiles."""
@@ -96,6 +98,7 @@ def test_tiles_batched_give_the_same_output():
     assert seen == [8, 8, 8, 8]  # 4 x 4 tiles, 4 per pass, 2 images each
     assert (batched - one).abs().max() < 1e-6
 
+@pytest.mark.unit
 def test_tile_larger_than_image_and_single_image():
     net = TinySR().eval()
     x = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(2))
@@ -104,6 +107,7 @@ def test_tile_larger_than_image_and_single_image():
     assert torch.equal(y, restore(net, x, scale=2))
 
 
+@pytest.mark.unit
 def test_overlap_must_be_smaller_than_tile():
     from mcir_cli.errors import McirError
 
@@ -111,6 +115,7 @@ def test_overlap_must_be_smaller_than_tile():
         restore(TinySR(), torch.rand(1, 3, 40, 40), scale=2, tile=16, overlap=16)
 
 
+@pytest.mark.unit
 def test_tiling_pads_the_whole_image_like_the_untiled_run():
     """A model with a size multiple: edge tiles must see the same padding as the whole
     image (not their own), so a local model gives the untiled output exactly."""
@@ -141,6 +146,7 @@ class NeedsMultiple(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+@pytest.mark.unit
 def test_padding_to_multiple_is_cropped_back():
     x = torch.rand(1, 3, 13, 21, generator=torch.Generator().manual_seed(0))
     net = NeedsMultiple(8)
@@ -150,6 +156,7 @@ def test_padding_to_multiple_is_cropped_back():
     assert torch.equal(y, F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+@pytest.mark.unit
 def test_padding_square_and_min_size():
     x = torch.rand(3, 13, 21)
     net = NeedsMultiple(8, square=True)
@@ -160,6 +167,7 @@ def test_padding_square_and_min_size():
     assert net.seen == [(32, 32)]
 
 
+@pytest.mark.unit
 def test_tiles_are_padded_too():
     x = torch.rand(1, 3, 30, 30, generator=torch.Generator().manual_seed(3))
     net = NeedsMultiple(8)
@@ -168,6 +176,7 @@ def test_tiles_are_padded_too():
     assert torch.equal(y, F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+@pytest.mark.unit
 def test_pad_to_reflects_when_it_can():
     x = torch.arange(35.0).reshape(1, 1, 5, 7)
     y = pad_to(x, multiple_of=4)
@@ -177,6 +186,7 @@ def test_pad_to_reflects_when_it_can():
     assert torch.equal(y[..., 5, :7], x[..., 3, :])  # reflect: the row above the last
 
 
+@pytest.mark.unit
 def test_pad_to_replicates_tiny_images():
     x = torch.arange(6.0).reshape(1, 1, 2, 3)
     y = pad_to(x, min_size=8)
@@ -193,6 +203,7 @@ def test_pad_to_replicates_tiny_images():
     assert pad_to(torch.rand(1, 1, 1, 5), multiple_of=4).shape == (1, 1, 4, 8)
 
 
+@pytest.mark.unit
 def test_pad_to_no_op_returns_input():
     x = torch.rand(1, 3, 16, 24)
     assert pad_to(x, min_size=8, multiple_of=8) is x

@@ -40,6 +40,7 @@ PRINTED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("preset,test_set,baseline,spn,table", PRINTED)
 def test_presets_carry_the_printed_figures(preset, test_set, baseline, spn, table):
     paper = get_preset(preset).paper
@@ -47,6 +48,7 @@ def test_presets_carry_the_printed_figures(preset, test_set, baseline, spn, tabl
     assert (result.baseline.text, result.spn.text, paper.table) == (baseline, spn, table)
 
 
+@pytest.mark.unit
 def test_only_the_retrained_presets_carry_figures_and_contradictions_are_surfaced():
     carrying = {p.name for p in list_presets() if p.paper}
     assert carrying == {p for p, *_ in PRINTED} | {"dehazeformer-t"}
@@ -66,6 +68,7 @@ def _preset_with(tmp_path: Path, paper: str, base: str = "edsr-light-x4") -> Pat
     return path
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("paper,match", [
     ('[paper]\ntable = "Table 1"\n[paper.results]\nSet14 = { baseline = "28.5", spn = "28.63/0.7829" }\n',
      "printed figure"),
@@ -87,6 +90,7 @@ def test_malformed_paper_sections_are_one_line_errors(tmp_path, paper, match):
     assert "\n" not in str(err.value) and "p.toml" in str(err.value)
 
 
+@pytest.mark.unit
 def test_the_shared_benchmark_folders_by_name():
     """Every real folder in ../shared/data: the paper's sets found, parts flagged, others not."""
     data = shared_path("data")
@@ -97,6 +101,7 @@ def test_the_shared_benchmark_folders_by_name():
                      "Rain100L_subset3": ("Rain100L", True), "GOPRO_examples2": ("GoPro", True)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name,root,want", [
     ("BSD100", None, ("B100", False)), ("indoor", "/d/SOTS/indoor", ("SOTS-indoor", False)),
     ("test", "/d/RESIDE-6K/test", ("SOTS-mix", False)), ("test", "/d/GOPRO_Large/test", ("GoPro", False)),
@@ -113,6 +118,7 @@ def _model(arch: str, scale: int, params: int) -> dict:
     return {"architecture": arch, "scale": scale, "params": params, "preset": None, "label": "m"}
 
 
+@pytest.mark.unit
 def test_idt_checkpoints_get_the_row_of_the_preset_trained_for_that_set():
     """The five IDT presets share one network: the benchmark tells them apart, and a
     Rain200L folder gets the column the paper printed as Rain100L, flagged so."""
@@ -126,6 +132,7 @@ def test_idt_checkpoints_get_the_row_of_the_preset_trained_for_that_set():
     assert rows["Rain200L"]["preset"] == "idt-rain200l" and rows["Rain200L"]["flags"] == ["paper: printed as Rain100L"]
 
 
+@pytest.mark.unit
 def test_sots_mix_rows_say_the_papers_model_trained_on_reside_6k():
     """DehazeFormer-T's preset is trained on ITS; the paper's SOTS-mix figure is for its
     RESIDE-6K model (DehazeFormer's `RESIDE-6K/test` folder)."""
@@ -136,6 +143,7 @@ def test_sots_mix_rows_say_the_papers_model_trained_on_reside_6k():
     assert row["flags"] == ["paper: trained on RESIDE-6K"] and row["delta"]["printed"] == "+0.08/+0.001"
 
 
+@pytest.mark.unit
 def test_sr_rows_say_when_the_measured_convention_is_not_the_papers():
     result = {"model": _model("EDSR", 4, 1517595), "conventions": {"y_channel": False, "crop_border": 4},
               "datasets": {"Set14": {"images": [{}] * 14}}}
@@ -293,6 +301,7 @@ def test_study_shows_the_paper_rows_beside_its_table(benches, edsr_files, tmp_pa
     assert 'data-kind="paper-delta" data-column="B100_subset20" data-metric="psnr">+0.02<' in html
 
 
+@pytest.mark.unit
 def test_models_lists_each_presets_paper_table():
     res = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
     assert res.exit_code == 0 and "Table 2: Rain100L" in res.output and "Table 4: GoPro" in res.output
@@ -306,6 +315,7 @@ def _sr_result(label: str, sets: dict[str, int]) -> dict:
             "model": {"label": label, "preset": "edsr-light-x4"}, "datasets": datasets}
 
 
+@pytest.mark.unit
 def test_the_papers_average_only_under_an_average_of_its_own_test_sets():
     from mcir_cli.compare.exports import paper_table_rows
     from mcir_cli.compare.results import compare_results

@@ -113,15 +113,18 @@ def _run(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- files
 
 
+@pytest.mark.unit
 def test_every_shipped_preset_has_an_official_count():
     stems = {p.stem for p in presets_dir().glob("*.toml")}
     assert stems == set(OFFICIAL_PARAMS)
 
 
+@pytest.mark.unit
 def test_presets_dir_is_the_checkout_folder():
     assert presets_dir().resolve() == (REPO / "presets").resolve()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_file_is_complete(name):
     p = get_preset(name)
@@ -143,10 +146,12 @@ def test_preset_file_is_complete(name):
         assert r.milestones
 
 
+@pytest.mark.unit
 def test_list_presets_matches_files():
     assert [p.name for p in list_presets()] == NAMES
 
 
+@pytest.mark.unit
 def test_recipes_from_the_official_option_files():
     light = get_preset("swinir-light-x4").recipe
     assert (light.optimizer, light.lr, light.batch, light.patch) == ("adam", 2e-4, 64, 64)
@@ -175,6 +180,7 @@ def test_recipes_from_the_official_option_files():
 # --------------------------------------------------------------------------- names
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "short, scale, full",
     [
@@ -191,6 +197,7 @@ def test_short_names_resolve_with_scale(short, scale, full):
     assert get_preset(short, scale).name == full
 
 
+@pytest.mark.unit
 def test_short_name_without_scale_lists_scales():
     with pytest.raises(McirError) as info:
         get_preset("swinir-light")
@@ -199,11 +206,13 @@ def test_short_name_without_scale_lists_scales():
     assert "--scale" in msg
 
 
+@pytest.mark.unit
 def test_short_name_with_a_missing_scale_lists_scales():
     with pytest.raises(McirError, match=r"no x8 .*edsr-light-x2, edsr-light-x4"):
         get_preset("edsr-light", 8)
 
 
+@pytest.mark.unit
 def test_unknown_name_suggests_close_names():
     with pytest.raises(McirError, match="did you mean.*swinir-light"):
         get_preset("swinir-lite")
@@ -213,11 +222,13 @@ def test_unknown_name_suggests_close_names():
         get_preset("xyzzy")
 
 
+@pytest.mark.unit
 def test_scale_mismatch_is_an_error():
     with pytest.raises(McirError, match="x1, but --scale 4"):
         get_preset("dncnn-gray", 4)
 
 
+@pytest.mark.unit
 def test_preset_by_toml_path():
     path = REPO / "presets" / "edsr-light-x2.toml"
     assert get_preset(str(path)).name == "edsr-light-x2"
@@ -237,6 +248,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 GOOD = 'name = "x"\ntask = "sr"\nscale = 2\n[architecture]\nid = "EDSR"\n'
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "text, match",
     [
@@ -260,6 +272,7 @@ def test_malformed_presets_are_one_line_errors(tmp_path, text, match):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_valid_minimal_preset_uses_defaults(tmp_path):
     p = load_preset_file(_write(tmp_path, GOOD))
     assert isinstance(p, Preset) and p.io is None and p.recipe.optimizer == "adam"
@@ -298,6 +311,7 @@ def test_builds_with_official_count_and_forward(name):
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(IDT_TWINS))
 def test_idt_presets_share_one_network(name):
     twin, ref = get_preset(name), get_preset("idt-rain200h")
@@ -306,6 +320,7 @@ def test_idt_presets_share_one_network(name):
     assert twin.weights_file != ref.weights_file
 
 
+@pytest.mark.unit
 def test_fbcnn_recipe_and_its_grey_twin():
     """FBCNN options/train_fbcnn_{color,gray}.json: Adam 2e-5, batch 128, patch 96,
     MultiStepLR x0.5, L1 + 0.001 x the quality-factor L1 (QF_lossfn_weight)."""
@@ -319,6 +334,7 @@ def test_fbcnn_recipe_and_its_grey_twin():
     assert colour.params - grey.params == 2 * (9 * 64 * 2) + 2
 
 
+@pytest.mark.unit
 def test_idt_recipe_from_train_derain():
     # train_derain.py: Adam 1e-4, batch 4, crop 128, -SSIM, 400 epochs, MultiStepLR at
     # epochs 100/250/350 x 0.1; 1,800 Rain200H pairs = 450 batches per epoch
@@ -329,6 +345,7 @@ def test_idt_recipe_from_train_derain():
     assert get_preset("idt-spa").recipe.iterations == 400 * 159_616  # 638,464 pairs / 4
 
 
+@pytest.mark.unit
 def test_seeded_builds_are_reproducible():
     a = from_preset(get_preset("imdn-x4"), seed=3).net.state_dict()
     b = from_preset(get_preset("imdn-x4"), seed=3).net.state_dict()
@@ -347,6 +364,7 @@ def test_forward_at_recipe_patch(name):
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.unit
 def test_edsr_counts_frozen_meanshift_and_carries_io_range():
     net = _built("edsr-light-x4").net
     trainable = sum(q.numel() for q in net.parameters() if q.requires_grad)
@@ -356,6 +374,7 @@ def test_edsr_counts_frozen_meanshift_and_carries_io_range():
     assert _built("edsr-light-x4").restorer.io.in_range == (0.0, 255.0)
 
 
+@pytest.mark.unit
 def test_swinir_light_bias_tables_explain_the_papers_897k():
     net = _built("swinir-light-x4").net
     bias = sum(
@@ -424,17 +443,20 @@ def test_real_weights_load_through_the_preset(name, weights_env, tmp_path):
     _assert_same_outputs(lm, load_checkpoint_model(out, p, scale))
 
 
+@pytest.mark.unit
 def test_dctlsa_x4_by_short_name(weights_env):
     lm = load_model(model="dctlsa", scale=4)
     assert lm.checkpoint.path.name == "X4.pt" and lm.scale == 4
 
 
+@pytest.mark.unit
 def test_dncnn_preset_matches_what_spandrel_detects(weights_env):
     lm = load_model(model="dncnn-gray")
     assert lm.hyperparameters["act_mode"] == get_preset("dncnn-gray").kwargs["act_mode"] == "R"
     assert lm.in_channels == lm.out_channels == 1
 
 
+@pytest.mark.unit
 def test_missing_weights_name_the_file_and_url(monkeypatch, tmp_path):
     monkeypatch.setenv("MCIR_WEIGHTS", str(tmp_path))
     with pytest.raises(McirError) as info:

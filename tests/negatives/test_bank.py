@@ -43,6 +43,7 @@ def _perturb(model: nn.Module, seed: int, scale: float = 0.05) -> None:
 # ------------------------------------------------------------------ schedule and EMA values
 
 
+@pytest.mark.unit
 def test_schedule_steps_2_3():
     bank = NegativeBank(_conv(), steps=(2, 3), init="copy")
     got = {t: bank.update(t) for t in range(1, 7)}
@@ -50,6 +51,7 @@ def test_schedule_steps_2_3():
     assert bank.due(0) == [] and bank.due(12) == [0, 1]
 
 
+@pytest.mark.unit
 def test_ema_value_by_hand():
     target = _conv(1.0)
     bank = NegativeBank(target, steps=(2, 3), weight=0.1, init="copy")
@@ -77,6 +79,7 @@ def test_ema_value_by_hand():
 # ------------------------------------------------------------------ init modes
 
 
+@pytest.mark.unit
 def test_init_mix_exact_with_random_model():
     target = _Small()
     theta = copy.deepcopy(target.state_dict())
@@ -95,6 +98,7 @@ def test_init_mix_exact_with_random_model():
     assert not torch.equal(bank.params["conv.weight"][0], bank.params["conv.weight"][1])
 
 
+@pytest.mark.unit
 def test_init_mix_reset_parameters_default_is_seeded():
     target = _Small()
     bank = NegativeBank(target, steps=(1,), init="mix", mix=0.1, seed=3)
@@ -111,6 +115,7 @@ def test_init_mix_reset_parameters_default_is_seeded():
     assert all(torch.equal(a, b) for a, b in zip(bank.parameters(), again.parameters()))
 
 
+@pytest.mark.unit
 def test_negatives_random_models_never_share_a_targets_seed():
     """A from-scratch target of seed s is built with seed s; the negatives' random models
     draw from a stream of their own, so a mix negative is never a copy of the target and
@@ -124,6 +129,7 @@ def test_negatives_random_models_never_share_a_targets_seed():
         assert not torch.equal(bank.module(i).conv.weight, target.conv.weight)
 
 
+@pytest.mark.unit
 def test_global_rng_untouched():
     a, b = _Small(), _Small()
     torch.manual_seed(123)
@@ -133,6 +139,7 @@ def test_global_rng_untouched():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.unit
 def test_init_copy_equals_theta():
     target = _Small()
     bank = NegativeBank(target, steps=(5, 7), init="copy")
@@ -141,6 +148,7 @@ def test_init_copy_equals_theta():
             assert torch.equal(p, t), k
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", ["random", "frozen"])
 def test_random_and_frozen_never_update(mode):
     target = _Small()
@@ -159,6 +167,7 @@ def test_random_and_frozen_never_update(mode):
 # ------------------------------------------------------------------ buffers, grads, state
 
 
+@pytest.mark.unit
 def test_buffers_copied_at_init_and_update():
     target = _Small()
     with torch.no_grad():
@@ -178,6 +187,7 @@ def test_buffers_copied_at_init_and_update():
     assert torch.allclose(bank.module(1).bn.running_mean, torch.full((4,), 0.3))
 
 
+@pytest.mark.unit
 def test_no_grads_on_negatives():
     target = _Small()
     n_target = sum(1 for _ in target.parameters())
@@ -196,6 +206,7 @@ def test_no_grads_on_negatives():
     assert out.grad_fn is None
 
 
+@pytest.mark.unit
 def test_state_dict_round_trip(tmp_path):
     target = _Small()
     bank = NegativeBank(target, steps=(1, 2), init="mix", seed=0)
@@ -216,6 +227,7 @@ def test_state_dict_round_trip(tmp_path):
         NegativeBank(target, steps=(1, 3)).load_state_dict(sd)
 
 
+@pytest.mark.unit
 def test_to_device_keeps_views():
     target = _conv(1.0)
     bank = NegativeBank(target, steps=(1,), init="copy").to("cpu")
@@ -261,6 +273,7 @@ def _swinir_light():
     )
 
 
+@pytest.mark.unit
 def test_batched_equals_loop_swinir():
     _check_batched_equals_loop(_swinir_light(), torch.rand(1, 3, 16, 16))
 
@@ -273,6 +286,7 @@ def test_batched_equals_loop_dctlsa():
     _check_batched_equals_loop(model, torch.rand(1, 3, 16, 16))
 
 
+@pytest.mark.unit
 def test_bf16_autocast_close_to_fp32():
     bank = NegativeBank(_swinir_light().eval(), steps=(1, 2), init="mix")
     x = torch.rand(1, 3, 16, 16)
@@ -306,6 +320,7 @@ class _Custom(nn.Module):
         return _ScaleFn.apply(self.conv(x), self.scale)
 
 
+@pytest.mark.unit
 def test_loop_fallback_for_custom_autograd_function(caplog):
     target = _Custom()
     auto = NegativeBank(target, steps=(1, 2), init="mix", batched="auto")
@@ -335,6 +350,7 @@ class _InPlaceInput(nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("batched", [True, False])
 def test_caller_input_not_modified(batched):
     bank = NegativeBank(_InPlaceInput(), steps=(1, 2), init="copy", batched=batched)

@@ -23,6 +23,8 @@ from mcir_cli.render.charts import (
 )
 from mcir_cli.render.curves import RunCurves, curves_figure, default_ratio_band
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def drawn(fig):
     fig.canvas.draw()

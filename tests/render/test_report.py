@@ -3,11 +3,15 @@ run, no browser. The whole report in a real browser: tests/e2e/test_report.py.""
 
 from __future__ import annotations
 
+import pytest
+
 from mcir_cli.compare.exports import fmt_dpsnr
 from mcir_cli.compare.results import compare_results
 from mcir_cli.render.report import per_image_html
 from tests.browser import parsed
 from tests.conftest import result
+
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
 
 
 def test_per_image_table_has_every_later_models_delta():

@@ -24,6 +24,8 @@ from mcir_cli.render.visuals import (
     write_delta_charts,
 )
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 @pytest.fixture
 def images():

@@ -12,6 +12,8 @@ from mcir_cli.errors import McirError
 from mcir_cli.train.config import PAPER_STEPS, TrainConfig, fitted_steps, load_run_config, make_config, parse_steps
 from mcir_cli.train.parts import lr_factor
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def test_fitted_steps_keep_the_papers_ratios_and_fit_the_run():
     assert fitted_steps(300) == (4, 19, 38, 75)

@@ -6,6 +6,8 @@ import pytest
 
 from mcir_cli.train.ema import start_share
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def test_ema_share_of_the_start():
     assert start_share(0.999, 1000) == pytest.approx(0.368, abs=1e-3)

@@ -19,6 +19,8 @@ from mcir_cli.train.guard import (
     validation_collapse,
 )
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def _feed(guard: CollapseGuard, loss_name: str, values: list[float]) -> list[str]:
     fired = []

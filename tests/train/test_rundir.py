@@ -10,6 +10,8 @@ import pytest
 from mcir_cli.errors import McirError
 from mcir_cli.train.rundir import RunFolder
 
+pytestmark = pytest.mark.unit  # fast units only (pytest -m unit)
+
 
 def test_run_folder_validation_history(tmp_path):
     folder = RunFolder(tmp_path)

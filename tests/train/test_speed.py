@@ -161,11 +161,13 @@ def compiler(monkeypatch):
     monkeypatch.setattr(speed, "_compiler_available", lambda device: (True, ""))
 
 
+@pytest.mark.unit
 def test_auto_never_compiles_on_cpu(compiler):
     do, note = speed.compile_decision("cpu", 10**9, "auto")
     assert not do and "eager on cpu" in note
 
 
+@pytest.mark.unit
 def test_auto_on_cuda_depends_on_iters(compiler):
     do, note = speed.compile_decision("cuda", speed.AUTO_COMPILE_MIN_ITERS - 1, "auto")
     assert not do and "repays" in note
@@ -173,11 +175,13 @@ def test_auto_on_cuda_depends_on_iters(compiler):
     assert do and "compiling" in note
 
 
+@pytest.mark.unit
 def test_threshold_matches_its_derivation():
     derived = speed.COMPILE_GRAPHS_PER_RUN * speed.COMPILE_SECONDS_PER_GRAPH / speed.COMPILE_SAVING_S_PER_STEP
     assert abs(speed.AUTO_COMPILE_MIN_ITERS - derived) / derived < 0.01
 
 
+@pytest.mark.unit
 def test_on_and_off(compiler):
     assert speed.compile_decision("cuda", 10**9, "off")[0] is False
     do, note = speed.compile_decision("cpu", 1, "on")
@@ -185,6 +189,7 @@ def test_on_and_off(compiler):
     assert speed.compile_decision("cuda", 1, "on")[0] is True
 
 
+@pytest.mark.unit
 def test_no_compiler_means_eager(monkeypatch):
     monkeypatch.setattr(speed, "_compiler_available", lambda device: (False, "Triton is not installed"))
     for mode in ("auto", "on"):
@@ -192,6 +197,7 @@ def test_no_compiler_means_eager(monkeypatch):
         assert not do and "Triton" in note
 
 
+@pytest.mark.unit
 def test_bad_mode():
     with pytest.raises(ValueError, match="compile mode"):
         speed.compile_decision("cpu", 1, "yes")
@@ -229,6 +235,7 @@ def test_compile_training_compiles_all_three_parts():
 # ------------------------------------------------------------------ channels_last
 
 
+@pytest.mark.unit
 def test_channels_last_ok_conv_net_not_transformer():
     x = torch.rand(1, 3, 16, 16)
     edsr = _edsr_light()
@@ -252,6 +259,7 @@ class _ViewsConvOutput(nn.Module):
         return y.view(y.shape[0], -1).view_as(y)
 
 
+@pytest.mark.unit
 def test_channels_last_decision_modes():
     edsr, swin = _edsr_light(), _swinir_light(depths=(6, 6, 6, 6))
     x = torch.rand(1, 3, 16, 16)
@@ -264,6 +272,7 @@ def test_channels_last_decision_modes():
     assert speed.channels_last_decision(edsr, "cuda", "off")[0] is False
 
 
+@pytest.mark.unit
 def test_channels_last_rejected_when_forward_breaks():
     m = _ViewsConvOutput().train()
     assert speed.channels_last_ok(m)  # by parameter share alone
@@ -272,6 +281,7 @@ def test_channels_last_rejected_when_forward_breaks():
     assert m.conv.weight.is_contiguous()
 
 
+@pytest.mark.unit
 def test_precision_decision():
     bf16 = torch.bfloat16
     # auto is fp32: bf16 rounds a fine-tuning negative by as much as it differs (docs/evidence.md)
