@@ -53,9 +53,9 @@ finally:
 COMPARED = ("model.safetensors", "model.pth", "best.safetensors", "best.pth", "state.pt")
 
 
-def _args(run: Path, val: Path) -> list[str]:
+def _args(run: Path, data: Path, val: Path) -> list[str]:
     return ["retrain", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth")),
-            "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--val", str(val),
+            "--data", str(data), "--val", str(val),
             "--output", str(run), "--iters", "3", "--save-every", "2", "--batch", "1", "--patch", "12",
             "--embedding", "pixel", "--negative-steps", "1,2", "--device", "cpu"]
 
@@ -86,15 +86,16 @@ def val(tmp_path_factory) -> Path:
     return set5_crops(tmp_path_factory.mktemp("val"), ("bird",), 48)
 
 
-def _kill_and_resume(driver: Path, val: Path, tmp: Path, at: int, phase: str, want: dict, want_val: dict) -> None:
+def _kill_and_resume(driver: Path, data: Path, val: Path, tmp: Path, at: int, phase: str, want: dict,
+                     want_val: dict) -> None:
     run = tmp / f"k{at}{phase}"
     writes = tmp / f"writes-{at}{phase}"
-    killed = _mcir(driver, _args(run, val), writes, at, phase)
+    killed = _mcir(driver, _args(run, data, val), writes, at, phase)
     assert killed.returncode == -signal.SIGKILL, (at, phase, killed.stderr[-1500:])
     if run.exists():
         _complete(run)
     # what the user does next: resume, or (nothing saved yet) the same command again
-    again = ["retrain", "--resume", str(run)] if (run / "config.json").exists() else _args(run, val)
+    again = ["retrain", "--resume", str(run)] if (run / "config.json").exists() else _args(run, data, val)
     res = _mcir(driver, again, writes)
     assert res.returncode == 0, (at, phase, res.stderr[-1500:])
     got = {n: (run / n).read_bytes() for n in COMPARED}
@@ -104,13 +105,13 @@ def _kill_and_resume(driver: Path, val: Path, tmp: Path, at: int, phase: str, wa
 
 
 @pytest.mark.slow
-def test_sigkill_at_every_write_then_resume_is_bit_exact(val, tmp_path):
+def test_sigkill_at_every_write_then_resume_is_bit_exact(train_crops, val, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     straight = tmp_path / "straight"
-    done = _mcir(driver, _args(straight, val), tmp_path / "writes")
+    done = _mcir(driver, _args(straight, train_crops, val), tmp_path / "writes")
     assert done.returncode == 0, done.stderr[-2000:]
     writes = int((tmp_path / "writes").read_text())
     assert writes >= 10  # config, val/best at 0, state at 2, state, model, val/best, state at 3
@@ -120,5 +121,7 @@ def test_sigkill_at_every_write_then_resume_is_bit_exact(val, tmp_path):
     # moment after the last write (before the process would exit) needs an "after" kill
     jobs = [(at, "during") for at in range(1, writes + 1)] + [(writes, "after")]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two processes at a time: the 2 cores
-        for job in [pool.submit(_kill_and_resume, driver, val, tmp_path, at, ph, want, want_val) for at, ph in jobs]:
+        futures = [pool.submit(_kill_and_resume, driver, train_crops, val, tmp_path, at, ph, want, want_val)
+                   for at, ph in jobs]
+        for job in futures:
             job.result()
