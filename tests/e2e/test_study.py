@@ -20,8 +20,8 @@ from tests.conftest import set5_crops, shared_path
 runner = CliRunner()
 
 
-def _plan(out: Path, set5_bench: Path, **kw) -> StudyPlan:
-    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [set5_bench],
+def _plan(out: Path, train: Path, set5_bench: Path, **kw) -> StudyPlan:
+    paths = plan_paths(out, [train], [set5_bench],
                        shared_path("weights", "IMDN", "IMDN_x4.pth"))
     base = dict(arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0, 1], iters=2,
                 common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2}, device="cpu")
@@ -29,11 +29,11 @@ def _plan(out: Path, set5_bench: Path, **kw) -> StudyPlan:
     return StudyPlan(**paths, **base)
 
 
-def test_study_cli_end_to_end(set5_bench, tmp_path):
+def test_study_cli_end_to_end(train_crops, set5_bench, tmp_path):
     out = tmp_path / "study"
     res = runner.invoke(app, [
         "study", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth")),
-        "--data", str(shared_path("data", "train", "SunHays80_color_subset20")), "--benchmark", str(set5_bench),
+        "--data", str(train_crops), "--benchmark", str(set5_bench),
         "--arm", "plain", "--arm", "mcir-paper", "--arm", "lam:lam=1e-3,negative_steps=1/2",
         "--seeds", "0,1", "--iters", "2", "--batch", "1", "--patch", "12", "--embedding-init", "random",
         "--device", "cpu", "-o", str(out),
@@ -83,9 +83,9 @@ def _check_report(out: Path, summary: dict, tmp_path: Path) -> None:
     assert seen == 4 * 2 + 2  # 4 rows x (PSNR, SSIM) on one dataset; 2 arms' Δ
 
 
-def test_interrupted_study_resumes_without_redoing_finished_arms(set5_bench, tmp_path):
-    straight = run_study(_plan(tmp_path / "a", set5_bench))
-    plan = _plan(tmp_path / "b", set5_bench)
+def test_interrupted_study_resumes_without_redoing_finished_arms(train_crops, set5_bench, tmp_path):
+    straight = run_study(_plan(tmp_path / "a", train_crops, set5_bench))
+    plan = _plan(tmp_path / "b", train_crops, set5_bench)
 
     def stop_in_third_run(name: str, step: int) -> None:
         if name == "plain-s1":
@@ -102,7 +102,7 @@ def test_interrupted_study_resumes_without_redoing_finished_arms(set5_bench, tmp
     assert events == ["plain-s0", "mcir-s0", "plain-s1", "mcir-s1", "summary"]
     assert resumed["table"] == straight["table"]  # the same numbers as a study never stopped
     with pytest.raises(McirError, match="other settings"):
-        run_study(_plan(tmp_path / "b", set5_bench, iters=3), resume=True)
+        run_study(_plan(tmp_path / "b", train_crops, set5_bench, iters=3), resume=True)
     with pytest.raises(McirError, match="study folder exists"):
         run_study(plan)
 
@@ -116,20 +116,20 @@ def test_arms_and_plans_are_checked():
         StudyPlan(output="o", data=["d"], benchmarks=["b"], arms=[parse_arm("mcir"), parse_arm("mcir-paper")])
 
 
-def test_bad_study_input_is_refused_before_any_work(set5_bench, tmp_path):
+def test_bad_study_input_is_refused_before_any_work(train_crops, set5_bench, tmp_path):
     for arm, msg in (("x:lam=-1", "--arm x: --lambda must be a number >= 0"),
                      ("x:negative_init=bogus", "--arm x: --negative-init must be one of"),
                      ("x:lam_auto=maybe", "lam_auto='maybe' is not true or false"),
                      ("x:lam=1e-3,lam=2e-3", "lam is given twice")):
         with pytest.raises(McirError, match=msg):
-            run_study(_plan(tmp_path / "s", set5_bench, arms=[parse_arm("plain"), parse_arm(arm)]))
+            run_study(_plan(tmp_path / "s", train_crops, set5_bench, arms=[parse_arm("plain"), parse_arm(arm)]))
         assert not (tmp_path / "s").exists()
     with pytest.raises(McirError, match="--benchmark: folder not found"):
-        run_study(_plan(tmp_path / "s", tmp_path / "nosuch"))
+        run_study(_plan(tmp_path / "s", train_crops, tmp_path / "nosuch"))
     assert not (tmp_path / "s").exists()
     (tmp_path / "empty").mkdir()  # found only when the start row is scored: the new folder goes again
     with pytest.raises(McirError):
-        run_study(_plan(tmp_path / "s", tmp_path / "empty"))
+        run_study(_plan(tmp_path / "s", train_crops, tmp_path / "empty"))
     assert not (tmp_path / "s").exists()
     res = runner.invoke(app, ["study", "--resume", str(tmp_path / "s"), "--iters", "5"])
     assert res.exit_code == 2 and "(remove --iters)" in res.output
@@ -161,8 +161,8 @@ def test_from_scratch_ignores_pretrained_weights_in_mcir_weights(monkeypatch):
     assert all(torch.equal(scratch[k], again[k]) for k in scratch)  # seeded
 
 
-def _scratch_plan(out: Path, set5_bench: Path, val: Path, **kw) -> StudyPlan:
-    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [set5_bench], None, [val])
+def _scratch_plan(out: Path, train: Path, set5_bench: Path, val: Path, **kw) -> StudyPlan:
+    paths = plan_paths(out, [train], [set5_bench], None, [val])
     base = dict(model="imdn-x4", from_scratch=True, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0, 1],
                 iters=3, val_every=1, common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2},
                 device="cpu")
@@ -170,10 +170,10 @@ def _scratch_plan(out: Path, set5_bench: Path, val: Path, **kw) -> StudyPlan:
     return StudyPlan(**paths, **base)
 
 
-def test_from_scratch_study_shares_each_seeds_initialisation(set5_bench, tmp_path):
+def test_from_scratch_study_shares_each_seeds_initialisation(train_crops, set5_bench, tmp_path):
     out = tmp_path / "scratch"
     val = set5_crops(tmp_path / "ValCrops", ("baby",), 48)  # the curves' own small folder
-    summary = run_study(_scratch_plan(out, set5_bench, val))
+    summary = run_study(_scratch_plan(out, train_crops, set5_bench, val))
     inits = sorted(p.name for p in (out / "init").iterdir())
     assert inits == ["s0.safetensors", "s1.safetensors"]
     assert (out / "init" / "s0.safetensors").read_bytes() != (out / "init" / "s1.safetensors").read_bytes()
@@ -201,12 +201,12 @@ def test_from_scratch_study_shares_each_seeds_initialisation(set5_bench, tmp_pat
     assert "each seed's random initialisation" in md and "Validation PSNR (dB) on ValCrops" in md and "Collapses" in md
 
 
-def test_a_collapse_stops_the_unit_and_leaves_it_out(set5_bench, tmp_path):
+def test_a_collapse_stops_the_unit_and_leaves_it_out(train_crops, set5_bench, tmp_path):
     """The study's one rule: whichever arm collapses stops there (no arm goes on at a halved
     lr or λ its partner never had); the unit is reported and left out of the Δ statistics;
     a resume scores it as it stopped instead of training it on."""
-    plan = _plan(tmp_path / "c", set5_bench, arms=[parse_arm("plain"), parse_arm("hot:lam=100,negative_init=mix")],
-                 seeds=[0], iters=8)
+    plan = _plan(tmp_path / "c", train_crops, set5_bench,
+                 arms=[parse_arm("plain"), parse_arm("hot:lam=100,negative_init=mix")], seeds=[0], iters=8)
     summary = run_study(plan)
     unit = summary["units"]["hot-s0"]
     assert unit["collapses"] == 1 and unit["steps"] < 8 and "collapse" in unit["stopped"]

@@ -28,8 +28,8 @@ runner = CliRunner()
 ITERS = 8  # several saved steps: a kill and then a preemption land inside training
 
 
-def _plan(out: Path, set5_bench: Path) -> StudyPlan:
-    paths = plan_paths(out, [shared_path("data", "train", "SunHays80_color_subset20")], [set5_bench],
+def _plan(out: Path, train: Path, set5_bench: Path) -> StudyPlan:
+    paths = plan_paths(out, [train], [set5_bench],
                        shared_path("weights", "IMDN", "IMDN_x4.pth"))
     return StudyPlan(**paths, arms=[parse_arm("plain"), parse_arm("mcir")], seeds=[0], iters=ITERS,
                      common={"batch": 1, "patch": 12, "embedding": "pixel", "lam": 1e-2, "save_every": 1},
@@ -53,10 +53,10 @@ def _figures(summary: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def serial(set5_bench, tmp_path_factory) -> str:
+def serial(train_crops, set5_bench, tmp_path_factory) -> str:
     """The study's figures from one serial process."""
     with _one_thread():
-        return _figures(run_study(_plan(tmp_path_factory.mktemp("serial") / "S", set5_bench)))
+        return _figures(run_study(_plan(tmp_path_factory.mktemp("serial") / "S", train_crops, set5_bench)))
 
 
 def _shard(study: Path, shard: str) -> subprocess.Popen:
@@ -74,7 +74,8 @@ def _wait_for(path: Path, procs: list, what: str, limit: float = 300.0) -> None:
         time.sleep(0.02)
 
 
-def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(set5_bench, serial, tmp_path, monkeypatch):
+def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(train_crops, set5_bench, serial, tmp_path,
+                                                                           monkeypatch):
     """Two concurrent shards; the one inside mcir-s0 is killed (SIGKILL); the unit is
     taken up by a submitted job (submitit's local executor) that is preempted (USR2)
     mid-training, saves, is requeued and resumes; the figures are the serial ones and no
@@ -83,7 +84,7 @@ def test_shards_a_killed_shard_and_a_preempted_job_give_the_serial_figures(set5_
     from mcir_cli.workflows.study_submit import submit_study
 
     study = tmp_path / "S"
-    create_study(_plan(study, set5_bench))
+    create_study(_plan(study, train_crops, set5_bench))
     a, b = _shard(study, "0/2"), _shard(study, "1/2")  # a: start, mcir-s0 first; b: plain-s0 first
     state = study / "runs" / "mcir-s0" / "state.pt"
     _wait_for(state, [a], "a's first saved step of mcir-s0")
