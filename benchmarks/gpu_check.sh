@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, spandrel; print('torch', torch.__version__, 'spandrel', spandrel.__version__)"
 
 stage "CUDA tests (vmap vs loop on CUDA, autocast gap, retrain defaults)"
-timeout 100 python3 -m pytest -q -s tests/test_cuda.py tests/test_metrics.py -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
+timeout 100 python3 -m pytest -q -s tests/e2e/test_cuda.py tests/metrics/test_basicsr.py -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
 
 stage "bf16 and TF32 negatives: rounding against the signal on CUDA (why --amp auto is fp32 with TF32 off)"
 timeout 30 python3 benchmarks/negatives_precision.py --device cuda --steps 100 \

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,42 @@ def render(page: Path, work: Path, width: int = 412, height: int = 915, probe: b
     assert dom.returncode == 0 and dom.stdout.strip(), dom.stderr[-2000:]
     assert shot.exists(), pic.stderr[-2000:]
     return Rendered(dom.stdout, console, shot)
+
+
+class Cells(HTMLParser):
+    """Every element with data-kind: its data-* attributes and its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[dict] = []
+        self._open: list[dict | None] = []
+        self.imgs: list[str] = []
+        self.body: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+            return
+        if tag == "body":
+            self.body = a
+        cell = {k[5:]: v for k, v in a.items() if k.startswith("data-")} if "data-kind" in a else None
+        if cell is not None:
+            cell["text"] = ""
+            self.cells.append(cell)
+        self._open.append(cell)
+
+    def handle_endtag(self, tag):
+        if self._open and tag not in ("img", "meta", "br"):
+            self._open.pop()
+
+    def handle_data(self, data):
+        for cell in self._open:
+            if cell is not None:
+                cell["text"] += data
+
+
+def parsed(dom: str) -> Cells:
+    p = Cells()
+    p.feed(dom)
+    return p

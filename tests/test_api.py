@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import mcir_cli
 from tests.conftest import SHARED, shared_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.unit
 def test_every_public_name_resolves():
     assert mcir_cli.__all__[0] == "__version__"
     for name in mcir_cli.__all__:

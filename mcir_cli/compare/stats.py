@@ -245,7 +245,7 @@ def _standard_error(d: np.ndarray) -> float:
     Var(mean) = σa²/K + σb²/n + σe²/(K·n). The seed means' spread (MS_seed) estimates
     σa²/K + σe²/(K·n) times K·n; the image term is added from (MS_image − MS_resid)⁺.
     Tested with K − 1 degrees of freedom (the seed count is the sample size): exact when
-    images carry no effect of their own, conservative when they do (tests/test_stats.py
+    images carry no effect of their own, conservative when they do (tests/compare/test_stats_seeds.py
     simulates both)."""
     k, n = d.shape
     ms_s, ms_i, ms_e = _mean_squares(d)
@@ -272,7 +272,7 @@ def seed_image_stats(deltas: np.ndarray, alpha: float = 0.05, power: float = 0.8
     enter the standard error (`_standard_error`) and the seed count sets the degrees of
     freedom, so three seeds carry three seeds' worth of evidence however many images there
     are; the verdict says how small a difference the design could have shown
-    (`detectable`, at `power`). Calibrated by simulation in tests/test_stats.py."""
+    (`detectable`, at `power`). Calibrated by simulation in tests/compare/test_stats_seeds.py."""
     d = np.asarray(deltas, dtype=np.float64)
     d = d[None, :] if d.ndim == 1 else d
     if d.ndim != 2 or d.size == 0 or not np.all(np.isfinite(d)):

@@ -5,7 +5,7 @@ The field's test and training scripts (FBCNN `main_test_fbcnn_{color,gray}.py` a
 `cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, q])` then `cv2.imdecode` (colour
 through BGR, grey as one channel). mcir encodes with Pillow, which wraps the same
 libjpeg(-turbo) with the same defaults: IJG quantisation tables scaled by q, 4:2:0 chroma
-subsampling, baseline Huffman coding, no optimisation. `tests/test_jpeg.py` shows the
+subsampling, baseline Huffman coding, no optimisation. `tests/data/test_jpeg.py` shows the
 decoded images equal OpenCV's, byte for byte, at q = 10, 40 and 90 (grey and colour, odd
 sizes too), so OpenCV is only a test dependency.
 """
