@@ -123,5 +123,6 @@ def start_warnings(cfg: TrainConfig, parts: Any) -> list[tuple[int, str]]:
                 if cfg.negative_init == "mix" else "the starting weights"
             out.append((logging.WARNING, "negatives with update periods " + ", ".join(
                 f"{s} ({n} update{'s' if n != 1 else ''})" for s, n in idle) + f" in a {cfg.iters}-step run stay at "
-                f"{where}; --negative-steps auto fits the periods to the run"))
+                f"{where}; --negative-steps auto (in a study: --arm NAME:negative_steps=auto) fits the periods "
+                "to the run"))
     return out
