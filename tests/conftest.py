@@ -66,13 +66,14 @@ def train_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def train_crops(train_dir, tmp_path_factory) -> Path:
+def train_crops(tmp_path_factory) -> Path:
     """96x96 crops of three of those photos (PNG), for tests whose many runs or processes
     each decode their training data at the start (the whole photos: ~4 s a process)."""
     from mcir_cli.data.imageio import read_image, write_image
 
     root = tmp_path_factory.mktemp("train")
-    for photo in sorted(p for p in train_dir.iterdir() if p.suffix == ".jpg")[:3]:
+    photos = shared_path("data", "train", "SunHays80_color_subset20")
+    for photo in sorted(p for p in photos.iterdir() if p.suffix == ".jpg")[:3]:
         write_image(root / f"{photo.stem}.png", read_image(photo)[:, :96, :96])
     return root
 
