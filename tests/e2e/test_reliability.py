@@ -179,7 +179,7 @@ def test_reader_os_errors_name_the_checkpoint(tmp_path, monkeypatch):
     assert "damaged zip archive: Invalid argument" in out
 
 
-def test_results_of_the_same_name_are_told_apart_by_theirfiles_under(tmp_path):
+def test_results_of_the_same_name_are_told_apart_by_their_files(tmp_path):
     """`mcir compare a/X4.json b/X4.json` named them "X4 (1)"/"X4 (2)" in its messages."""
     import json as _json
 

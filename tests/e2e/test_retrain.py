@@ -19,11 +19,11 @@ from tests.conftest import read_log, shared_path
 runner = CliRunner()
 
 
-def test_retrain_cli_end_to_end(dctlsa, train_dir, small_val, tmp_path):
+def test_retrain_cli_end_to_end(dctlsa, train_crops, small_val, tmp_path):
     before = sha256_file(dctlsa)
     run = tmp_path / "RUN"
     res = runner.invoke(app, [
-        "retrain", "--checkpoint", str(dctlsa), "--data", str(train_dir), "--val", str(small_val),
+        "retrain", "--checkpoint", str(dctlsa), "--data", str(train_crops), "--val", str(small_val),
         "--iters", "8", "--batch", "2", "--patch", "16", "--negative-steps", "2,4,8",
         "--embedding-init", "random", "--device", "cpu", "--output", str(run),
     ])
@@ -123,7 +123,7 @@ def test_existing_output_and_empty_data_refused(dctlsa, train_dir, tmp_path):
     assert res.exit_code == 2 and "empty" in res.output
 
 
-def test_preset_spn_settings_are_the_flag_defaults(dctlsa, train_dir, tmp_path):
+def test_preset_spn_settings_are_the_flag_defaults(dctlsa, train_crops, tmp_path):
     """A user's own preset file: its [spn] values become the run's defaults; flags still win."""
     from mcir_cli.models.presets import presets_dir
 
@@ -135,7 +135,7 @@ def test_preset_spn_settings_are_the_flag_defaults(dctlsa, train_dir, tmp_path):
     preset = tmp_path / "my-dctlsa.toml"
     preset.write_text(text)
     run = tmp_path / "RUN"
-    res = runner.invoke(app, ["retrain", "--model", str(preset), "--checkpoint", str(dctlsa), "--data", str(train_dir),
+    res = runner.invoke(app, ["retrain", "--model", str(preset), "--checkpoint", str(dctlsa), "--data", str(train_crops),
                               "--iters", "1", "--batch", "1", "--patch", "16", "--negative-weight", "0.3",
                               "--device", "cpu", "--output", str(run)])
     assert res.exit_code == 0, res.output
@@ -144,12 +144,12 @@ def test_preset_spn_settings_are_the_flag_defaults(dctlsa, train_dir, tmp_path):
     assert cfg["negative_init"] == "copy" and cfg["negative_weight"] == 0.3  # the flag wins
 
 
-def test_cli_exit_code_says_the_run_stopped_early(imdn, train_dir, tmp_path):
+def test_cli_exit_code_says_the_run_stopped_early(imdn, train_crops, tmp_path):
     """A run stopped by the collapse guard is not a finished run: exit 1, so that
     `mcir retrain ... && mcir evaluate ...` does not carry on (a signal stop exits 128 + its number: 130, 143)."""
     run = tmp_path / "run"
     res = runner.invoke(app, [
-        "retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(run),
+        "retrain", "--checkpoint", str(imdn), "--data", str(train_crops), "--output", str(run),
         "--iters", "20", "--batch", "1", "--patch", "16", "--embedding", "pixel",
         "--negative-steps", "1,2", "--lambda", "1e30", "--device", "cpu",
     ])
@@ -158,7 +158,7 @@ def test_cli_exit_code_says_the_run_stopped_early(imdn, train_dir, tmp_path):
     assert (run / "model.safetensors").exists()  # the last good weights are still written
 
 
-def test_several_validation_folders(imdn, train_dir, small_val, tmp_path):
+def test_several_validation_folders(imdn, train_crops, small_val, tmp_path):
     """--val twice: each folder scored as `mcir evaluate` scores it; best.* follows the mean
     of the dataset means (how papers average benchmarks)."""
     second = tmp_path / "Second"
@@ -167,7 +167,7 @@ def test_several_validation_folders(imdn, train_dir, small_val, tmp_path):
         write_image(second / "HR" / f"{name}.png", hr)
         write_image(second / "LR_bicubic" / "X4" / f"{name}x4.png", imresize(hr, 1 / 4))
     run = tmp_path / "run"
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--val", str(small_val),
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_crops), "--val", str(small_val),
                               "--val", str(second), "--iters", "2", "--batch", "1", "--patch", "16",
                               "--embedding", "pixel", "--negative-steps", "1,2", "--device", "cpu", "--output", str(run)])
     assert res.exit_code == 0, res.output
@@ -185,10 +185,10 @@ def test_several_validation_folders(imdn, train_dir, small_val, tmp_path):
     assert "mean of" in " ".join(res.output.split())
 
 
-def test_psnr_loss_runs_200_steps_without_a_false_collapse(imdn, train_dir, tmp_path):
+def test_psnr_loss_runs_200_steps_without_a_false_collapse(imdn, train_crops, tmp_path):
     """NAFNet's PSNR loss is negative: 'l_rec > 10 x median' fired on every step of it."""
     run = tmp_path / "run"
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(run),
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_crops), "--output", str(run),
                               "--iters", "200", "--batch", "1", "--patch", "12", "--loss", "psnr",
                               "--negative-init", "none", "--device", "cpu", "--log-every", "10"])
     assert res.exit_code == 0, res.output
@@ -204,11 +204,11 @@ def test_lambda_auto_is_refused_with_the_signed_psnr_loss(imdn, train_dir, tmp_p
     assert not (tmp_path / "r").exists()
 
 
-def test_a_run_file_round_trips_a_run(imdn, train_dir, tmp_path):
+def test_a_run_file_round_trips_a_run(imdn, train_crops, tmp_path):
     """--config A/config.json repeats run A elsewhere: the same configuration and the same
     bytes; a run.toml sets flags by name, and flags on the command line win."""
     a, b = tmp_path / "a", tmp_path / "b"
-    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_dir), "--output", str(a),
+    res = runner.invoke(app, ["retrain", "--checkpoint", str(imdn), "--data", str(train_crops), "--output", str(a),
                               "--iters", "2", "--batch", "1", "--patch", "12", "--embedding", "pixel",
                               "--lambda", "1e-3", "--device", "cpu"])
     assert res.exit_code == 0, res.output
@@ -220,7 +220,7 @@ def test_a_run_file_round_trips_a_run(imdn, train_dir, tmp_path):
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
 
     run_toml = tmp_path / "run.toml"
-    run_toml.write_text(f'checkpoint = "{imdn}"\ndata = ["{train_dir}"]\niters = 1\nbatch = 1\npatch = 12\n'
+    run_toml.write_text(f'checkpoint = "{imdn}"\ndata = ["{train_crops}"]\niters = 1\nbatch = 1\npatch = 12\n'
                         'embedding = "pixel"\ndevice = "cpu"\n[spn]\nlambda = 2e-3\nsteps = [1, 2]\n')
     res = runner.invoke(app, ["retrain", "--config", str(run_toml), "--output", str(tmp_path / "c"),
                               "--lambda", "5e-3"])
