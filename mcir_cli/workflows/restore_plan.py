@@ -89,6 +89,10 @@ def plan_jobs(inputs: list[str | Path], output: str | Path, fmt: str | None = No
     if len(inputs) == 1 and inputs[0].is_file() and output.suffix.lower() in _BY_SUFFIX:
         jobs = [_single_file_job(pairs[0][0], output, fmt, wanted)]
     else:
+        if output.suffix.lower() in _BY_SUFFIX and not output.is_dir():  # an image file's name, not a folder
+            what = f"{len(inputs)} inputs" if len(inputs) > 1 else "a folder input"
+            raise McirError(f"-o names one {_BY_SUFFIX[output.suffix.lower()]} file, but there are {what}: "
+                            "give a folder for -o (or restore one image at a time)", output)
         _check_output(inputs, output)
         jobs = []
         for source, rel in pairs:

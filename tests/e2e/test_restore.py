@@ -94,6 +94,22 @@ def test_format_same_and_quality(tmp_path, imdn_path):
     assert "--quality is for JPEG and WebP" in err and not (tmp_path / "png").exists()
 
 
+def test_an_image_name_for_several_inputs_is_refused_not_made_a_folder(tmp_path, imdn_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _crop("head", (120, 100, 140, 120)).save(src / "a.png")
+    _crop("bird", (100, 100, 120, 120)).save(src / "b.png")
+    err = _one_line_error(str(src / "a.png"), str(src / "b.png"), "-o", str(tmp_path / "out.png"), "--checkpoint",
+                          imdn_path)
+    assert "2 inputs" in err and "give a folder for -o" in err and "out.png" in err
+    err = _one_line_error(str(src), "-o", str(tmp_path / "all.webp"), "--checkpoint", imdn_path)
+    assert "a folder input" in err and "give a folder for -o" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written
+    (tmp_path / "made.png").mkdir()  # a folder that happens to have an image's suffix is still a folder
+    _run(str(src), "-o", str(tmp_path / "made.png"), "--checkpoint", imdn_path)
+    assert sorted(p.name for p in (tmp_path / "made.png").iterdir()) == ["a.png", "b.png"]
+
+
 # ---------------------------------------------------------------------------------- alpha
 
 
