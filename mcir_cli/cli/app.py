@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,13 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code) from None
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A UserWarning (an image's alpha dropped, ...) as one line, like mcir's own notes:
+    its source file and line say nothing to a user."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn user errors into one line and exit code 2; never a traceback for those."""
 
@@ -85,7 +93,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                default = warnings.showwarning
+                warnings.showwarning = lambda m, c, *rest: (_show_warning if issubclass(c, UserWarning)
+                                                            else default)(m, c, *rest)
+                return func(*args, **kwargs)
         except McirError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:

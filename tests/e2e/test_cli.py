@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
-from tests.conftest import one_line_error, shared_path
+from PIL import Image
+from tests.conftest import one_line_error, set5_crops, shared_path
 from typer.testing import CliRunner
 
 from mcir_cli import __version__
@@ -144,3 +146,18 @@ def test_retrain_without_output_writes_a_new_dated_run_folder_and_says_so(tmp_pa
     first.mkdir(parents=True)
     assert default_run_folder(None, "/w/DCTLSA/X4.pt", now, tmp_path).name == "DCTLSA-X4-20261203-161800-2"
     assert default_run_folder("swinir-light", None, now, tmp_path).name == "swinir-light-20261203-161800"
+
+
+def test_a_library_warning_is_one_line_without_source_location(imdn, tmp_path):
+    """An RGBA ground truth: its alpha is dropped with a warning, said as mcir's other
+    notes are ("warning: ..."), not as Python's `file:line: UserWarning` with a code line."""
+    root = set5_crops(tmp_path / "bench", ("bird",), 48)
+    hr = Image.open(root / "HR" / "bird.png").convert("RGBA")
+    alpha = np.full((48, 48), 255, np.uint8)
+    alpha[:8] = 0  # real transparency: an opaque alpha is dropped silently
+    hr.putalpha(Image.fromarray(alpha))
+    hr.save(root / "HR" / "bird.png")
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(root), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "bird.png: alpha channel dropped" in res.output
+    assert "UserWarning" not in res.output and "warnings.warn" not in res.output
