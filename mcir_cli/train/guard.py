@@ -206,11 +206,13 @@ class Rollback:
         if force or step % self.every == 0:
             self.previous, self.latest = self.latest, snapshot
 
-    def target(self, bad_step: int) -> dict[str, Any]:
-        """The newest snapshot whose weights have produced a healthy step; right after a
-        resume at a snapshot step there is no older one."""
+    def target(self, first_bad_step: int) -> dict[str, Any]:
+        """The newest snapshot older than the weights that produced `first_bad_step` (the
+        collapsed step, or the first step of a dominance streak: snapshots are not taken
+        inside one, so the one before it is never inside it either); right after a resume
+        at a snapshot step there is no older one."""
         assert self.latest is not None
-        if self.latest["step"] < bad_step - 1 or self.previous is None:
+        if self.latest["step"] < first_bad_step - 1 or self.previous is None:
             return self.latest
         return self.previous
 

@@ -201,7 +201,7 @@ class Run:
             if message:
                 log.warning("%s", message)
                 self.log(logger, {"event": "ratio_warning", "step": st.step, "ratio": ratio, "message": message})
-        if st.step % self.rollback.every == 0:
+        if st.step % self.rollback.every == 0 and not self.guard.dominated:  # never inside a dominance streak
             self.rollback.take(st.step, self.snapshot())
         checks = self.dist.check_sync(self.parts, st.step)
         if checks is not None:
@@ -223,7 +223,7 @@ class Run:
         if reason is None:
             return "continue"
         st.collapses += 1
-        target = self.rollback.target(bad_step)
+        target = self.rollback.target(bad_step - self.guard.dominated)  # back past a dominance streak
         self.roll_back(target)
         self.rollback.rolled_back_to(target)
         if self.parts.bank is not None and self.lam.lam > 0:

@@ -121,6 +121,22 @@ def test_rollback_skips_the_snapshot_that_produced_the_bad_step():
     assert rb.latest["step"] == 4 and rb.previous is None and rb.target(5)["step"] == 4
 
 
+def test_rollback_goes_back_past_a_dominance_streak():
+    """A dominance collapse at step 10 after a streak from step 6: the weights of step 5
+    produced the first dominated loss, so the target is older than 5 (no snapshot is taken
+    inside the streak, as the loop does)."""
+    rb, guard = Rollback(every=1), CollapseGuard()
+    for step in range(1, 10):
+        ratio = 3.0 if step >= 6 else 0.0
+        guard.accept(0.02, ratio)
+        if not guard.dominated:
+            rb.take(step, {"step": step})
+    assert guard.check(-1.0, 1.0, 0.02, 3.0) is not None  # step 10: the fifth in a row
+    assert (rb.latest["step"], rb.previous["step"]) == (5, 4)
+    assert rb.target(10 - guard.dominated)["step"] == 4
+    assert rb.target(10)["step"] == 5  # the old rule: a snapshot whose weights were already dominated
+
+
 def test_validation_collapse():
     assert validation_collapse(31.6, 32.52, 1.0) is None
     assert "below the start" in validation_collapse(28.02, 32.52, 1.0)

@@ -408,6 +408,19 @@ def test_collapse_rolls_back_past_the_weights_that_produced_it(imdn, train_dir, 
     assert result.steps == 8 and result.collapses == 1
 
 
+def test_a_dominance_collapse_rolls_back_to_before_the_streak(imdn, train_dir, tmp_path):
+    """L_rec made tiny for calls 3-7: λ·L_neg outweighs it from step 3, the fifth such step
+    (7) is a collapse, and the run goes back to step 1 (step 2's weights produced step 3's
+    dominated loss), not to a snapshot taken inside the streak."""
+    trainer = Run(config(imdn, train_dir, tmp_path / "run", iters=9, lam=1e-3))
+    trainer.parts.rec_loss = ScaleAt(trainer.parts.rec_loss, set(range(3, 8)), 1e-6)
+    result = trainer.train()
+    event = next(r for r in read_log(tmp_path / "run") if r.get("event") == "collapse")
+    assert event["step"] == 7 and "outweighed l_rec" in event["reason"]
+    assert event["rolled_back_to"] == 1
+    assert result.steps == 9 and result.collapses == 1
+
+
 def test_resume_knows_the_best_validation(imdn, train_dir, small_val, tmp_path):
     """best.* follows val.json across resumes: the state saved at the end knows the final
     validation, and a resume takes the best from val.json (a stale state cannot let a
