@@ -17,6 +17,7 @@ from mcir_cli.cli import app
 from mcir_cli.data.imageio import read_image, to_uint8, write_image
 from mcir_cli.data.layouts import infer_scale, recognise
 from mcir_cli.data.resize import imresize
+from mcir_cli.errors import McirError
 
 runner = CliRunner()
 
@@ -153,6 +154,28 @@ def test_div2k_lr_unknown_and_valid_by_pointing_at_them(tmp_path, images):
     check(valid, "sr", 4, ["0801"])
     j = evaluate_json(tmp_path, "--bicubic", "--data", valid)
     assert list(j["datasets"]["X4"]["images"][0])[:1] == ["name"] and j["model"]["scale"] == 4
+
+
+@pytest.mark.unit
+def test_a_missing_scale_is_made_by_bicubic_only_from_a_bicubic_set(tmp_path, images):
+    """HR/ + LR_bicubic/X4/ asked for x2: MATLAB bicubic from HR/ is the same benchmark. A
+    real-world-degraded set (`mcir data degrade`'s LR_realesrgan/, DIV2K's LR_unknown/)
+    asked for a scale it lacks is refused: bicubic LR would be another benchmark."""
+    bic, rw = tmp_path / "bic", tmp_path / "rw"
+    for n, img in enumerate(images[:2]):
+        for root, kind in ((bic, "LR_bicubic"), (rw, "LR_realesrgan")):
+            put(root / "HR" / f"i{n}.png", img)
+            put(root / kind / "X4" / f"i{n}x4.png", lr(img, 4))
+    assert "LR made from HR/ by MATLAB bicubic" in recognise(bic, 2).notes[-1]
+    assert recognise(rw, 4).scale == 4
+    with pytest.raises(McirError, match=r"no x2 inputs \(has x4, from LR_realesrgan/\): its LR images are not bicubic"):
+        recognise(rw, 2)
+    root = div2k(tmp_path / "DIV2K", images, valid=False)
+    assert recognise(root, 2).scale == 2  # the bicubic X4/ is the one used: x2 made from HR
+    with pytest.raises(McirError, match="from DIV2K_train_LR_unknown/"):
+        recognise(root / "DIV2K_train_LR_unknown", 2)
+    res = runner.invoke(app, ["data", "inspect", str(rw), "--scale", "2"])
+    assert res.exit_code == 2 and "not bicubic" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.unit

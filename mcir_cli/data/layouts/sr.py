@@ -39,6 +39,12 @@ def _sr_build(root: Path, layout: str, per_scale: dict[int, list[tuple[Path, Pat
         if scale not in per_scale:
             if not hr_dirs:
                 raise McirError(f"no x{scale} inputs (has x{', x'.join(map(str, scales)) or ' none'})", root)
+            degraded = sorted({_lr_kind(lq) for dirs in per_scale.values() for _, lq in dirs} - {"bicubic"})
+            if degraded:  # bicubic LR made from HR would score (or train on) another benchmark
+                raise McirError(f"no x{scale} inputs (has x{', x'.join(map(str, scales))}, from "
+                                f"{', '.join(degraded)}/): its LR images are not bicubic, so x{scale} LR made "
+                                f"from HR by bicubic would be another benchmark; give x{scale} inputs of the "
+                                "same degradation, or the HR folder alone for bicubic", root)
             note = (f"no x{scale} inputs (has x{', x'.join(map(str, scales))}): " if scales else "") + \
                 f"LR made from {'/, '.join(d.name for d in hr_dirs)}/ by MATLAB bicubic"
             found = hr_only(root, hr_dirs, scale)
@@ -55,6 +61,16 @@ def _sr_build(root: Path, layout: str, per_scale: dict[int, list[tuple[Path, Pat
         return Found(root, name, "sr", scale, _unique(pairs, root), scales, tuple(extra))
 
     return build
+
+
+def _lr_kind(lq_dir: Path) -> str:
+    """"bicubic" for an LR folder of bicubic downscales (`LR_bicubic/X4`, `LRbicx4`,
+    `DIV2K_train_LR_bicubic/X4_sub`), else the folder that names its degradation
+    (`LR_realesrgan`, `DIV2K_train_LR_unknown`)."""
+    for d in (lq_dir, lq_dir.parent):
+        if "bicubic" in d.name.lower() or re.fullmatch(r"lrbicx\d+", d.name.lower()):
+            return "bicubic"
+    return lq_dir.parent.name if re.fullmatch(r"[xX]\d+(_sub)?", lq_dir.name) else lq_dir.name
 
 
 def hr_only(root: Path, hr_dirs: Sequence[Path], scale: int | None) -> Found:
