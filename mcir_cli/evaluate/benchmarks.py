@@ -348,15 +348,14 @@ def evaluate_compressed(
     """The "JPEG" row of every artifact-removal table: the decoded JPEG itself scored
     against the clean image (as `evaluate_bicubic` is SR's baseline). With `save_images`,
     the decoded images are written (lossless PNG) as `<dataset>/q<q>/<name>.png`."""
-    staging: Path | None = None
-
-    def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
-        lq, _ = load_pair(d, pair)
-        if staging is not None:
-            _save_output(staging, d, pair, lq)
-        return lq, pair.lq or pair.gt
-
     with _staged(Path(save_images) if save_images is not None else None) as staging:
+
+        def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
+            lq, _ = load_pair(d, pair)
+            if staging is not None:
+                _save_output(staging, d, pair, lq)
+            return lq, pair.lq or pair.gt
+
         return _score_outputs(data, None, "jpeg", y_channel, crop_border, progress, output,
                               {"architecture": "JPEG (no restoration)", "label": "JPEG"}, jpeg_quality)
 
@@ -376,20 +375,19 @@ def evaluate_bicubic(
     among colour ones as 3 equal channels, as `score_dataset` and BasicSR do). With
     `save_images`, the upscaled images are written as `<dataset>/<name>.png`."""
     colour: dict[str, bool] = {}
-    staging: Path | None = None  # set by _staged below, before any output is made
-
-    def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
-        if d.scale < 2:
-            raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
-        lq, _ = load_pair(d, pair)
-        if lq.shape[0] == 1 and colour.setdefault(d.name, has_colour_images(d)):
-            lq = grey_as_rgb(lq)  # Set14's bridge
-        out = to_uint8(imresize(lq, float(d.scale))).float() / 255
-        if staging is not None:
-            _save_output(staging, d, pair, out)
-        return out, pair.lq or pair.gt
-
     with _staged(Path(save_images) if save_images is not None else None) as staging:
+
+        def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
+            if d.scale < 2:
+                raise McirError("--bicubic is the SR baseline: this folder has no LR scale", d.root)
+            lq, _ = load_pair(d, pair)
+            if lq.shape[0] == 1 and colour.setdefault(d.name, has_colour_images(d)):
+                lq = grey_as_rgb(lq)  # Set14's bridge
+            out = to_uint8(imresize(lq, float(d.scale))).float() / 255
+            if staging is not None:
+                _save_output(staging, d, pair, out)
+            return out, pair.lq or pair.gt
+
         return _score_outputs(data, scale, "sr", y_channel, crop_border, progress, output,
                               {"architecture": "MATLAB imresize", "label": "bicubic"})
 

@@ -178,7 +178,7 @@ def _front_matter(facts: RunFacts, entry: dict[str, Any], comparison: dict[str, 
         tags.append("onnx")
     datasets = [Path(d).name for d in facts.cfg["data"]]
     metrics = ["psnr", "ssim"] if comparison or facts.best else []
-    return ("---\n" + f"license: {json.dumps(lic)}\n" + f"pipeline_tag: image-to-image\n"
+    return ("---\n" + f"license: {json.dumps(lic)}\n" + "pipeline_tag: image-to-image\n"
             + _yaml_list("tags", tags) + _yaml_list("datasets", datasets) + _yaml_list("metrics", metrics) + "---\n")
 
 
@@ -242,7 +242,7 @@ def model_card(facts: RunFacts, entry: dict[str, Any], comparison: dict[str, Any
             + f"{entry['license'] or 'unknown (the start checkpoint declares none known to mcir; set it with mcir card --license)'}.\n\n"
             + f"## Training\n\n| | |\n|---|---|\n{rows}\n{val}"
             + f"## Files\n\n| type | bytes | sha256 |\n|---|---:|---|\n{files}\n" + evidence
-            + f"\n`openmodeldb.json` beside this file is the model's OpenModelDB entry (schema "
+            + "\n`openmodeldb.json` beside this file is the model's OpenModelDB entry (schema "
             + f"`src/lib/schema.ts` at {SCHEMA_COMMIT}); fill in `urls` after uploading.\n")
 
 
