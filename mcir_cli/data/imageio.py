@@ -5,10 +5,10 @@ Reading goes through Pillow. Rules:
 - an alpha channel (RGBA, LA, palette with transparency) is dropped with a warning that
   names the file (`decode_image(..., keep_alpha=True)` keeps it, last, for `mcir restore`);
 - 16-bit images are scaled by 65535 (Pillow reduces 16-bit *colour* PNG/TIFF to 8 bits,
-  so those are decoded here: PNG with a small decoder, TIFF with `tifffile` when it is
-  installed);
+  so those are decoded here: PNG with a small decoder, TIFF with `tifffile`);
 - palette, CMYK, YCbCr, ... -> RGB;
-- unreadable, truncated or non-image files raise `McirError` naming the file.
+- unreadable, truncated or non-image files raise `McirError` naming the file (a TIFF
+  Pillow cannot decode, such as float32 colour, says its sample type).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -158,11 +159,7 @@ def _decode_png16_colour(path: Path) -> np.ndarray:
     return (pixels[..., 0].astype(np.uint16) << 8) | pixels[..., 1].astype(np.uint16)
 
 
-def _read_tiff16_colour(path: Path) -> np.ndarray | None:
-    try:
-        import tifffile  # optional: comes with scikit-image
-    except ImportError:
-        return None
+def _read_tiff16_colour(path: Path) -> np.ndarray:
     arr = tifffile.imread(path)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar configuration
@@ -199,6 +196,19 @@ def _array_from_pil(img: Image.Image, path: Path, keep_alpha: bool = False) -> n
     return _to_float(np.asarray(img))
 
 
+def _unreadable(path: Path) -> str:
+    """Why Pillow could not identify a file: a TIFF whose samples it cannot decode (float
+    colour, 32-bit integers; tifffile tells which), or not an image at all."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            kind = f"{page.dtype} TIFF, {page.samplesperpixel} sample(s) per pixel"
+    except Exception:  # not a TIFF (or not one tifffile reads either)
+        return "not an image file Pillow can read"
+    return (f"{kind}: mcir reads 8/16-bit images and one-channel float32 TIFFs; save it as a 16-bit "
+            "PNG or TIFF (levels 0-65535)")
+
+
 @contextlib.contextmanager
 def _decode_errors(path: Path) -> Iterator[None]:
     """Every way a file can fail to be an image, as a `McirError` naming the file."""
@@ -209,7 +219,7 @@ def _decode_errors(path: Path) -> Iterator[None]:
     except IsADirectoryError:
         raise McirError("is a folder, not an image file", path) from None
     except UnidentifiedImageError:
-        raise McirError("not an image file Pillow can read", path) from None
+        raise McirError(_unreadable(path), path) from None
     except (OSError, ValueError, SyntaxError, zlib.error, struct.error, KeyError) as exc:
         raise McirError(f"cannot decode image (truncated or corrupt?): {exc}", path) from None
     except Image.DecompressionBombError as exc:
@@ -312,7 +322,7 @@ def _header(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise McirError("file not found", path) from None
     except UnidentifiedImageError:
-        raise McirError("not an image file Pillow can read", path) from None
+        raise McirError(_unreadable(path), path) from None
     except OSError as exc:
         raise McirError(f"cannot read image header: {exc}", path) from None
     except Image.DecompressionBombError as exc:  # read up front for every image of a benchmark

@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from tests.conftest import shared_path
 from PIL import Image
@@ -125,12 +126,24 @@ def test_16bit_rgb_png_keeps_16_bits(tmp_path, filter_type):
 
 
 def test_16bit_rgb_tiff(tmp_path):
-    tifffile = pytest.importorskip("tifffile")
     arr = np.full((3, 4, 3), 32767, np.uint16)
     tifffile.imwrite(tmp_path / "c16.tif", arr)
     img = read_image(tmp_path / "c16.tif")
     assert img.shape == (3, 3, 4)
     assert torch.allclose(img, torch.full_like(img, 32767 / 65535))
+
+
+def test_a_tiff_pillow_cannot_decode_says_its_sample_type(tmp_path):
+    """float32 colour (what an HDR or numpy pipeline writes): one line that says what the
+    file is and what to save instead, from the header and from the pixels alike."""
+    path = tmp_path / "f32.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).random((6, 5, 3), dtype=np.float32))
+    for read in (read_image, image_size):
+        with pytest.raises(McirError, match=r"f32.tif: float32 TIFF, 3 sample\(s\) per pixel: .* 16-bit PNG or TIFF"):
+            read(path)
+    (tmp_path / "x.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(McirError, match="not an image file Pillow can read"):
+        read_image(tmp_path / "x.tif")
 
 
 def test_palette_image(tmp_path):
