@@ -123,7 +123,9 @@ def summarise(plan: Any, results: dict[str, Any], curves: dict[str, Any] | None 
 
 def validation_curves(plan: Any, runs: dict[str, Path]) -> dict[str, Any]:
     """Per arm, the benchmarks' validation PSNR over steps (each run's val.json), mean ±
-    sd over the seeds that reached each step."""
+    sd over the seeds that reached each step. Only the plan's grid (every `val_every`
+    steps, and the last): a run stopped by a signal or a collapse also validates where it
+    stopped, a step no other seed shares."""
     out: dict[str, Any] = {}
     for arm in plan.arms:
         by_step: dict[int, list[float]] = {}
@@ -131,7 +133,9 @@ def validation_curves(plan: Any, runs: dict[str, Path]) -> dict[str, Any]:
             path = runs[plan.run_name(arm, seed)] / "val.json"
             history = json.loads(path.read_text())["history"] if path.exists() else []
             for h in history:
-                by_step.setdefault(int(h["step"]), []).append(float(h["psnr"]))
+                step = int(h["step"])
+                if step % max(plan.val_every, 1) == 0 or step == plan.iters:
+                    by_step.setdefault(step, []).append(float(h["psnr"]))
         steps = sorted(by_step)
         out[arm.name] = {"steps": steps, "mean": [float(np.mean(by_step[s])) for s in steps],
                          "sd": [float(np.std(by_step[s], ddof=1)) if len(by_step[s]) > 1 else 0.0 for s in steps],
