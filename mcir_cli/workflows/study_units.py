@@ -242,8 +242,10 @@ def _check_unit_config(plan: StudyPlan, unit: Unit, path: Path) -> None:
         raise McirError(f"config.json is damaged ({type(exc).__name__})", path) from None
     assert unit.arm is not None
     want = json.loads(json.dumps(plan.config(unit.arm, unit.seed).to_json()))
-    # a field the saved config lacks is one an older mcir did not have: its default applies
-    differ = sorted(k for k in want if k in saved and k not in RESUME_SETTINGS and saved[k] != want[k])
+    # a field the saved config lacks is one an older mcir did not have: its default applies;
+    # recipe_note is prose about the numbers compared here, worded differently across versions
+    differ = sorted(k for k in want if k in saved and k not in (*RESUME_SETTINGS, "recipe_note")
+                    and saved[k] != want[k])
     if differ:
         raise McirError(f"this run folder is not the plan's {unit.name} (another study's? its "
                         f"{', '.join(differ)} differ from the plan's); move it away or choose a new study", path)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from mcir_cli.cli import app
 from mcir_cli.workflows.study import StudyPlan, create_study, load_plan, parse_arm, plan_paths, run_study
-from mcir_cli.workflows.study_units import study_units, unit_log
+from mcir_cli.workflows.study_units import check_study_folder, study_units, unit_log
 from tests.conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +161,9 @@ def test_bad_cluster_input_is_one_line_and_writes_nothing(set5_bench, tmp_path):
     assert res.exit_code == 2 and "config.json: this run folder is not the plan's plain-s0" in res.output
     assert "lr, output differ" in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert _listing(study) == before
+    # the same unit as an older mcir wrote it: only the prose of its recipe note differs
+    (run / "config.json").write_text(json.dumps({"config": {**cfg, "recipe_note": "worded otherwise"}}))
+    check_study_folder(load_plan(study))
     shutil.rmtree(study / "runs")
     (study / "results" / "foo-s9.json").write_text("{}")
     before = _listing(study)
