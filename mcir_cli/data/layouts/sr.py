@@ -13,11 +13,14 @@ from mcir_cli.errors import McirError
 # --------------------------------------------------------------------------- SR
 
 
+_SCALE_DIR = re.compile(r"[xX](\d+)(_sub)?")  # X4/, or BasicSR's X4_sub/
+
+
 def _sr_scale_dirs(container: Path, sub: bool = False) -> dict[int, Path]:
     """{s: folder} of the `X{s}/` (or BasicSR's `X{s}_sub/`) folders in an LR folder."""
     found = {}
     for d in container.iterdir():
-        m = re.fullmatch(r"[xX](\d+)(_sub)?", d.name)
+        m = _SCALE_DIR.fullmatch(d.name)
         if d.is_dir() and m and bool(m.group(2)) == sub:
             found[int(m.group(1))] = d
     return found
@@ -70,7 +73,7 @@ def _lr_kind(lq_dir: Path) -> str:
     for d in (lq_dir, lq_dir.parent):
         if "bicubic" in d.name.lower() or re.fullmatch(r"lrbicx\d+", d.name.lower()):
             return "bicubic"
-    return lq_dir.parent.name if re.fullmatch(r"[xX]\d+(_sub)?", lq_dir.name) else lq_dir.name
+    return lq_dir.parent.name if _SCALE_DIR.fullmatch(lq_dir.name) else lq_dir.name
 
 
 def hr_only(root: Path, hr_dirs: Sequence[Path], scale: int | None) -> Found:
