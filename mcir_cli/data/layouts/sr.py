@@ -14,6 +14,7 @@ from mcir_cli.errors import McirError
 
 
 _SCALE_DIR = re.compile(r"[xX](\d+)(_sub)?")  # X4/, or BasicSR's X4_sub/
+_LRBICX = re.compile(r"lrbicx(\d+)")  # BasicSR's test sets: LRbicx4/ (lower-cased)
 
 
 def _sr_scale_dirs(container: Path, sub: bool = False) -> dict[int, Path]:
@@ -71,7 +72,7 @@ def _lr_kind(lq_dir: Path) -> str:
     `DIV2K_train_LR_bicubic/X4_sub`), else the folder that names its degradation
     (`LR_realesrgan`, `DIV2K_train_LR_unknown`)."""
     for d in (lq_dir, lq_dir.parent):
-        if "bicubic" in d.name.lower() or re.fullmatch(r"lrbicx\d+", d.name.lower()):
+        if "bicubic" in d.name.lower() or _LRBICX.fullmatch(d.name.lower()):
             return "bicubic"
     return lq_dir.parent.name if _SCALE_DIR.fullmatch(lq_dir.name) else lq_dir.name
 
@@ -98,7 +99,7 @@ def sr_benchmark(f: Folder) -> Match | None:
     gtmod = next((f.subs[n] for n in sorted(f.subs) if re.fullmatch(r"gtmod\d+", n)), None)
     if gtmod is not None:
         for n, d in f.subs.items():
-            m = re.fullmatch(r"lrbicx(\d+)", n)
+            m = _LRBICX.fullmatch(n)
             if m:
                 per_scale[int(m.group(1))], names[int(m.group(1))] = [(gtmod, d)], f"{gtmod.name}/ + LRbicx{{s}}/"
     if not per_scale:
