@@ -134,12 +134,27 @@ def paired_stats(base: np.ndarray, new: np.ndarray, n_resamples: int = 10_000, s
                        **common)
 
 
+# the last digit the field's tables print: PSNR to 0.01 dB, SSIM to 0.0001. A mean Δ below
+# half of it rounds to zero in any paper's table, whatever its p: "negligible", not "real".
+PRINTED_STEP = {"psnr": 0.01, "ssim": 0.0001}
+
+
+def _fmt_num(x: float, metric: str) -> str:
+    """The table's digits, or two significant ones where those would print a nonzero Δ as
+    0.00 (a verdict must show the size it is about)."""
+    step = PRINTED_STEP.get(metric, 0.01)
+    decimals = 4 if metric == "ssim" else 2
+    if x == 0 or not math.isfinite(x) or abs(x) >= step / 2:
+        return f"{x:+.{decimals}f}"
+    return f"{x:+.2g}"
+
+
 def _fmt_delta(x: float, metric: str) -> str:
-    return f"{x:+.4f}" if metric == "ssim" else f"{x:+.2f} dB"
+    return _fmt_num(x, metric) + ("" if metric == "ssim" else " dB")
 
 
 def _fmt_ci(x: float, metric: str) -> str:
-    return f"{x:+.4f}" if metric == "ssim" else f"{x:+.2f}"
+    return _fmt_num(x, metric)
 
 
 def fmt_p(p: float) -> str:
@@ -178,7 +193,13 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
             f"{p_phrase(stats.p_value)}")
     if stats.significant:
         kind = "improvement" if stats.mean_delta > 0 else "regression"
-        text += f" — a real {kind} (CI excludes 0, p < 0.05)."
+        step = PRINTED_STEP.get(m, 0.01)
+        if abs(stats.mean_delta) < step / 2:
+            unit = "" if m == "ssim" else " dB"
+            text += (f" — a consistent but negligible {kind} (CI excludes 0, p < 0.05, yet "
+                     f"smaller than the {step:g}{unit} a results table prints).")
+        else:
+            text += f" — a real {kind} (CI excludes 0, p < 0.05)."
     else:
         excludes = stats.ci_low > 0 or stats.ci_high < 0
         min_p = 2 / 2**stats.n

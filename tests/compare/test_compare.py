@@ -147,6 +147,22 @@ def test_verdict_sentences():
     assert "better on 0 of 7 images" in verdict(bad)
 
 
+def test_a_significant_but_tiny_delta_is_negligible_and_shows_its_size():
+    # 20 images all a hair better (two models that barely differ): p and CI pass, but
+    # a Δ of ~7e-6 dB is no improvement a results table could show
+    tiny = stats_of([7.4e-6 + 1e-7 * i for i in range(20)], dataset="B100_subset20")
+    assert tiny.significant
+    text = verdict(tiny)
+    assert "real improvement" not in text
+    assert "a consistent but negligible improvement" in text and "0.01 dB" in text
+    assert text.startswith("B100_subset20: +8.") and "e-06 dB [95 % CI +" in text
+    assert "+0.00 dB" not in text
+    ssim = stats_of([-2e-5] * 10, dataset="Set14", metric="ssim")
+    assert "negligible regression" in verdict(ssim) and "-2e-05" in verdict(ssim)
+    # at the table's last digit it is real again
+    assert "a real improvement" in verdict(stats_of([0.006 + 1e-3 * i for i in range(10)]))
+
+
 # --------------------------------------------------------------------------- loading / checks
 
 
