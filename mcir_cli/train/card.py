@@ -279,6 +279,14 @@ def _load_comparison(path: Path) -> dict[str, Any]:
     return data
 
 
+def _shows_this_model(comp: dict[str, Any], root: Path) -> bool:
+    """Whether a comparison scored this run's final weights: a model card's evidence must be
+    about the model it describes (matched by sha256, as `mcir compare --json` records it)."""
+    digest = sha256_file(root / "model.safetensors")
+    models = comp.get("models") if isinstance(comp.get("models"), list) else []
+    return any(isinstance(m, dict) and m.get("sha256") == digest for m in models)
+
+
 def write_card(run: str | Path, comparison: str | Path | None = None, author: str | None = None,
                license: str | None = None, pretrained_id: str | None = None) -> dict[str, Path]:
     """Write (or rewrite) README.md and openmodeldb.json in a run folder; a comparison
@@ -286,6 +294,14 @@ def write_card(run: str | Path, comparison: str | Path | None = None, author: st
     facts = read_run(run)
     kept = facts.root / COMPARISON_FILE
     comp = _load_comparison(Path(comparison)) if comparison else (_load_comparison(kept) if kept.is_file() else None)
+    if comp is not None and not _shows_this_model(comp, facts.root):
+        if comparison:
+            raise McirError("the comparison does not score this run's model.safetensors (no model in it "
+                            "has its sha256): compare with --checkpoint RUN/model.safetensors first",
+                            Path(comparison))
+        log.warning("%s scores other weights than this run's model.safetensors (trained further "
+                    "since?): the card shows no evaluation until a new --comparison", kept)
+        comp = None
     old = _previous(facts.root)
     entry = openmodeldb_entry(facts, author=author or old.get("author") or getpass.getuser(),
                               license=license or old.get("license") or _start_license(facts),

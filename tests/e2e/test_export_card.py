@@ -201,4 +201,13 @@ def test_card_refuses_what_is_not_a_run(run, tmp_path):
     assert list(tmp_path.iterdir()) == []
     r = _mcir("card", run["run"], "--comparison", run["run"] / "config.json")
     assert r.exit_code == 2 and "not a comparison JSON" in r.stderr
+    # a comparison of other models (here: the run's weights replaced by a stranger's digest)
+    other = json.loads(run["cmp"].read_text())
+    other["models"] = [{**m, "sha256": "0" * 64} for m in other["models"]]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    before = {n: (run["run"] / n).read_bytes() for n in ("README.md", "openmodeldb.json")}
+    r = _mcir("card", run["run"], "--comparison", tmp_path / "other.json")
+    assert r.exit_code == 2 and "does not score this run's model.safetensors" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {n: (run["run"] / n).read_bytes() for n in before} == before
 
