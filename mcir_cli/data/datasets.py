@@ -45,6 +45,7 @@ class Dataset:
     gt_crop: str = "top-left"  # "center": a larger ground truth is centre-cropped to its input (RESIDE)
     side_by_side: bool = False  # input | target in one file (DID-MDN)
     jpeg_quality: int | None = None  # clean images compressed at this quality (jpeg.with_qualities)
+    degradation: str = ""  # SR: "bicubic", or the LR folder naming another (LR_realesrgan)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -69,7 +70,7 @@ def discover(root: str | Path, scale: int | None = None, task: str | None = None
         logging.getLogger("mcir").info("%s: %s", root, note)
     name = root.stem if root.is_file() else folder_name(root)
     return Dataset(name, root, found.layout, found.task, found.scale, found.pairs,
-                   found.notes, found.gt_crop, found.side_by_side)
+                   found.notes, found.gt_crop, found.side_by_side, degradation=found.degradation)
 
 
 def mod_crop(img: Tensor, scale: int) -> Tensor:

@@ -223,6 +223,9 @@ def evaluate_model(
     result["inference"] = {"tile": sc.tile, "tile_overlap": sc.overlap if sc.tile else None,
                            "amp": "bf16" if sc.amp == "bf16" and dev.type == "cuda" else "fp32"}
     result["data"] = {d.name: str(d.root.resolve()) for d in datasets}  # compare's visuals reload these
+    degraded = {d.name: d.degradation for d in datasets if d.degradation not in ("", "bicubic")}
+    if degraded:  # SR inputs that are not bicubic downscales: not the paper's test sets
+        result["lr_degradation"] = degraded
     with _staged(Path(save_images) if save_images else None) as staging:
         result["datasets"] = {
             d.name: score_dataset(model, d, conv, device=dev, tile=sc.tile, overlap=sc.overlap, amp=sc.amp,

@@ -294,15 +294,17 @@ def _row(dataset: str, n: int, named: tuple[Benchmark, bool], preset: Any, resul
 def paper_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The paper's rows for an evaluation result: one per measured dataset that is a test
     set the paper reports for the model's preset (`model_presets`, `benchmark_named`).
-    The measured scores are only read (image counts), never changed."""
+    Never for an SR set whose LR is not bicubic (`lr_degradation`: the paper tests bicubic
+    downscales). The measured scores are only read (image counts), never changed."""
     presets, matched_by = model_presets(result.get("model") or {})
     if not presets:
         return []
     roots = result.get("data") or {}
+    degraded = result.get("lr_degradation") or {}  # the paper's SR figures are for bicubic LR
     rows = []
     for dataset, scores in result.get("datasets", {}).items():
         named = benchmark_named(dataset, roots.get(dataset))
-        if named is None:
+        if named is None or dataset in degraded:
             continue
         hits = [(p, r) for p in presets if (r := p.paper.result_for(named[0])) is not None]
         if len(hits) == 1:

@@ -328,3 +328,18 @@ def test_the_papers_average_only_under_an_average_of_its_own_test_sets():
     more = {**full, "Set5": 5}  # the measured average is over five sets: not the paper's
     comp = compare_results([_sr_result("a", more), _sr_result("b", more)], n_resamples=20)
     assert dict(paper_table_rows(comp.paper, comp.columns))["paper Table 1: edsr-light-x4"][-2:] == ["–", "–"]
+
+
+def test_a_set_with_realesrgan_lr_gets_no_paper_row(benches, edsr_files, tmp_path):
+    """The paper's SR figures are for bicubic LR: `mcir data degrade`'s copy of Set14
+    (HR/ + LR_realesrgan/X4/) is named Set14 but is another benchmark, so no paper row."""
+    import shutil
+
+    set14 = tmp_path / "Set14"
+    shutil.copytree(benches[0] / "HR", set14 / "HR")
+    shutil.copytree(benches[0] / "LR_bicubic", set14 / "LR_realesrgan")  # the layout is what counts here
+    result, text = _evaluate(["--checkpoint", str(edsr_files[0]), "--data", str(set14), "--data", str(benches[1])],
+                             tmp_path / "r.json")
+    assert result["lr_degradation"] == {"Set14": "LR_realesrgan"}
+    assert [r["dataset"] for r in result["paper"]] == ["B100_subset20"]
+    assert "Set14: paper" not in " ".join(text.split())

@@ -34,6 +34,7 @@ class Found:
     notes: tuple[str, ...] = ()
     gt_crop: str = "top-left"  # "center": a larger ground truth is centre-cropped (RESIDE)
     side_by_side: bool = False  # input | target in one file (DID-MDN)
+    degradation: str = ""  # SR: "bicubic", or the LR folder naming another (LR_realesrgan)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ def _sr_build(root: Path, layout: str, per_scale: dict[int, list[tuple[Path, Pat
                              name=lambda p: _strip_scale(p.stem, scale))
             pairs += got
             extra += n
-        return Found(root, name, "sr", scale, _unique(pairs, root), scales, tuple(extra))
+        kinds = sorted({_lr_kind(lq) for _, lq in per_scale[scale]} - {"bicubic"})
+        return Found(root, name, "sr", scale, _unique(pairs, root), scales, tuple(extra),
+                     degradation=", ".join(kinds) or "bicubic")
 
     return build
 
@@ -82,7 +84,8 @@ def hr_only(root: Path, hr_dirs: Sequence[Path], scale: int | None) -> Found:
     if not scale or scale < 2:
         raise McirError("HR images only: give --scale so LR images can be made", root)
     pairs = [Pair(p.stem, p, None) for d in hr_dirs for p in list_images(d)]
-    return Found(root, "HR-only (LR made by MATLAB bicubic)", "sr", scale, _unique(pairs, root))
+    return Found(root, "HR-only (LR made by MATLAB bicubic)", "sr", scale, _unique(pairs, root),
+                 degradation="bicubic")
 
 
 @layout("sr-benchmark", "HR/ + LR_bicubic/X{s}/ or GTmod12/ + LRbicx{s}/")
