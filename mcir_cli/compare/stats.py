@@ -139,22 +139,23 @@ def paired_stats(base: np.ndarray, new: np.ndarray, n_resamples: int = 10_000, s
 PRINTED_STEP = {"psnr": 0.01, "ssim": 0.0001}
 
 
-def _fmt_num(x: float, metric: str) -> str:
-    """The table's digits, or two significant ones where those would print a nonzero Δ as
-    0.00 (a verdict must show the size it is about)."""
-    step = PRINTED_STEP.get(metric, 0.01)
-    decimals = 4 if metric == "ssim" else 2
-    if x == 0 or not math.isfinite(x) or abs(x) >= step / 2:
-        return f"{x:+.{decimals}f}"
-    return f"{x:+.2g}"
+def _decimals(stats: PairedStats) -> int:
+    """The table's digits (PSNR 2, SSIM 4), or as many as show two significant digits of
+    a mean Δ those would print as 0.00: a verdict must show the size it is about. One
+    precision for the mean and its CI, so the three numbers read alike."""
+    table = 4 if stats.metric == "ssim" else 2
+    x = abs(stats.mean_delta)
+    if x == 0 or not math.isfinite(x) or x >= PRINTED_STEP.get(stats.metric, 0.01) / 2:
+        return table
+    return min(max(table, 1 - math.floor(math.log10(x))), 10)
 
 
-def _fmt_delta(x: float, metric: str) -> str:
-    return _fmt_num(x, metric) + ("" if metric == "ssim" else " dB")
+def _fmt_delta(x: float, metric: str, decimals: int) -> str:
+    return f"{x:+.{decimals}f}" + ("" if metric == "ssim" else " dB")
 
 
-def _fmt_ci(x: float, metric: str) -> str:
-    return _fmt_num(x, metric)
+def _fmt_ci(x: float, decimals: int) -> str:
+    return f"{x:+.{decimals}f}"
 
 
 def fmt_p(p: float) -> str:
@@ -182,14 +183,14 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
                 f"{stats.metric.upper()} infinite on one side only.)")
     if stats.n == 0:
         return f"{head}: no image with a finite difference to compare.{note}"
-    m = stats.metric
+    m, dp = stats.metric, _decimals(stats)
     if stats.n == 1:
-        return (f"{head}: {_fmt_delta(stats.mean_delta, m)} on the only image — a single "
+        return (f"{head}: {_fmt_delta(stats.mean_delta, m, dp)} on the only image — a single "
                 f"image cannot show whether the difference is real.{note}")
     if stats.mean_delta == 0 and stats.ci_low == 0 and stats.ci_high == 0:
         return f"{head}: identical scores on all {stats.n} images (Δ 0).{note}"
-    text = (f"{head}: {_fmt_delta(stats.mean_delta, m)} [95 % CI {_fmt_ci(stats.ci_low, m)}, "
-            f"{_fmt_ci(stats.ci_high, m)}], better on {stats.wins} of {stats.n} images, "
+    text = (f"{head}: {_fmt_delta(stats.mean_delta, m, dp)} [95 % CI {_fmt_ci(stats.ci_low, dp)}, "
+            f"{_fmt_ci(stats.ci_high, dp)}], better on {stats.wins} of {stats.n} images, "
             f"{p_phrase(stats.p_value)}")
     if stats.significant:
         kind = "improvement" if stats.mean_delta > 0 else "regression"
