@@ -310,6 +310,8 @@ def load_checkpoint_model(
             f"{preset.architecture}",
             ckpt.path,
         )
+    if preset is not None and int(desc.scale) != preset.scale:  # its recipe and paper rows are another model's
+        raise McirError(f"checkpoint is x{desc.scale}, but preset {preset.name} is x{preset.scale}", ckpt.path)
     if scale is not None and int(desc.scale) != scale:
         raise McirError(f"checkpoint is x{desc.scale}, but --scale {scale} was given", ckpt.path)
     loaded = _from_descriptor(desc, ckpt, preset)

@@ -228,6 +228,15 @@ def test_scale_mismatch_is_an_error():
         get_preset("dncnn-gray", 4)
 
 
+def test_a_checkpoint_of_another_scale_than_its_preset_is_refused():
+    """DCTLSA's real x2 file under the x4 preset would train at x2 with the x4 recipe and
+    carry the x4 model's card and paper rows: refused like another architecture."""
+    x2 = shared_path("weights", "DCTLSA", "X2.pt")
+    with pytest.raises(McirError, match="checkpoint is x2, but preset dctlsa-x4 is x4"):
+        load_model(checkpoint=x2, model="dctlsa-x4")
+    assert load_model(checkpoint=x2, model="dctlsa-x2").scale == 2
+
+
 @pytest.mark.unit
 def test_preset_by_toml_path():
     path = REPO / "presets" / "edsr-light-x2.toml"
