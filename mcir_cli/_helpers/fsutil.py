@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mcir_cli.errors import McirError
@@ -204,6 +204,15 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
     part of the input it was made from)."""
     real, root = os.path.realpath(path), os.path.realpath(folder)
     return real == root or os.path.commonpath([real, root]) == root
+
+
+def refuse_inside_inputs(output: str | Path, inputs: Sequence[str | Path], what: str) -> None:
+    """One rule for every command that writes beside what it reads: an output inside an
+    input folder would change that input (and become an input of the next run)."""
+    for folder in inputs:
+        if Path(folder).is_dir() and is_inside(output, folder):
+            raise McirError(f"the {what} is inside the input folder {folder}: inputs are read-only, "
+                            "choose a folder outside it", output)
 
 
 def safe_name(name: object) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from mcir_cli import __version__
-from mcir_cli._helpers.fsutil import confined, safe_name, sha256_file, write_json
+from mcir_cli._helpers.fsutil import confined, refuse_inside_inputs, safe_name, sha256_file, write_json
 from mcir_cli.data.datasets import Dataset, discover_all, iter_pairs, list_images, load_gt, load_pair
 from mcir_cli.data.imageio import is_grey, read_image, to_uint8, write_image
 from mcir_cli.data.jpeg import check_task, record_inputs, with_qualities
@@ -226,7 +226,7 @@ def evaluate_model(
     degraded = {d.name: d.degradation for d in datasets if d.degradation not in ("", "bicubic")}
     if degraded:  # SR inputs that are not bicubic downscales: not the paper's test sets
         result["lr_degradation"] = degraded
-    with _staged(Path(save_images) if save_images else None) as staging:
+    with _staged(Path(save_images) if save_images else None, data) as staging:
         result["datasets"] = {
             d.name: score_dataset(model, d, conv, device=dev, tile=sc.tile, overlap=sc.overlap, amp=sc.amp,
                                   save_dir=staging, noise_sigma=sc.noise_sigma, noise_seed=sc.noise_seed,
@@ -264,13 +264,14 @@ def _discover(data: Sequence[str | Path], scale: int | None, task: str | None,
 
 
 @contextmanager
-def _staged(target: Path | None) -> Iterator[Path | None]:
+def _staged(target: Path | None, data: Sequence[str | Path]) -> Iterator[Path | None]:
     """The folder the images for `target` are saved in (None: no images): a staging folder
     published as `target` when the block ends, removed when it fails (a failed run leaves
-    nothing behind)."""
+    nothing behind). Never inside a `data` folder."""
     if target is None:
         yield None
         return
+    refuse_inside_inputs(target, data, "--save-images folder")
     staging = _staging_dir(target)
     try:
         yield staging
@@ -351,7 +352,7 @@ def evaluate_compressed(
     """The "JPEG" row of every artifact-removal table: the decoded JPEG itself scored
     against the clean image (as `evaluate_bicubic` is SR's baseline). With `save_images`,
     the decoded images are written (lossless PNG) as `<dataset>/q<q>/<name>.png`."""
-    with _staged(Path(save_images) if save_images is not None else None) as staging:
+    with _staged(Path(save_images) if save_images is not None else None, data) as staging:
 
         def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
             lq, _ = load_pair(d, pair)
@@ -378,7 +379,7 @@ def evaluate_bicubic(
     among colour ones as 3 equal channels, as `score_dataset` and BasicSR do). With
     `save_images`, the upscaled images are written as `<dataset>/<name>.png`."""
     colour: dict[str, bool] = {}
-    with _staged(Path(save_images) if save_images is not None else None) as staging:
+    with _staged(Path(save_images) if save_images is not None else None, data) as staging:
 
         def output(d: Dataset, pair: Any) -> tuple[Tensor, Path]:
             if d.scale < 2:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcir_cli._helpers.fsutil import writable_target
+from mcir_cli._helpers.fsutil import refuse_inside_inputs, writable_target
 from mcir_cli.compare.exports import check_export_paths, write_exports
 from mcir_cli.compare.files import load_result
 from mcir_cli.compare.results import Comparison, compare_results
@@ -42,10 +42,12 @@ class CompareRun:
     report: Path | None = None  # the HTML report, when asked for
 
 
-def check_visuals_folder(folder: Path | None) -> None:
-    """--visuals must be a new or empty folder that can be written (checked up front)."""
+def check_visuals_folder(folder: Path | None, data: Sequence[str | Path] = ()) -> None:
+    """--visuals must be a new or empty folder that can be written, outside the `data`
+    folders (checked up front)."""
     if folder is None:
         return
+    refuse_inside_inputs(folder, data, "--visuals folder")
     if folder.exists():
         if not folder.is_dir():
             raise McirError("--visuals must be a folder, this is a file", folder)
@@ -94,7 +96,7 @@ def run_compare(
     `visuals` is not given). Outputs are refused before any work; visuals that cannot be
     made are reported in `visuals_error`, after the exports are written."""
     targets = check_export_paths({**(exports or {}), "html": html})
-    check_visuals_folder(visuals)
+    check_visuals_folder(visuals, data)
     if html is not None and visuals is not None and html.resolve().is_relative_to(visuals.resolve()):
         raise McirError("--html must not be inside the --visuals folder (or be it)", html)
     _check_label_count(labels, len(results) or len(checkpoints))

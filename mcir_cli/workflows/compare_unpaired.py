@@ -54,7 +54,7 @@ def compare_without_gt(checkpoints: Sequence[Path], data: Sequence[Path], visual
     `visuals/<folder>/<image>.png`; checked before any work."""
     if visuals is None:
         raise McirError(f"--no-gt: {NO_GT}, so there is no table: give --visuals FOLDER for the side-by-side images")
-    check_visuals_folder(visuals)
+    check_visuals_folder(visuals, data)
     _check_label_count(labels, len(checkpoints))
     folders = _folders(data)
     models = load_comparable(list(checkpoints), scale, res_scale)

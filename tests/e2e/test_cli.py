@@ -79,6 +79,24 @@ def test_outputs_are_checked_before_any_work(imdn, tmp_path):
     assert "--csv file" in out
 
 
+
+def test_outputs_inside_a_benchmark_folder_are_refused(imdn, tmp_path):
+    """--save-images and --visuals inside the --data folder would add images to the
+    benchmark: refused in one line, nothing written there (as restore refuses it)."""
+    import shutil
+
+    bench = tmp_path / "Set5"
+    shutil.copytree(_set5(), bench)
+    before = sorted(p.relative_to(bench) for p in bench.rglob("*"))
+    out = one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(imdn), "--data", str(bench),
+                                              "--device", "cpu", "--save-images", str(bench / "HR" / "out")]))
+    assert "--save-images folder is inside the input folder" in out
+    out = one_line_error(runner.invoke(app, ["compare", "--checkpoint", str(imdn), "--checkpoint", str(imdn),
+                                              "--data", str(bench), "--device", "cpu", "--visuals", str(bench / "vis")]))
+    assert "--visuals folder is inside the input folder" in out
+    assert sorted(p.relative_to(bench) for p in bench.rglob("*")) == before
+
+
 def test_new_files_are_readable_by_others(tmp_path):
     """mkstemp makes 0600 files: results and weights must get the umask's mode."""
     from mcir_cli._helpers.fsutil import atomic_write_text
