@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcir_cli._helpers.fsutil import confined, is_inside, writable_target
+from mcir_cli._helpers.fsutil import confined, refuse_inside_inputs, writable_target
 from mcir_cli.data.imageio import IMAGE_EXTENSIONS
 from mcir_cli.data.photos import FORMAT_SUFFIXES
 from mcir_cli.errors import McirError
@@ -71,10 +71,7 @@ def _sources(inputs: list[Path]) -> list[tuple[Path, Path]]:
 
 
 def _check_output(inputs: list[Path], output: Path) -> None:
-    for item in inputs:
-        if item.is_dir() and is_inside(output, item):
-            raise McirError(f"the output folder is inside the input folder {item}; restored images "
-                            "would become inputs of the next run: choose a folder outside it", output)
+    refuse_inside_inputs(output, inputs, "output folder")
     if output.exists() and not output.is_dir():
         raise McirError("the output exists and is a file, not a folder", output)
 
