@@ -181,6 +181,14 @@ def iter_pairs(
         yield pair, lq, gt
 
 
+def overlapping(train: Sequence[str | Path], held_out: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """(training folder, held-out folder) pairs where one lies inside the other (links
+    resolved): scores on such a folder are scores on training images."""
+    from mcir_cli._helpers.fsutil import is_inside
+
+    return [(str(a), str(b)) for b in held_out for a in train if is_inside(a, b) or is_inside(b, a)]
+
+
 def discover_all(roots: Sequence[str | Path], scale: int | None, task: str | None) -> list[Dataset]:
     datasets = [discover(r, scale, task) for r in roots]
     names = [d.name for d in datasets]

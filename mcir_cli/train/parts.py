@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mcir_cli.data.datasets import Dataset, PatchDataset, discover_all
+from mcir_cli.data.datasets import Dataset, PatchDataset, discover_all, overlapping
 from mcir_cli.data.jpeg import QUALITY_ARCHITECTURES, benchmark_qualities, parse_quality, with_qualities
 from mcir_cli.data.limits import check_batch_memory, check_image_sizes
 from mcir_cli.data.realesrgan.pipeline import Degrader
@@ -141,6 +141,9 @@ def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[Patc
     # after the patch check (no image large enough), before any work: the batch must fit
     check_batch_memory(cfg.batch, cfg.patch, loaded.scale, loaded.in_channels, next(loaded.restorer.parameters()).device)
     vals = [cfg.val] if isinstance(cfg.val, str) else list(cfg.val or ())  # config.json of older runs: one path
+    for train, val in overlapping([cfg.data] if isinstance(cfg.data, str) else list(cfg.data), vals):
+        log.warning("--val %s overlaps --data %s: validation on training images says nothing about "
+                    "held-out ones", val, train)
     val_sets = discover_all(vals, scale, task) if vals else []
     if cfg.jpeg_quality:  # clean validation images at the quality (a range: its low end)
         val_sets = with_qualities(val_sets, benchmark_qualities(cfg.jpeg_quality))

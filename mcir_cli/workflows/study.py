@@ -26,6 +26,7 @@ from typing import Any
 
 from mcir_cli._helpers.fsutil import atomic_write_text, writable_target, write_json
 from mcir_cli.compare.study_results import delta_matrix, run_name, summarise, to_markdown, validation_curves
+from mcir_cli.data.datasets import overlapping
 from mcir_cli.data.jpeg import benchmark_qualities
 from mcir_cli.errors import McirError
 from mcir_cli.evaluate.benchmarks import Scoring, evaluate_labelled
@@ -352,6 +353,9 @@ def check_plan(plan: StudyPlan) -> None:
                 raise McirError(f"{flag}: folder not found", p)
     if plan.checkpoint and not Path(plan.checkpoint).is_file():
         raise McirError("--checkpoint: file not found", plan.checkpoint)
+    for train, bench in overlapping(plan.data, plan.benchmarks):  # the verdict is about held-out images
+        raise McirError(f"--benchmark overlaps --data {train}: a study scores held-out images; give a "
+                        "benchmark folder that is not (part of) the training data", bench)
     embeddings: set[tuple[Any, ...]] = set()
     for arm in plan.arms:
         try:

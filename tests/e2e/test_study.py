@@ -138,7 +138,9 @@ def test_bad_study_input_is_refused_before_any_work(train_crops, set5_bench, tmp
     for extra, msg in (([], "--from-scratch needs --model PRESET"),
                        (["--model", "imdn-x4", "--checkpoint", str(shared_path("weights", "IMDN", "IMDN_x4.pth"))],
                         "drop --checkpoint"),
-                       (["--model", "imdn-x4", "--val-every", "5000"], "--val-every must be between 0 and")):
+                       (["--model", "imdn-x4", "--val-every", "5000"], "--val-every must be between 0 and"),
+                       (["--model", "imdn-x4", "--benchmark", str(shared_path("data", "train"))],  # holds --data
+                        "--benchmark overlaps --data")):
         res = runner.invoke(app, common + extra)
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
         assert not (tmp_path / "s").exists()

@@ -602,6 +602,17 @@ def test_idle_negatives_are_warned_about_with_numbers(imdn, train_dir, tmp_path,
     shutil.rmtree(tmp_path / "run")
 
 
+def test_validating_on_the_training_folder_is_warned_about(imdn, train_dir, tmp_path, caplog):
+    """--val inside --data (or the same folder): its scores are on training images."""
+    with caplog.at_level("WARNING", logger="mcir"):
+        Run(config(imdn, train_dir, tmp_path / "run", iters=1, val=(str(train_dir),)))
+    assert any("overlaps --data" in m and "training images" in m for m in caplog.messages)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mcir"):
+        Run(config(imdn, train_dir, tmp_path / "held", iters=1, val=(str(shared_path("data", "sr", "Set5")),)))
+    assert not any("overlaps --data" in m for m in caplog.messages)
+
+
 def test_negative_quality_is_logged(imdn, train_dir, tmp_path):
     """neg_psnr: each negative's output against the target's, in dB: a copy starts
     identical, the authors' mix starts far away."""
