@@ -69,7 +69,7 @@ def compare(
     checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", help="Instead of JSONs: checkpoints to evaluate with identical conventions (repeatable; the first is the baseline).", rich_help_panel="Inputs"),
     data: Optional[list[Path]] = typer.Option(None, "--data", help="With --checkpoint: benchmark folder (repeatable).", rich_help_panel="Inputs"),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Names for the models, in order (repeatable; default: the file's stem, with its folder when the stem names only a scale or step: DCTLSA/X4, EDSR_Mx4/net_g_5000; a run's model.* is the run's folder name).", rich_help_panel="Inputs"),
-    scale: Optional[int] = typer.Option(None, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
+    scale: Optional[int] = typer.Option(None, min=1, help="With --checkpoint: SR scale (default: the checkpoints'; checked against them).", rich_help_panel="Scoring"),
     res_scale: Optional[float] = typer.Option(None, help="With --checkpoint: " + RES_SCALE_HELP, rich_help_panel="Scoring"),
     task: Optional[str] = typer.Option(None, help="With --checkpoint: sr | dehaze | derain | deblur | denoise | jpeg (default: from the checkpoints or folder layout).", rich_help_panel="Scoring"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="With --checkpoint: score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Scoring"),

@@ -25,7 +25,7 @@ def _rel(path: Path, root: Path) -> str:
 @handle_errors
 def data_inspect(
     folder: Path = typer.Argument(..., help="A dataset folder as published (or a list file of lq gt pairs)."),
-    scale: Optional[int] = typer.Option(None, help="SR scale, when the folder holds several (default: the smallest).", rich_help_panel="Data"),
+    scale: Optional[int] = typer.Option(None, min=1, help="SR scale, when the folder holds several (default: the smallest).", rich_help_panel="Data"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: the layout's).", rich_help_panel="Data"),
     show: int = typer.Option(5, min=0, help="How many pairs to list (0: none).", rich_help_panel="Output"),
 ) -> None:

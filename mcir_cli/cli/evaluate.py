@@ -53,7 +53,7 @@ def evaluate(
     restored: Optional[Path] = typer.Option(None, help="Score images already restored by any method (a folder) instead of a model.", rich_help_panel="Model"),
     bicubic: bool = typer.Option(False, "--bicubic", help="Score the bicubic baseline (MATLAB imresize of the LR) instead of a model.", rich_help_panel="Model"),
     compressed: bool = typer.Option(False, "--compressed", help="JPEG: score the decoded JPEG itself (the 'JPEG' row of every table) instead of a model.", rich_help_panel="Model"),
-    scale: Optional[int] = typer.Option(None, help="SR scale (default: the model's; a preset in several scales: the one the data holds).", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, min=1, help="SR scale (default: the model's; a preset in several scales: the one the data holds).", rich_help_panel="Model"),
     res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from the model or folder layout).", rich_help_panel="Data"),
     y_channel: Optional[bool] = typer.Option(None, "--y-channel/--rgb", help="Score on Y (BT.601) or RGB (default: Y for SR, RGB otherwise).", rich_help_panel="Metrics"),

@@ -21,7 +21,7 @@ def retrain(
     data: list[Path] = typer.Option(None, "--data", help="Training folder (repeatable): HR-only, HR+LR or paired layouts.", rich_help_panel="Data"),
     checkpoint: Optional[Path] = typer.Option(None, help="Pretrained checkpoint (read only, never written).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (recipe defaults); see `mcir models`.", rich_help_panel="Model"),
-    scale: Optional[int] = typer.Option(None, help="SR scale (checked against the checkpoint).", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, min=1, help="SR scale (checked against the checkpoint).", rich_help_panel="Model"),
     res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from model/layout).", rich_help_panel="Data"),
     val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder (repeatable); the best mean PSNR's weights are kept as best.*", rich_help_panel="Validation"),

@@ -34,7 +34,7 @@ def study(
     benchmark: Optional[list[Path]] = typer.Option(None, "--benchmark", help="Held-out benchmark folder every result is scored on (repeatable).", rich_help_panel="Data"),
     checkpoint: Optional[Path] = typer.Option(None, help="Start checkpoint every arm fine-tunes (read only).", rich_help_panel="Model"),
     model: Optional[str] = typer.Option(None, "--model", help="Preset (its recipe; its weights when --checkpoint is not given).", rich_help_panel="Model"),
-    scale: Optional[int] = typer.Option(None, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
+    scale: Optional[int] = typer.Option(None, min=1, help="SR scale (default: the checkpoint's; checked against it).", rich_help_panel="Model"),
     res_scale: Optional[float] = typer.Option(None, help=RES_SCALE_HELP, rich_help_panel="Model"),
     task: Optional[str] = typer.Option(None, help="sr | dehaze | derain | deblur | denoise | jpeg (default: from model/layout).", rich_help_panel="Data"),
     jpeg_quality: Optional[str] = typer.Option(None, help="JPEG: training quality, or a range (10-95); clean benchmarks are scored at it (a range: its low end).", rich_help_panel="Data"),

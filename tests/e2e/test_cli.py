@@ -112,6 +112,7 @@ def test_new_files_are_readable_by_others(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "--bogus"], "error: No such option: --bogus (see "),
     (["retrain", "--iters", "abc"], "error: Invalid value for '--iters'"),
+    (["evaluate", "--bicubic", "--data", "Set5", "--scale", "0"], "error: Invalid value for '--scale'"),
 ])
 def test_usage_errors_are_one_line_from_the_real_entry_point(args, message):
     import subprocess
