@@ -111,7 +111,7 @@ def retrain(
             flags["output"] = _default_output(flags["model"], flags["checkpoint"], dist)
         cfg = make_config(flags.pop("data"), flags.pop("output"), checkpoint=flags.pop("checkpoint"),
                           model=flags.pop("model"), scale=flags.pop("scale"), **flags)
-    on_step, stop_bar = _progress_line(cfg.iters, dist.is_main)
+    on_step, stop_bar = _progress_line(cfg.iters, dist.is_main, plain=cfg.negative_init == "none")
     try:
         result = run_retrain(cfg, on_step=on_step, resume=resume is not None, dist=dist)
     finally:
@@ -168,9 +168,10 @@ def _resume_settings(ctx: typer.Context, resume: Path) -> dict:
     return {k: ctx.params[k] for k in RESUME_SETTINGS if _given(ctx, k)}
 
 
-def _progress_line(iters: int, is_main: bool):
+def _progress_line(iters: int, is_main: bool, plain: bool = False):
     """(on_step, stop): a bar that starts with the first step (errors before it print no
-    empty bar); in pipes and logs a plain line every tenth of the run instead."""
+    empty bar); in pipes and logs a plain line every tenth of the run instead. A plain run
+    (no negatives) shows no contrast ratio or λ: neither acts there."""
     bar = progress_bar(TextColumn("{task.fields[info]}"), transient=False, quiet_in_pipes=False)
     live = is_main and err_console.is_terminal
     job = None
@@ -178,7 +179,8 @@ def _progress_line(iters: int, is_main: bool):
 
     def on_step(s) -> None:
         nonlocal job
-        info = f"l_rec {s.l_rec:.4f}  ratio {s.ratio:.1%}  λ {s.lam:.2g}  {s.it_s:.2f} it/s"
+        spn = "" if plain else f"  ratio {s.ratio:.1%}  λ {s.lam:.2g}"
+        info = f"l_rec {s.l_rec:.4f}{spn}  {s.it_s:.2f} it/s"
         if live:
             if job is None:
                 bar.start()

@@ -195,6 +195,9 @@ def test_psnr_loss_runs_200_steps_without_a_false_collapse(imdn, train_crops, tm
     log = read_log(run)
     assert not [r for r in log if r.get("event") == "collapse"]
     assert log[-1]["event"] == "end" and log[-1]["step"] == 200 and log[-1]["collapses"] == 0
+    # a plain run's progress shows no contrast ratio or λ (neither acts without negatives)
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("retrain 200/200"))
+    assert "l_rec" in line and "ratio" not in line and "λ" not in line
 
 
 def test_lambda_auto_is_refused_with_the_signed_psnr_loss(imdn, train_dir, tmp_path):
