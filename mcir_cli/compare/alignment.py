@@ -13,7 +13,9 @@ import numpy as np
 
 from mcir_cli.errors import McirError
 
-_IGNORED_CONVENTION_KEYS = {"description"}  # derived text, not a setting
+# derived text, and "grey" (a one-channel model's images are scored on their channel either
+# way: a label, not a setting; a grey model against the JPEG row of its inputs compares)
+_IGNORED_CONVENTION_KEYS = {"description", "grey"}
 _SETTING_KEYS = ("task", "noise", "inference")  # "inference": tile, overlap, amp
 
 

@@ -143,7 +143,7 @@ def compare_results(results: list[dict], n_resamples: int = 10_000, seed: int = 
 
 def conventions_text(conv: dict) -> str:
     """E.g. 'PSNR/SSIM on Y (BT.601), border 4 px, uint8 (BasicSR)'."""
-    channel = "Y (BT.601)" if conv.get("y_channel") else "RGB"
+    channel = "grey (no Y conversion)" if conv.get("grey") else "Y (BT.601)" if conv.get("y_channel") else "RGB"
     border = int(conv.get("crop_border", 0) or 0)
     crop = f"border {border} px" if border else "no border crop"
     quant = conv.get("quantize")

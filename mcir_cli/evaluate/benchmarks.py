@@ -210,7 +210,7 @@ def evaluate_model(
     task = task or model.task or datasets[0].task
     if sc.noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
-    conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border)
+    conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border, grey=model.in_channels == 1)
     check_image_sizes(datasets, conv)  # a too-small image stops the run before any work
     dev = resolve_device(sc.device)
     model.restorer.to(dev)

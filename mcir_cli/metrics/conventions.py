@@ -33,6 +33,7 @@ class Conventions:
     crop_border: int
     quantize: str = "uint8"
     psnrb: bool = False  # also PSNR-B (JPEG artifact removal)
+    grey: bool = False  # a one-channel model: images scored on their stored grey channel (no Y)
 
     def __post_init__(self) -> None:
         if self.crop_border < 0:
@@ -42,12 +43,15 @@ class Conventions:
 
     def as_dict(self) -> dict:
         d = {"y_channel": self.y_channel, "crop_border": self.crop_border, "quantize": self.quantize}
-        return {**d, "psnrb": True} if self.psnrb else d  # results without PSNR-B read as before
+        d = {**d, "psnrb": True} if self.psnrb else d  # results without PSNR-B (or grey) read as before
+        return {**d, "grey": True} if self.grey else d
 
     def describe(self) -> str:
         channel = "Y channel (BT.601)" if self.y_channel else "RGB"
         if self.psnrb:  # JPEG test sets are often grey (Classic5): say how those are scored
             channel += " (grey images: their stored grey values)"
+        elif self.grey:
+            channel = "grey (the stored channel, no Y conversion)"
         border = f"border {self.crop_border} px cropped" if self.crop_border else "no border crop"
         text = f"{channel}, {border}, uint8-quantised (BasicSR)"
         if self.psnrb:
@@ -57,7 +61,7 @@ class Conventions:
 
     @classmethod
     def for_task(cls, task: str, scale: int = 1, y_channel: bool | None = None,
-                 crop_border: int | None = None) -> Conventions:
+                 crop_border: int | None = None, grey: bool = False) -> Conventions:
         """Defaults of the papers: SR on Y with border = scale; other tasks on RGB, no
         crop. `y_channel`/`crop_border` override them (the CLI's --y-channel/--rgb and
         --crop-border); the one place these defaults live."""
@@ -69,7 +73,8 @@ class Conventions:
         else:
             raise ValueError(f"unknown task {task!r}; expected one of {sorted(_SR_TASKS | _OTHER_TASKS)}")
         return cls(y_channel=y if y_channel is None else y_channel,
-                   crop_border=border if crop_border is None else crop_border, psnrb=task in _PSNRB_TASKS)
+                   crop_border=border if crop_border is None else crop_border, psnrb=task in _PSNRB_TASKS,
+                   grey=grey)
 
 
 def quantize(img: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def validate(parts: Parts, step: int, *, tile: int | None, noise_sigma: float | 
              run_dir: Path) -> Validation:
     """Score the weights that are written (the EMA when the run keeps one) on every
     validation folder."""
-    conv = conventions_for(parts.task, parts.loaded.scale)
+    conv = conventions_for(parts.task, parts.loaded.scale, grey=parts.loaded.in_channels == 1)
     per: dict[str, dict[str, float]] = {}
     with swapped_in(parts.model, parts.ema):
         try:

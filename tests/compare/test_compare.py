@@ -415,5 +415,7 @@ def test_render_table_and_evidence(comparison):
 
 
 def test_conventions_text_variants():
+    assert conventions_text({"y_channel": False, "crop_border": 0, "quantize": "uint8", "grey": True}) == (
+        "PSNR/SSIM on grey (no Y conversion), no border crop, uint8 (BasicSR)")
     assert conventions_text({"y_channel": False, "crop_border": 0, "quantize": "uint8"}) == (
         "PSNR/SSIM on RGB, no border crop, uint8 (BasicSR)")

@@ -152,6 +152,9 @@ def test_dncnn_sigma25_set12(tmp_path):
     assert j["noise"] == {"sigma": 25.0, "seed": 0}
     assert "Gaussian noise σ=25 (0–255), seed 0" in " ".join(result.output.split())  # the table says it too
     assert j["model"]["architecture"] == "DnCNN"
+    # a one-channel model scores the stored grey values: labelled so, not "RGB"
+    assert j["conventions"]["grey"] is True and j["conventions"]["description"].startswith("grey (")
+    assert "conventions: grey (" in " ".join(result.output.split())
     d = j["datasets"]["Set12_gray"]
     assert len(d["images"]) == 12
     assert abs(d["psnr"] - 30.42) <= 0.1

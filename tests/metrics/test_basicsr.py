@@ -107,6 +107,10 @@ def test_conventions():
     for task in ("dehaze", "derain", "deblur", "denoise"):
         assert Conventions.for_task(task, 1) == Conventions(y_channel=False, crop_border=0)
     assert "RGB" in Conventions.for_task("dehaze", 1).describe()
+    grey = Conventions.for_task("denoise", 1, grey=True)  # a one-channel model: no "RGB" label
+    assert grey.describe().startswith("grey (the stored channel") and "RGB" not in grey.describe()
+    assert grey.as_dict()["grey"] is True and "grey" not in Conventions.for_task("denoise", 1).as_dict()
+    assert "grey images: their stored grey values" in Conventions.for_task("jpeg", 1, grey=True).describe()
     with pytest.raises(ValueError):
         Conventions.for_task("colorize", 1)
 
