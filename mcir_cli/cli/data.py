@@ -126,6 +126,6 @@ def data_degrade(
 
     settings = degradation_flags(None, degradation_config)["degradation_settings"]
     done = degrade_dataset(source, output, scale, seed=seed, settings=settings, device=device)
-    console.print(f"{done.images} images of {escape(str(source))} ({escape(done.layout)}) degraded x{done.scale} "
+    console.print(f"the {done.images} ground-truth images of {escape(str(source))} degraded x{done.scale} "
                   f"by the Real-ESRGAN second-order pipeline, seed {done.seed} -> {escape(str(done.output))} "
                   f"(HR/, LR_realesrgan/X{done.scale}/, degradation.json)")

@@ -264,7 +264,7 @@ def _discover(data: Sequence[str | Path], scale: int | None, task: str | None,
 
 
 @contextmanager
-def _staged(target: Path | None, data: Sequence[str | Path]) -> Iterator[Path | None]:
+def _staged(target: Path | None, data: Sequence[str | Path] = ()) -> Iterator[Path | None]:
     """The folder the images for `target` are saved in (None: no images): a staging folder
     published as `target` when the block ends, removed when it fails (a failed run leaves
     nothing behind). Never inside a `data` folder."""

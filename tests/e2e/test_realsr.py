@@ -60,6 +60,8 @@ def degraded(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "Set5-real"
     res = runner.invoke(app, ["data", "degrade", str(src), "-o", str(out), "--scale", "4", "--seed", "0"])
     assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # what is degraded: the ground truths, never "bicubic" LR
+    assert "the 3 ground-truth images of" in said and "bicubic" not in said
     return out
 
 
