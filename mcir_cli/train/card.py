@@ -287,10 +287,23 @@ def _shows_this_model(comp: dict[str, Any], root: Path) -> bool:
     return any(isinstance(m, dict) and m.get("sha256") == digest for m in models)
 
 
+def spdx_license(text: str) -> str:
+    """`--license` as OpenModelDB wants it: an SPDX expression, spelled canonically
+    (packaging's SPDX list: "apache-2.0" -> "Apache-2.0"); anything else is refused."""
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+
+    try:
+        return str(canonicalize_license_expression(text))
+    except InvalidLicenseExpression as exc:
+        raise McirError(f"--license {text!r} is not an SPDX license expression ({exc}); e.g. Apache-2.0, MIT, "
+                        "CC-BY-NC-4.0 (https://spdx.org/licenses/)") from None
+
+
 def write_card(run: str | Path, comparison: str | Path | None = None, author: str | None = None,
                license: str | None = None, pretrained_id: str | None = None) -> dict[str, Path]:
     """Write (or rewrite) README.md and openmodeldb.json in a run folder; a comparison
     given once is copied there (COMPARISON_FILE) and shown by every later rewrite."""
+    license = spdx_license(license) if license else None
     facts = read_run(run)
     kept = facts.root / COMPARISON_FILE
     comp = _load_comparison(Path(comparison)) if comparison else (_load_comparison(kept) if kept.is_file() else None)

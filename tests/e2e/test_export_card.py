@@ -210,4 +210,14 @@ def test_card_refuses_what_is_not_a_run(run, tmp_path):
     assert r.exit_code == 2 and "does not score this run's model.safetensors" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert {n: (run["run"] / n).read_bytes() for n in before} == before
+    r = _mcir("card", run["run"], "--license", "NOT-A-LICENSE")  # OpenModelDB wants SPDX
+    assert r.exit_code == 2 and "not an SPDX license expression" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {n: (run["run"] / n).read_bytes() for n in before} == before
+
+
+def test_license_is_spelled_as_spdx_does():
+    from mcir_cli.train.card import spdx_license
+
+    assert spdx_license("apache-2.0") == "Apache-2.0" and spdx_license("mit OR cc-by-4.0") == "MIT OR CC-BY-4.0"
 
