@@ -6,6 +6,7 @@ The result is a plain dict, written as JSON by the CLI, in the form `compare` re
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -34,6 +35,8 @@ from mcir_cli.models.loading import LoadedModel
 from mcir_cli.models.paper import paper_rows
 
 Progress = Callable[[str, int, int], None]  # (dataset name, images done, total)
+
+log = logging.getLogger("mcir")
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def evaluate_model(
     conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border, grey=model.in_channels == 1)
     check_image_sizes(datasets, conv)  # a too-small image stops the run before any work
     dev = resolve_device(sc.device)
+    if sc.amp == "bf16" and dev.type != "cuda":
+        log.warning("--amp bf16 is a CUDA autocast: on %s the model runs in fp32 (recorded as amp fp32)", dev.type)
     model.restorer.to(dev)
     result = result_header(conv, task)
     result["model"] = model_info(model)

@@ -416,3 +416,14 @@ def test_ground_truth_without_its_input_is_refused(crops, tmp_path):
     assert result.exit_code == 2
     out = " ".join(result.output.split())
     assert "1 of 3 ground-truth images have no input" in out and missing.stem.replace("x4", "") in out
+
+
+def test_bf16_on_cpu_says_it_runs_fp32(tmp_path, crops, caplog):
+    """--amp bf16 is a CUDA autocast: on CPU the run is fp32, said and recorded so."""
+    from mcir_cli.models.loading import load_model
+
+    data = sr_folder(tmp_path / "tiny", crops)
+    with caplog.at_level("WARNING", logger="mcir"):
+        result = evaluate_model(load_model(dctlsa_x4()), [data], Scoring(amp="bf16", device="cpu"))
+    assert result["inference"]["amp"] == "fp32"
+    assert any("--amp bf16 is a CUDA autocast: on cpu the model runs in fp32" in m for m in caplog.messages)
