@@ -129,7 +129,7 @@ def _default_output(model: str | None, checkpoint: Path | None, dist) -> Path:
 
     output = Path(dist.agree(str(default_run_folder(model, checkpoint))))
     if dist.is_main:
-        err_console.print(f"no --output: the run folder is {output}", highlight=False, soft_wrap=True)
+        err_console.print(f"no --output: the run folder will be {output}", highlight=False, soft_wrap=True)
     return output
 
 

@@ -157,7 +157,7 @@ def test_retrain_without_output_writes_a_new_dated_run_folder_and_says_so(tmp_pa
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"EDSR-X4-\d{8}-\d{6}", run.name) and (run / "model.safetensors").is_file()
-    assert f"no --output: the run folder is {run}" in " ".join(res.output.split())
+    assert f"no --output: the run folder will be {run}" in " ".join(res.output.split())
     # the name: preset, else the checkpoint's label; a folder of that second gets -2
     now = datetime(2026, 12, 3, 16, 18, 0)
     first = default_run_folder(None, "/w/DCTLSA/X4.pt", now, tmp_path)

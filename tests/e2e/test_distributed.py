@@ -34,7 +34,7 @@ def test_two_gloo_ranks_stay_identical_and_resume_on_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"DCTLSA-X4-\d{8}-\d{6}", run.name), run.name
-    assert proc.stderr.count(f"no --output: the run folder is {run}") == 1  # said once, by rank 0
+    assert proc.stderr.count(f"no --output: the run folder will be {run}") == 1  # said once, by rank 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     checks = [r for r in log if r.get("event") == "sync_check"]
     assert checks and checks[-1]["ranks"] == 2
