@@ -205,12 +205,9 @@ def evaluate_model(
     row per (folder, quality)."""
     sc, task = scoring, scoring.task
     model.check_task(task)
-    if task is None and model.task is None and sc.noise_sigma is not None and model.scale == 1:
-        task = "denoise"  # --noise-sigma on a checkpoint of unknown task (DnCNN): denoising
-    if task is None and model.task is None and sc.jpeg_quality and model.scale == 1:
-        task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN): JPEG
-    datasets = _discover(data, model.scale if model.scale > 1 else None, task or model.task, sc.jpeg_quality)
-    task = task or model.task or datasets[0].task
+    task = model.implied_task(task, sc.noise_sigma, sc.jpeg_quality)
+    datasets = _discover(data, model.scale if model.scale > 1 else None, task, sc.jpeg_quality)
+    task = task or datasets[0].task
     if sc.noise_sigma is None and task == "denoise" and any(d.pairs[0].lq is None for d in datasets):
         raise McirError("denoising clean images needs --noise-sigma (e.g. 25)")
     conv = conventions_for(task, model.scale, sc.y_channel, sc.crop_border, grey=model.in_channels == 1)

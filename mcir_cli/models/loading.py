@@ -130,6 +130,18 @@ class LoadedModel:
         if self.task is not None and task != self.task:
             raise McirError(f"--task {task} for a {self.task} model ({self.label}); leave --task out")
 
+    def implied_task(self, task: str | None, noise_sigma: float | None, jpeg_quality: object) -> str | None:
+        """The task: --task, else the model's, else what the flags say of an x1 model of
+        unknown task (DnCNN, FBCNN): --noise-sigma denoising, --jpeg-quality JPEG; None
+        leaves it to the data's layout."""
+        if task or self.task:
+            return task or self.task
+        if self.scale == 1 and noise_sigma is not None:
+            return "denoise"
+        if self.scale == 1 and jpeg_quality:
+            return "jpeg"
+        return None
+
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

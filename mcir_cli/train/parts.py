@@ -124,8 +124,7 @@ def _model(cfg: TrainConfig, start: str | None, device: torch.device) -> tuple[L
 
 def _data(cfg: TrainConfig, loaded: LoadedModel, task: str | None) -> tuple[PatchDataset, list[Dataset], str | None]:
     scale = loaded.scale if loaded.scale > 1 else None
-    if task is None and cfg.jpeg_quality and loaded.scale == 1:
-        task = "jpeg"  # --jpeg-quality on a checkpoint of unknown task (DnCNN-3, FBCNN)
+    task = loaded.implied_task(task, cfg.noise_sigma, cfg.jpeg_quality)
     datasets = discover_all(cfg.data, scale, task)
     task = task or datasets[0].task
     for d in datasets:

@@ -621,3 +621,18 @@ def test_negative_quality_is_logged(imdn, train_dir, tmp_path):
     copy = next(r for r in read_log(tmp_path / "copy") if "event" not in r)["neg_psnr"]
     mix = next(r for r in read_log(tmp_path / "mix") if "event" not in r)["neg_psnr"]
     assert min(copy) > 60 and max(mix) < 35
+
+
+def test_noise_sigma_makes_an_unknown_x1_checkpoint_a_denoiser(tmp_path):
+    """DnCNN's file names no task: --noise-sigma says it (as evaluate reads it), so a flat
+    folder of clean grey images trains it; before, retrain asked for --task denoise."""
+    dncnn = shared_path("weights", "DnCNN_KAIR", "dncnn_25.pth")
+    grey = shared_path("data", "denoise", "Set12_gray")
+    result = retrain(config(dncnn, grey, tmp_path / "run", iters=1, noise_sigma=25.0, negative_init="none"))
+    assert result.steps == 1
+    from mcir_cli.models.loading import load_model
+
+    model = load_model(dncnn)
+    assert model.task is None and model.implied_task(None, 25.0, None) == "denoise"
+    assert model.implied_task(None, None, "10") == "jpeg" and model.implied_task(None, None, None) is None
+    assert model.implied_task("denoise", None, "10") == "denoise"
