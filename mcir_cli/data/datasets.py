@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mcir_cli._helpers.fsutil import is_inside
 from mcir_cli.data.imageio import image_size, is_grey, read_image
 from mcir_cli.data.jpeg import compressed_input, compressed_patch
 from mcir_cli.data.layouts import PAIRED_LAYOUTS, Pair, infer_scale, list_images, recognise
@@ -184,8 +185,6 @@ def iter_pairs(
 def overlapping(train: Sequence[str | Path], held_out: Sequence[str | Path]) -> list[tuple[str, str]]:
     """(training folder, held-out folder) pairs where one lies inside the other (links
     resolved): scores on such a folder are scores on training images."""
-    from mcir_cli._helpers.fsutil import is_inside
-
     return [(str(a), str(b)) for b in held_out for a in train if is_inside(a, b) or is_inside(b, a)]
 
 
