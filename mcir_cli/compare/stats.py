@@ -145,9 +145,14 @@ def _decimals(stats: PairedStats) -> int:
     precision for the mean and its CI, so the three numbers read alike."""
     table = 4 if stats.metric == "ssim" else 2
     x = abs(stats.mean_delta)
-    if x == 0 or not math.isfinite(x) or x >= PRINTED_STEP.get(stats.metric, 0.01) / 2:
+    if x == 0 or not _below_printed_step(stats):
         return table
     return min(max(table, 1 - math.floor(math.log10(x))), 10)
+
+
+def _below_printed_step(stats: PairedStats) -> bool:
+    """The mean Δ rounds to zero at the field's printed digits (PRINTED_STEP)."""
+    return abs(stats.mean_delta) < PRINTED_STEP.get(stats.metric, 0.01) / 2
 
 
 def _fmt_delta(x: float, metric: str, decimals: int) -> str:
@@ -194,11 +199,10 @@ def verdict(stats: PairedStats, with_labels: bool = False) -> str:
             f"{p_phrase(stats.p_value)}")
     if stats.significant:
         kind = "improvement" if stats.mean_delta > 0 else "regression"
-        step = PRINTED_STEP.get(m, 0.01)
-        if abs(stats.mean_delta) < step / 2:
+        if _below_printed_step(stats):
             unit = "" if m == "ssim" else " dB"
             text += (f" — a consistent but negligible {kind} (CI excludes 0, p < 0.05, yet "
-                     f"smaller than the {step:g}{unit} a results table prints).")
+                     f"smaller than the {PRINTED_STEP.get(m, 0.01):g}{unit} a results table prints).")
         else:
             text += f" — a real {kind} (CI excludes 0, p < 0.05)."
     else:
